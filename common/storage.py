@@ -1,0 +1,59 @@
+"""fsspec access to local folders, S3 and S3-compatible endpoints, the same way on every node.
+
+The endpoint and options travel inside the job config (not only as process
+environment), so Ray tasks on any node open the filesystem the driver meant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from common.config import option
+
+
+@dataclass
+class StorageConfig:
+    endpoint_url: str | None = option(
+        None, "S3-compatible endpoint URL (defaults to the AWS_ENDPOINT_URL environment variable)"
+    )
+    anon: bool = option(False, "Access S3 anonymously (public buckets)")
+
+    def resolved_endpoint(self) -> str | None:
+        return (
+            self.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+
+
+def storage_options(uri: str, storage: StorageConfig) -> dict:
+    """fsspec keyword arguments for `uri`'s protocol."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return {}
+    opts: dict = {"anon": storage.anon}
+    endpoint = storage.resolved_endpoint()
+    if endpoint:
+        opts["client_kwargs"] = {"endpoint_url": endpoint}
+    return opts
+
+
+def filesystem(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem for `uri` and the path inside it (no protocol)."""
+    return url_to_fs(uri, **storage_options(uri, storage))
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join URI parts with '/', whatever the protocol."""
+    out = uri.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A full URI (with protocol) for a path `fs` returned, e.g. from `find`."""
+    return fs.unstrip_protocol(path)
