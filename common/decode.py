@@ -77,13 +77,20 @@ def sniff_unsupported(data: bytes) -> str | None:
     return _KNOWN_UNSUPPORTED.get(brand)
 
 
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    width, height = image.size
+def _upright(image: Image.Image, header_size: tuple[int, int]) -> tuple[Image.Image, int, int]:
+    """Apply EXIF orientation to a loaded image; also return the source's upright size.
+
+    Only called after load(): for PNG, reading EXIF decodes the whole file.
+    """
+    width, height = header_size
     try:
         orientation = image.getexif().get(0x0112)
-    except Exception:  # a broken EXIF block must not lose an otherwise good image
-        orientation = None
-    return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
+        upright = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose good pixels
+        return image, width, height
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
+    return upright, width, height
 
 
 def _to_8bit_gray(image: Image.Image) -> Image.Image:
@@ -140,11 +147,13 @@ def _load(image: Image.Image) -> None:
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise Rejected(Reason.DECOMPRESSION_BOMB, str(exc)) from exc
-    except (EOFError, zlib.error) as exc:
-        raise Rejected(Reason.TRUNCATED, str(exc) or type(exc).__name__) from exc
+    except EOFError as exc:
+        raise Rejected(Reason.TRUNCATED, str(exc) or "unexpected end of file") from exc
+    except zlib.error as exc:
+        raise Rejected(Reason.UNDECODABLE, f"corrupt compressed data: {exc}") from exc
     except OSError as exc:
         message = str(exc)
-        if "truncated" in message or "broken data stream" in message:
+        if "truncated" in message:
             raise Rejected(Reason.TRUNCATED, message) from exc
         if "not supported" in message or "ghostscript" in message.lower():
             raise Rejected(Reason.UNSUPPORTED_FORMAT, message) from exc
@@ -165,7 +174,7 @@ def decode_image(data: bytes, limits: DecodeLimits, target_side: int | None = No
         return _decode_svg(data, limits, target_side)
     image = _open_raster(data, limits)
     source_format = image.format or "UNKNOWN"
-    width, height = _oriented_size(image)
+    width, height = image.size  # from the header: nothing decoded yet
     if width <= 0 or height <= 0:
         raise Rejected(Reason.UNDECODABLE, f"{source_format} header gives size {width}x{height}")
     if width * height > limits.max_pixels:
@@ -177,12 +186,12 @@ def decode_image(data: bytes, limits: DecodeLimits, target_side: int | None = No
         raise Rejected(Reason.TOO_SMALL, f"{width}x{height} is below {limits.min_side} px")
     frames = getattr(image, "n_frames", 1)
     if target_side and source_format in ("JPEG", "MPO"):
-        image.draft(image.mode, (target_side, target_side))
+        # Draft keeps both sides >= the request: ask for the shrunk size, not a square.
+        scale = target_side / max(width, height)
+        if scale < 1:
+            image.draft(image.mode, (max(1, int(width * scale)), max(1, int(height * scale))))
     _load(image)
-    try:
-        upright = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - broken EXIF: keep the pixels unrotated
-        upright = image
+    upright, width, height = _upright(image, (width, height))
     return Decoded(to_rgb(upright, limits.background), source_format, width, height, frames)
 
 

@@ -53,8 +53,8 @@ def snapshot_dataset(snapshot: pa.Table, files_per_task: int) -> ray.data.Datase
 def run_clean(cfg: CleanConfig) -> CleanResult:
     started = time.perf_counter()
     run_id = new_run_id()
-    check_writable(cfg.output_uri, run_id, cfg.storage)
     snapshot = list_lake(cfg.input_uri, cfg.storage)
+    check_writable(cfg.output_uri, run_id, cfg.storage)
     classes = sorted({c for c in snapshot["class_name"].to_pylist() if c})
     log.info(
         "listed %d files in %d classes: %s", snapshot.num_rows, len(classes), ", ".join(classes)

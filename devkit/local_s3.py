@@ -1,0 +1,111 @@
+"""A real S3 HTTP endpoint on loopback: moto's server mode in its own process.
+
+Code under test talks to it with s3fs/boto3 exactly as to AWS; only the endpoint URL
+differs (AWS_ENDPOINT_URL). Nothing is mocked inside the process under test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+# moto accepts any credentials; real ones must never be sent to a local endpoint.
+DUMMY_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+_START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalS3:
+    """Start/stop a moto S3 server; use as a context manager."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        """Environment that points AWS SDKs (and Ray workers started after it) here."""
+        return {**DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint_url}
+
+    def start(self) -> LocalS3:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **DUMMY_CREDENTIALS},
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self._process.returncode}")
+            try:
+                urllib.request.urlopen(self.endpoint_url, timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"moto server did not answer on {self.endpoint_url}")
+
+    def stop(self) -> None:
+        if self._process and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self._process = None
+
+    def __enter__(self) -> LocalS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def filesystem(self):  # noqa: ANN201 - s3fs is an optional import here
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            key=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            secret=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            client_kwargs={"endpoint_url": self.endpoint_url, "region_name": "us-east-1"},
+        )
+
+    def create_bucket(self, bucket: str) -> None:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint_url, **_boto_credentials())
+        if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+            client.create_bucket(Bucket=bucket)
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": DUMMY_CREDENTIALS["AWS_DEFAULT_REGION"],
+    }
+
+
+def upload_files(fs, prefix: str, files: dict[str, bytes]) -> None:  # noqa: ANN001
+    """Write {relative path: bytes} under `prefix` (s3://bucket/key or a local folder)."""
+    for relative, data in files.items():
+        fs.pipe_file(f"{prefix.rstrip('/')}/{relative}", data)
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    """{relative path: bytes} for every file under a local folder."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
