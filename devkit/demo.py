@@ -23,13 +23,24 @@ BUCKET = "lake"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="devkit.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="devkit.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--per-class", type=int, default=40, help="real photos per class")
-    parser.add_argument("--mess", type=int, default=60,
-                        help="real messy files from ../shared/data/messy-ingredients, if present")
-    parser.add_argument("--out", type=Path, default=Path("out/demo"),
-                        help="local folder that receives a copy of the output")
+    parser.add_argument(
+        "--mess",
+        type=int,
+        default=60,
+        help="real messy files from ../shared/data/messy-ingredients, if present",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out/demo"),
+        help="local folder that receives a copy of the output",
+    )
     return parser.parse_args(argv)
 
 
@@ -47,8 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.cli import main as pipeline_main
 
         started = time.perf_counter()
-        code = pipeline_main(["clean", f"s3://{BUCKET}/raw", f"s3://{BUCKET}/clean",
-                              "--endpoint-url", s3.endpoint_url])
+        code = pipeline_main(
+            [
+                "clean",
+                f"s3://{BUCKET}/raw",
+                f"s3://{BUCKET}/clean",
+                "--endpoint-url",
+                s3.endpoint_url,
+            ]
+        )
         if code:
             return code
         local = args.out / "clean"

@@ -108,4 +108,6 @@ def upload_files(fs, prefix: str, files: dict[str, bytes]) -> None:  # noqa: ANN
 
 def read_tree(root: Path) -> dict[str, bytes]:
     """{relative path: bytes} for every file under a local folder."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }

@@ -117,55 +117,102 @@ def messy_cases(local_file_for_svg: str = "/etc/hostname") -> list[Case]:
     jpeg = encode(photo(160, 120, 1), "JPEG", quality=90)
     return [
         Case("birds/baseline.jpg", jpeg, KEPT, source_format="JPEG"),
-        Case("birds/progressive.jpeg", encode(photo(160, 120, 2), "JPEG", progressive=True),
-             KEPT, source_format="JPEG"),
-        Case("birds/cmyk.jpg", encode(photo(150, 100, 4).convert("CMYK"), "JPEG"), KEPT,
-             source_format="JPEG"),
-        Case("birds/rotated.jpg", exif_rotated_jpeg(), KEPT, source_format="JPEG",
-             portrait=True),
-        Case("birds/camera.JPG", encode(photo(2400, 1600, 10), "JPEG", quality=92), KEPT,
-             source_format="JPEG", portrait=False),
+        Case(
+            "birds/progressive.jpeg",
+            encode(photo(160, 120, 2), "JPEG", progressive=True),
+            KEPT,
+            source_format="JPEG",
+        ),
+        Case(
+            "birds/cmyk.jpg",
+            encode(photo(150, 100, 4).convert("CMYK"), "JPEG"),
+            KEPT,
+            source_format="JPEG",
+        ),
+        Case("birds/rotated.jpg", exif_rotated_jpeg(), KEPT, source_format="JPEG", portrait=True),
+        Case(
+            "birds/camera.JPG",
+            encode(photo(2400, 1600, 10), "JPEG", quality=92),
+            KEPT,
+            source_format="JPEG",
+            portrait=False,
+        ),
         Case("birds/alpha.png", png_with_alpha(), KEPT, source_format="PNG"),
         Case("birds/palette.png", palette_png_with_transparency(), KEPT, source_format="PNG"),
         Case("birds/deep.png", sixteen_bit_png(), KEPT, source_format="PNG"),
-        Case("birds/gray_alpha.png", encode(photo(80, 80, 11).convert("LA"), "PNG"), KEPT,
-             source_format="PNG"),
+        Case(
+            "birds/gray_alpha.png",
+            encode(photo(80, 80, 11).convert("LA"), "PNG"),
+            KEPT,
+            source_format="PNG",
+        ),
         Case("drones/animated.gif", animated("GIF"), KEPT, source_format="GIF", frames=3),
-        Case("drones/gif_in_disguise.jpg", animated("GIF", 2), KEPT, source_format="GIF",
-             frames=2),
+        Case("drones/gif_in_disguise.jpg", animated("GIF", 2), KEPT, source_format="GIF", frames=2),
         Case("drones/animated.png", animated("PNG", 2), KEPT, source_format="PNG", frames=2),
-        Case("drones/still.webp", encode(photo(120, 90, 12), "WEBP"), KEPT,
-             source_format="WEBP"),
+        Case("drones/still.webp", encode(photo(120, 90, 12), "WEBP"), KEPT, source_format="WEBP"),
         Case("drones/animated.webp", animated("WEBP", 2), KEPT, source_format="WEBP", frames=2),
         Case("drones/bitmap.bmp", encode(photo(90, 70, 13), "BMP"), KEPT, source_format="BMP"),
-        Case("drones/pages.tif", encode(photo(90, 70, 14), "TIFF", save_all=True,
-                                        append_images=[photo(90, 70, 15)]), KEPT,
-             source_format="TIFF", frames=2),
+        Case(
+            "drones/pages.tif",
+            encode(photo(90, 70, 14), "TIFF", save_all=True, append_images=[photo(90, 70, 15)]),
+            KEPT,
+            source_format="TIFF",
+            frames=2,
+        ),
         Case("drones/pixmap.ppm", encode(photo(90, 70, 16), "PPM"), KEPT, source_format="PPM"),
-        Case("drones/graymap.pgm", encode(photo(90, 70, 17).convert("L"), "PPM"), KEPT,
-             source_format="PPM"),
+        Case(
+            "drones/graymap.pgm",
+            encode(photo(90, 70, 17).convert("L"), "PPM"),
+            KEPT,
+            source_format="PPM",
+        ),
         Case("drones/icon.ico", encode(photo(64, 64, 18), "ICO"), KEPT, source_format="ICO"),
         Case("drones/stereo.mpo", mpo(), KEPT, source_format="MPO", frames=2),
-        Case("planes/drawing.svg", svg('<rect x="10" y="10" width="200" height="120" '
-                                       'fill="#3366cc"/><circle cx="120" cy="80" r="40" '
-                                       'fill="orange"/>'), KEPT, source_format="SVG"),
-        Case("planes/sneaky.svg", svg(f'<rect width="240" height="160" fill="green"/><image '
-                                      f'xlink:href="{local_file_for_svg}" width="240" '
-                                      f'height="160"/>'), KEPT, source_format="SVG"),
+        Case(
+            "planes/drawing.svg",
+            svg(
+                '<rect x="10" y="10" width="200" height="120" '
+                'fill="#3366cc"/><circle cx="120" cy="80" r="40" '
+                'fill="orange"/>'
+            ),
+            KEPT,
+            source_format="SVG",
+        ),
+        Case(
+            "planes/sneaky.svg",
+            svg(
+                f'<rect width="240" height="160" fill="green"/><image '
+                f'xlink:href="{local_file_for_svg}" width="240" '
+                f'height="160"/>'
+            ),
+            KEPT,
+            source_format="SVG",
+        ),
         # Same stem, different content and extension: both kept, under different names.
-        Case("planes/plane.jpg", encode(photo(140, 100, 19), "JPEG"), KEPT,
-             source_format="JPEG"),
+        Case("planes/plane.jpg", encode(photo(140, 100, 19), "JPEG"), KEPT, source_format="JPEG"),
         Case("planes/plane.png", encode(photo(140, 100, 20), "PNG"), KEPT, source_format="PNG"),
         Case("planes/empty.jpg", b"", REJECTED, reason="empty"),
         Case("planes/truncated.jpg", jpeg[: len(jpeg) // 2], REJECTED, reason="truncated"),
         Case("planes/corrupt.png", corrupt_png(), REJECTED, reason="undecodable"),
         Case("planes/bomb.png", bomb_png(), REJECTED, reason="decompression_bomb"),
-        Case("planes/notes.jpg", b"these are not the pixels you are looking for\n" * 20,
-             REJECTED, reason="not_an_image"),
-        Case("planes/page.jpg", b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
-             REJECTED, reason="not_an_image"),
-        Case("planes/phone.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\0" * 64,
-             REJECTED, reason="unsupported_format"),
+        Case(
+            "planes/notes.jpg",
+            b"these are not the pixels you are looking for\n" * 20,
+            REJECTED,
+            reason="not_an_image",
+        ),
+        Case(
+            "planes/page.jpg",
+            b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+            REJECTED,
+            reason="not_an_image",
+        ),
+        Case(
+            "planes/phone.heic",
+            b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\0" * 64,
+            REJECTED,
+            reason="unsupported_format",
+        ),
         Case("planes/speck.png", encode(photo(12, 12, 21), "PNG"), REJECTED, reason="too_small"),
         Case("stray-at-root.jpg", jpeg, REJECTED, reason="no_class"),
     ]

@@ -39,8 +39,18 @@ def messy_lake(s3, bucket, tmp_path):
 
 
 def test_every_file_once_with_its_outcome(s3, bucket, messy_lake):
-    code = main(["clean", f"s3://{bucket}/raw", f"s3://{bucket}/clean",
-                 "--endpoint-url", s3.endpoint_url, "--files-per-task", "8", "--no-progress"])
+    code = main(
+        [
+            "clean",
+            f"s3://{bucket}/raw",
+            f"s3://{bucket}/clean",
+            "--endpoint-url",
+            s3.endpoint_url,
+            "--files-per-task",
+            "8",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     fs = s3.filesystem()
     manifest, images, rejected, report = read_output(fs, f"{bucket}/clean")
@@ -71,8 +81,11 @@ def test_every_file_once_with_its_outcome(s3, bucket, messy_lake):
     plane_jpg, plane_png = (images[f"s3://{bucket}/raw/planes/plane.{e}"] for e in ("jpg", "png"))
     assert plane_jpg["sha256"] != plane_png["sha256"]
 
-    assert report["totals"] == {"listed": len(messy_lake), "kept": len(images),
-                                "rejected": len(rejected)}
+    assert report["totals"] == {
+        "listed": len(messy_lake),
+        "kept": len(images),
+        "rejected": len(rejected),
+    }
     assert sum(report["rejected_by_reason"].values()) == len(rejected)
     assert report["per_class"]["planes"]["rejected"]["truncated"] == 1
     assert report["input_formats"]["GIF"] == 2 and report["input_extensions"][".jpg"] >= 5
@@ -84,8 +97,9 @@ def test_every_file_once_with_its_outcome(s3, bucket, messy_lake):
 
 def test_snapshot_isolates_the_run_from_files_arriving_and_changing(s3, bucket, monkeypatch):
     fs = s3.filesystem()
-    upload_files(fs, f"{bucket}/raw", {f"birds/{i}.png": encode(photo(64, 64, i), "PNG")
-                                       for i in range(4)})
+    upload_files(
+        fs, f"{bucket}/raw", {f"birds/{i}.png": encode(photo(64, 64, i), "PNG") for i in range(4)}
+    )
     listed_once = job.list_lake
 
     def list_then_mutate(uri, storage):  # noqa: ANN001
@@ -108,8 +122,9 @@ def test_snapshot_isolates_the_run_from_files_arriving_and_changing(s3, bucket, 
 
 def test_rerun_publishes_a_new_version_and_leaves_no_strays(s3, bucket):
     fs = s3.filesystem()
-    upload_files(fs, f"{bucket}/raw", {f"a/{i}.png": encode(photo(64, 64, i), "PNG")
-                                       for i in range(3)})
+    upload_files(
+        fs, f"{bucket}/raw", {f"a/{i}.png": encode(photo(64, 64, i), "PNG") for i in range(3)}
+    )
     fs.pipe_file(f"{bucket}/out/images/part-crashed-run.parquet", b"leftover of a dead run")
     args = ["clean", f"s3://{bucket}/raw", f"s3://{bucket}/out", "--no-progress"]
     assert main(args) == 0
@@ -124,9 +139,11 @@ def test_rerun_publishes_a_new_version_and_leaves_no_strays(s3, bucket):
 
 def test_local_folder_lake(tmp_path):
     lake = tmp_path / "lake"
-    for name, data in {"cats/a.png": encode(photo(64, 64, 1), "PNG"),
-                       "dogs/b.jpg": encode(photo(64, 64, 2), "JPEG"),
-                       "dogs/c.jpg": b""}.items():
+    for name, data in {
+        "cats/a.png": encode(photo(64, 64, 1), "PNG"),
+        "dogs/b.jpg": encode(photo(64, 64, 2), "JPEG"),
+        "dogs/c.jpg": b"",
+    }.items():
         (lake / name).parent.mkdir(parents=True, exist_ok=True)
         (lake / name).write_bytes(data)
     assert main(["clean", str(lake), str(tmp_path / "out"), "--no-progress"]) == 0

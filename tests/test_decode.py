@@ -93,17 +93,21 @@ def test_bomb_is_rejected_from_the_header_alone():
 def test_svg_cannot_read_local_files(tmp_path):
     red = tmp_path / "red.png"
     Image.new("RGB", (50, 50), (255, 0, 0)).save(red)
-    data = svg(f'<rect width="240" height="160" fill="green"/>'
-               f'<image xlink:href="{red}" width="240" height="160"/>'
-               f'<image href="file://{red}" width="240" height="160"/>')
+    data = svg(
+        f'<rect width="240" height="160" fill="green"/>'
+        f'<image xlink:href="{red}" width="240" height="160"/>'
+        f'<image href="file://{red}" width="240" height="160"/>'
+    )
     pixels = np.asarray(Image.open(io.BytesIO(normalise_bytes(data, CONFIG)["image"])))
     assert (pixels[..., 0] > 200).mean() == 0.0
     assert (pixels[..., 1] > 100).mean() > 0.9
 
 
 def test_svg_with_entities_is_refused():
-    data = (b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY a "aaaaaaaaaa">]>'
-            b'<svg xmlns="http://www.w3.org/2000/svg" width="50" height="50">&a;</svg>')
+    data = (
+        b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY a "aaaaaaaaaa">]>'
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="50" height="50">&a;</svg>'
+    )
     with pytest.raises(Rejected) as info:
         normalise_bytes(data, CONFIG)
     assert info.value.reason == Reason.UNSUPPORTED_FORMAT
