@@ -134,9 +134,23 @@ def _open_raster(data: bytes, limits: DecodeLimits) -> Image.Image:
         if unsupported:
             raise Rejected(Reason.UNSUPPORTED_FORMAT, f"{unsupported} is not decodable") from exc
         raise Rejected(Reason.NOT_AN_IMAGE, describe_non_image(data)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except NotImplementedError as exc:  # e.g. a DDS pixel format Pillow does not implement
+        raise Rejected(
+            Reason.UNSUPPORTED_FORMAT, str(exc) or "format variant not implemented"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - plugins raise many types on hostile headers
         # Pillow identified a header but could not even parse it.
-        raise Rejected(Reason.UNDECODABLE, f"header unreadable: {exc}") from exc
+        raise Rejected(
+            Reason.UNDECODABLE, f"header unreadable: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _frame_count(image: Image.Image) -> int:
+    """Frames in the file; counting walks a multi-frame file, which can fail on its own."""
+    try:
+        return int(getattr(image, "n_frames", 1))
+    except Exception:  # noqa: BLE001 - a broken later frame does not spoil the first
+        return 1
 
 
 def _load(image: Image.Image) -> None:
@@ -158,7 +172,11 @@ def _load(image: Image.Image) -> None:
         if "not supported" in message or "ghostscript" in message.lower():
             raise Rejected(Reason.UNSUPPORTED_FORMAT, message) from exc
         raise Rejected(Reason.UNDECODABLE, message) from exc
-    except (SyntaxError, ValueError, TypeError, IndexError, KeyError, MemoryError) as exc:
+    except NotImplementedError as exc:
+        raise Rejected(
+            Reason.UNSUPPORTED_FORMAT, str(exc) or "format variant not implemented"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - SyntaxError, IndexError, MemoryError, ...
         raise Rejected(Reason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -184,7 +202,7 @@ def decode_image(data: bytes, limits: DecodeLimits, target_side: int | None = No
         )
     if min(width, height) < limits.min_side:
         raise Rejected(Reason.TOO_SMALL, f"{width}x{height} is below {limits.min_side} px")
-    frames = getattr(image, "n_frames", 1)
+    frames = _frame_count(image)
     if target_side and source_format in ("JPEG", "MPO"):
         # Draft keeps both sides >= the request: ask for the shrunk size, not a square.
         scale = target_side / max(width, height)

@@ -32,18 +32,19 @@ class Case:
 
 
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A photo-like RGB image: smooth gradients plus texture, so JPEG sizes are realistic."""
+    """A photo-like RGB image: a seed-specific layout of soft blobs over a gradient, plus
+    sensor-like noise, so JPEG sizes are realistic and different seeds are not
+    perceptual near-duplicates of each other."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack(
-        [
-            128 + 100 * np.sin(x / (17 + seed % 7)),
-            128 + 100 * np.cos(y / (23 + seed % 5)),
-            128 + 80 * np.sin((x + y) / 31),
-        ],
-        axis=-1,
-    )
-    noise = rng.normal(0, 12, size=(height, width, 3))
+    y, x = y / max(height, 1), x / max(width, 1)
+    angle = rng.uniform(0, 2 * np.pi)
+    base = rng.uniform(60, 190, 3) + 60 * (np.cos(angle) * x + np.sin(angle) * y)[..., None]
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.08, 0.3)
+        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
+        base = base + blob[..., None] * rng.uniform(-110, 110, 3)
+    noise = rng.normal(0, 10, size=(height, width, 3))
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
 
 
@@ -60,8 +61,8 @@ def exif_rotated_jpeg() -> bytes:
     return encode(photo(200, 100, 3), "JPEG", exif=exif.tobytes())
 
 
-def animated(fmt: str, frames: int = 3) -> bytes:
-    images = [photo(96, 80, seed) for seed in range(frames)]
+def animated(fmt: str, frames: int, seed: int) -> bytes:
+    images = [photo(96, 80, seed + i) for i in range(frames)]
     return encode(images[0], fmt, save_all=True, append_images=images[1:], duration=100, loop=0)
 
 
@@ -146,11 +147,17 @@ def messy_cases(local_file_for_svg: str = "/etc/hostname") -> list[Case]:
             KEPT,
             source_format="PNG",
         ),
-        Case("drones/animated.gif", animated("GIF"), KEPT, source_format="GIF", frames=3),
-        Case("drones/gif_in_disguise.jpg", animated("GIF", 2), KEPT, source_format="GIF", frames=2),
-        Case("drones/animated.png", animated("PNG", 2), KEPT, source_format="PNG", frames=2),
+        Case("drones/animated.gif", animated("GIF", 3, 30), KEPT, source_format="GIF", frames=3),
+        Case(
+            "drones/gif_in_disguise.jpg",
+            animated("GIF", 2, 40),
+            KEPT,
+            source_format="GIF",
+            frames=2,
+        ),
+        Case("drones/animated.png", animated("PNG", 2, 50), KEPT, source_format="PNG", frames=2),
         Case("drones/still.webp", encode(photo(120, 90, 12), "WEBP"), KEPT, source_format="WEBP"),
-        Case("drones/animated.webp", animated("WEBP", 2), KEPT, source_format="WEBP", frames=2),
+        Case("drones/animated.webp", animated("WEBP", 2, 60), KEPT, source_format="WEBP", frames=2),
         Case("drones/bitmap.bmp", encode(photo(90, 70, 13), "BMP"), KEPT, source_format="BMP"),
         Case(
             "drones/pages.tif",

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from common.config import option, section
 from common.storage import StorageConfig
+from pipeline.dedup import DedupConfig
+from pipeline.junk import JunkConfig
+from pipeline.split import SplitConfig
 
 
 @dataclass
@@ -28,6 +31,7 @@ class NormalizeConfig:
         "access); --no-rasterize-svg rejects them",
     )
     max_svg_bytes: int = option(5_000_000, "Largest SVG document to parse")
+    thumbnail_side: int = option(96, "Side of the preview stored with each row for review")
     background: tuple[int, int, int] = option(
         (255, 255, 255), "RGB background that transparency is flattened onto, e.g. 255,255,255"
     )
@@ -50,9 +54,18 @@ class ExecutionConfig:
 
 
 @dataclass
+class ReportConfig:
+    gallery_per_reason: int = option(48, "Thumbnails shown per rejection reason in report.html")
+
+
+@dataclass
 class CleanConfig:
     input_uri: str = option("", "The lake: any fsspec URI with one sub-prefix per class")
     output_uri: str = option("", "Where the cleaned data set is published")
     storage: StorageConfig = section(StorageConfig)
     normalize: NormalizeConfig = section(NormalizeConfig)
+    junk: JunkConfig = section(JunkConfig)
+    dedup: DedupConfig = section(DedupConfig)
+    split: SplitConfig = section(SplitConfig)
+    report: ReportConfig = section(ReportConfig)
     execution: ExecutionConfig = section(ExecutionConfig)

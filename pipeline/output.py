@@ -3,16 +3,20 @@
 Layout of OUTPUT_URI:
 
     _manifest.json        the commit point: which shards make up the current version
-    images/part-*.parquet kept images (JPEG bytes + metadata)
+    images/split=<split>/part-*.parquet  kept images (JPEG bytes + metadata)
     rejected/part-*.parquet every file not kept, with its reason
+    index/part-*.parquet    the hash index of kept images (no pixels), for incremental runs
     snapshots/<run>.parquet the listing each run worked on
-    report.json           counts, formats, bytes, mean/std of the current version
-    _staging/<run>/       a run in progress (removed when it publishes)
+    versions/<run>.json     every published manifest
+    report.json, report.html  the current version's report and review page
+    _staging/<run>/         a run in progress (removed when it publishes)
 
 A run writes only under `_staging/<run>/` until it is complete; then it moves its
-shards into place, writes the report and, last, `_manifest.json`. Readers that go
-through `read_manifest` never see a half-written version; shards no manifest lists
-(a crashed run's leftovers) are removed when the next run publishes.
+shards into place, writes the reports and, last, `_manifest.json`. Readers that go
+through `read_manifest` never see a half-written version. Shards are immutable and
+shared between versions; files listed by neither the new nor the previous version
+(a crashed run's leftovers, superseded shards) are removed after the commit, so the
+previous version stays readable until the next run publishes.
 """
 
 from __future__ import annotations
@@ -20,19 +24,25 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.storage import StorageConfig, filesystem, join
-from pipeline.sink import IMAGES_DIR, REJECTED_DIR, StagedFiles
+from pipeline.sink import Shards
+from pipeline.tables import IMAGES, INDEX, REJECTED_DIR
 
 MANIFEST = "_manifest.json"
 REPORT = "report.json"
+REPORT_HTML = "report.html"
 STAGING = "_staging"
 SNAPSHOTS = "snapshots"
+VERSIONS = "versions"
+TABLES = (IMAGES, REJECTED_DIR, INDEX)
 FORMAT_VERSION = 1
+_READ_THREADS = 16
 
 
 class OutputError(Exception):
@@ -63,6 +73,7 @@ def write_json(uri: str, payload: dict[str, Any], storage: StorageConfig) -> Non
     """Write JSON so a reader sees the old or the new file, never a partial one."""
     fs, path = filesystem(uri, storage)
     data = json.dumps(payload, indent=2, sort_keys=False, default=str).encode()
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     if fs.protocol in ("file", "local") or "file" in fs.protocol:
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
         fs.pipe_file(tmp, data)
@@ -93,21 +104,33 @@ def write_snapshot(snapshot: pa.Table, uri: str, storage: StorageConfig) -> None
 def publish(
     output_uri: str,
     run_id: str,
-    staged: StagedFiles,
+    staged: Shards,
+    carried: dict[str, list[str]],
     report: dict[str, Any],
+    report_html: str,
     manifest_extra: dict[str, Any],
     storage: StorageConfig,
 ) -> dict[str, Any]:
-    """Move a finished run's shards into place and commit it by writing the manifest."""
+    """Move a finished run's shards into place and commit the version by writing the
+    manifest. `carried`: shards of the previous version kept as they are, per table."""
     fs, _ = filesystem(output_uri, storage)
     stage = staging_uri(output_uri, run_id)
-    files: dict[str, list[str]] = {IMAGES_DIR: [], REJECTED_DIR: []}
-    for shard in staged.shards:
+    files: dict[str, list[str]] = {table: list(carried.get(table, [])) for table in TABLES}
+    moves = []
+    for shard in staged.writes:
         relative = shard.uri[len(stage) :].lstrip("/")
-        target = join(output_uri, relative)
-        fs.makedirs(fs._strip_protocol(join(output_uri, shard.table)), exist_ok=True)
-        fs.mv(fs._strip_protocol(shard.uri), fs._strip_protocol(target))
-        files[shard.table].append(relative)
+        table = relative.split("/", 1)[0]
+        if table in files:  # not e.g. candidates/: an intermediate of this run
+            moves.append((shard.uri, join(output_uri, relative)))
+            files[table].append(relative)
+
+    def move(pair: tuple[str, str]) -> None:
+        source, target = (fs._strip_protocol(u) for u in pair)
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.mv(source, target)
+
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        list(pool.map(move, moves))  # server-side copies on S3: I/O bound
     snapshot_rel = f"{SNAPSHOTS}/{run_id}.parquet"
     fs.makedirs(fs._strip_protocol(join(output_uri, SNAPSHOTS)), exist_ok=True)
     fs.mv(
@@ -115,34 +138,46 @@ def publish(
         fs._strip_protocol(join(output_uri, snapshot_rel)),
     )
     write_json(join(output_uri, REPORT), report, storage)
+    fs.pipe_file(fs._strip_protocol(join(output_uri, REPORT_HTML)), report_html.encode())
     manifest = {
         "format_version": FORMAT_VERSION,
         "run_id": run_id,
         "published_at": dt.datetime.now(dt.UTC).isoformat(),
         **manifest_extra,
         "files": {
-            IMAGES_DIR: sorted(files[IMAGES_DIR]),
-            REJECTED_DIR: sorted(files[REJECTED_DIR]),
+            **{table: sorted(set(files[table])) for table in TABLES},
             "snapshot": snapshot_rel,
             "report": REPORT,
+            "report_html": REPORT_HTML,
         },
     }
-    write_json(join(output_uri, MANIFEST), manifest, storage)
-    _collect_garbage(output_uri, manifest, storage)
+    previous = read_manifest(output_uri, storage)
+    write_json(join(output_uri, VERSIONS, f"{run_id}.json"), manifest, storage)
+    write_json(join(output_uri, MANIFEST), manifest, storage)  # the commit point
+    _collect_garbage(output_uri, [manifest, previous], storage)
     return manifest
 
 
-def _collect_garbage(output_uri: str, manifest: dict[str, Any], storage: StorageConfig) -> None:
-    """Remove shards no manifest lists and the staging area (after the commit, never before)."""
+def _listed(root: str, manifest: dict[str, Any] | None) -> set[str]:
+    if not manifest:
+        return set()
+    files = manifest["files"]
+    paths = {rel for table in TABLES for rel in files.get(table, [])}
+    paths.add(files.get("snapshot", ""))
+    return {f"{root}/{rel}" for rel in paths if rel}
+
+
+def _collect_garbage(
+    output_uri: str, keep: list[dict[str, Any] | None], storage: StorageConfig
+) -> None:
+    """Remove shards neither the new nor the previous version lists, and the staging
+    area. The previous version stays readable until the next run publishes."""
     fs, root = filesystem(output_uri, storage)
     root = root.rstrip("/")
-    listed = {
-        f"{root}/{rel}" for key in (IMAGES_DIR, REJECTED_DIR) for rel in manifest["files"][key]
-    }
-    for table in (IMAGES_DIR, REJECTED_DIR):
-        folder = f"{root}/{table}"
-        if fs.exists(folder):
-            for path in fs.find(folder):
+    listed = set().union(*(_listed(root, m) for m in keep))
+    for folder in (*TABLES, SNAPSHOTS):
+        if fs.exists(f"{root}/{folder}"):
+            for path in fs.find(f"{root}/{folder}"):
                 if path not in listed:
                     fs.rm_file(path)
     if fs.exists(f"{root}/{STAGING}"):
@@ -150,26 +185,43 @@ def _collect_garbage(output_uri: str, manifest: dict[str, Any], storage: Storage
 
 
 def table_uris(output_uri: str, manifest: dict[str, Any], table: str) -> list[str]:
-    """Full URIs of the current version's shards of `table` ("images" or "rejected")."""
+    """Full URIs of a version's shards of `table` ("images", "rejected" or "index")."""
     return [join(output_uri, rel) for rel in manifest["files"][table]]
 
 
 def read_table(
-    output_uri: str, table: str, storage: StorageConfig, columns: list[str] | None = None
+    output_uri: str,
+    table: str,
+    storage: StorageConfig,
+    columns: list[str] | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> pa.Table:
-    """Read the current version of one output table (without the image column if asked)."""
-    manifest = read_manifest(output_uri, storage)
+    """Read one table of the current (or the given) version, e.g. without the image column."""
+    manifest = manifest or read_manifest(output_uri, storage)
     if manifest is None:
         raise OutputError(f"{output_uri} has no published cleaning output ({MANIFEST} missing)")
     return read_shards(table_uris(output_uri, manifest, table), storage, columns)
 
 
-def read_shards(uris: list[str], storage: StorageConfig, columns: list[str] | None) -> pa.Table:
+def read_shards(
+    uris: list[str],
+    storage: StorageConfig,
+    columns: list[str] | None = None,
+    with_shard: bool = False,
+) -> pa.Table:
+    """Concatenate Parquet shards (fetched concurrently); `with_shard` adds a `_shard`
+    column naming each row's file, so a later pass can go back for other columns."""
     if not uris:
         return pa.table({})
     fs, _ = filesystem(uris[0], storage)
-    tables = []
-    for uri in uris:
+
+    def read_one(uri: str) -> pa.Table:
         with fs.open(fs._strip_protocol(uri), "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
+            table = pq.read_table(f, columns=columns)
+        if with_shard:
+            table = table.append_column("_shard", pa.array([uri] * table.num_rows, pa.string()))
+        return table
+
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        tables = list(pool.map(read_one, uris))
     return pa.concat_tables(tables, promote_options="default")

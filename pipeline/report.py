@@ -1,25 +1,30 @@
-"""report.json: what the run kept and dropped, per class and reason, and the data set's
-per-channel mean/std (the seed computed these by hand for Normalize).
+"""report.json and report.html of a version: what was kept and dropped, per class and
+reason, the class balance and split, duplicate clusters and label conflicts, and the
+train split's per-channel mean/std (the seed computed these by hand for Normalize).
 
-Built from the staged tables' metadata columns (never the image bytes), so its cost
-grows with the row count, not the pixels.
+Built from the tables' metadata columns; only the review page goes back for the
+thumbnails of the few rows it shows.
 """
 
 from __future__ import annotations
 
 import math
-import posixpath
 from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from common.storage import StorageConfig
+from common.storage import join
+from pipeline.config import CleanConfig
 from pipeline.output import read_shards
-from pipeline.sink import IMAGES_DIR, REJECTED_DIR, StagedFiles
+from pipeline.report_html import render_report_html
+from pipeline.sink import Shards
+from pipeline.tables import IMAGES, REJECTED_DIR
 
-_IMAGE_STATS_COLUMNS = [
+_IMAGE_STATS = [
+    "source_uri",
     "class_name",
     "source_format",
     "source_bytes",
@@ -28,28 +33,64 @@ _IMAGE_STATS_COLUMNS = [
     "height",
     "channel_mean",
     "channel_sqmean",
+    "cluster_id",
+    "split",
 ]
-_REJECTED_STATS_COLUMNS = ["class_name", "reason", "source_format", "source_bytes"]
+_REJECTED_STATS = [
+    "source_uri",
+    "class_name",
+    "reason",
+    "source_format",
+    "source_bytes",
+    "cluster_id",
+    "duplicate_of",
+    "distance",
+    "score",
+    "detail",
+]
+_MAX_CONFLICTS_LISTED = 100
+NO_CLASS = "(no class)"
 
 
-def extension(uri: str) -> str:
-    """The file name's extension as the seed tabulated it (case kept, '' if none)."""
-    return posixpath.splitext(uri.rsplit("/", 1)[-1])[1]
+def counts(table: pa.Table, keys: list[str]) -> dict[Any, int]:
+    """Row counts per key (a value, or a tuple for several keys), aggregated by Arrow."""
+    if table.num_rows == 0:
+        return {}
+    grouped = table.group_by(keys).aggregate([([], "count_all")]).to_pylist()
+    key = (lambda r: r[keys[0]]) if len(keys) == 1 else (lambda r: tuple(r[k] for k in keys))
+    return {key(r): r["count_all"] for r in grouped}
+
+
+def extensions(uris: pa.ChunkedArray) -> dict[str, int]:
+    """File extensions as the seed tabulated them (case kept, '' if none)."""
+    found = pc.struct_field(pc.extract_regex(uris, r"(?P<ext>\.[^./]*)$"), "ext")
+    table = pa.table({"ext": pc.fill_null(found, "")})
+    return dict(sorted(counts(table, ["ext"]).items()))
+
+
+def current_uris(
+    cfg: CleanConfig, table: str, staged: Shards, carried: dict[str, list[str]]
+) -> list[str]:
+    """Every shard of `table` in the version being built: carried over plus staged."""
+    return [join(cfg.output_uri, rel) for rel in carried.get(table, [])] + staged.uris(table)
+
+
+def _vectors(column: pa.ChunkedArray) -> np.ndarray:
+    return column.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3)
 
 
 def channel_stats(images: pa.Table) -> dict[str, list[float]]:
-    """Pixel-weighted mean and std over all kept images, from per-image moments."""
+    """Pixel-weighted mean and std over images, from per-image moments."""
     if images.num_rows == 0:
         return {"mean": [], "std": []}
     pixels = (
-        np.asarray(images["width"], dtype=np.float64)
-        * np.asarray(images["height"], dtype=np.float64)
+        images["width"].to_numpy().astype(np.float64)
+        * images["height"].to_numpy().astype(np.float64)
     )[:, None]
-    means = np.asarray(images["channel_mean"].to_pylist(), dtype=np.float64)
-    sqmeans = np.asarray(images["channel_sqmean"].to_pylist(), dtype=np.float64)
     total = pixels.sum()
-    mean = (means * pixels).sum(axis=0) / total
-    var = np.maximum((sqmeans * pixels).sum(axis=0) / total - mean**2, 0.0)
+    mean = (_vectors(images["channel_mean"]) * pixels).sum(axis=0) / total
+    sqmean = (_vectors(images["channel_sqmean"]) * pixels).sum(axis=0) / total
+    var = np.maximum(sqmean - mean**2, 0.0)
     return {
         "mean": [round(float(x), 6) for x in mean],
         "std": [round(float(math.sqrt(x)), 6) for x in var],
@@ -65,51 +106,210 @@ def class_balance(kept_per_class: dict[str, int]) -> list[dict[str, Any]]:
     ]
 
 
-def build_report(
-    snapshot: pa.Table, staged: StagedFiles, classes: list[str], storage: StorageConfig
-) -> dict[str, Any]:
-    images = read_shards(staged.uris(IMAGES_DIR), storage, _IMAGE_STATS_COLUMNS)
-    rejected = read_shards(staged.uris(REJECTED_DIR), storage, _REJECTED_STATS_COLUMNS)
-    image_rows = images.to_pylist() if images.num_rows else []
-    rejected_rows = rejected.to_pylist() if rejected.num_rows else []
-
-    listed = Counter(c or "(no class)" for c in snapshot["class_name"].to_pylist())
-    kept = Counter(r["class_name"] for r in image_rows)
-    dropped: dict[str, Counter] = defaultdict(Counter)
-    for r in rejected_rows:
-        dropped[r["class_name"] or "(no class)"][r["reason"]] += 1
-    per_class = {
-        name: {
-            "listed": listed[name],
-            "kept": kept.get(name, 0),
-            "rejected": dict(sorted(dropped[name].items())),
+def duplicate_stats(images: pa.Table, rejected: pa.Table) -> dict[str, Any]:
+    clusters = pa.table(
+        {
+            "cluster_id": pa.concat_arrays(
+                [t["cluster_id"].combine_chunks() for t in (images, rejected) if t.num_rows]
+            )
         }
-        for name in sorted(listed)
-    }
-    formats = Counter(r["source_format"] or "unidentified" for r in image_rows + rejected_rows)
+    )
+    sizes = [n for cid, n in counts(clusters, ["cluster_id"]).items() if cid and n > 1]
+    reasons = counts(rejected, ["reason"])
     return {
+        "clusters": len(sizes),
+        "largest": max(sizes, default=0),
+        "exact_duplicates_dropped": reasons.get("exact_duplicate", 0),
+        "near_duplicates_dropped": reasons.get("near_duplicate", 0),
+    }
+
+
+def label_conflicts(rejected: pa.Table) -> dict[str, Any]:
+    rows = rejected.filter(pc.equal(rejected["reason"], "label_conflict")).to_pylist()
+    clusters: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        clusters[r["cluster_id"]].append(r)
+    listed = [
+        {
+            "cluster_id": cid,
+            "classes": sorted({r["class_name"] for r in members}),
+            "files": sorted(r["source_uri"] for r in members),
+        }
+        for cid, members in sorted(clusters.items())[:_MAX_CONFLICTS_LISTED]
+    ]
+    return {"count": len(clusters), "files": len(rows), "clusters": listed}
+
+
+def split_table(images: pa.Table) -> dict[str, Any]:
+    per_split: dict[str, dict[str, int]] = defaultdict(dict)
+    for (split, name), n in sorted(counts(images, ["split", "class_name"]).items()):
+        per_split[split][name] = n
+    return {
+        split: {"images": sum(c.values()), "per_class": c} for split, c in sorted(per_split.items())
+    }
+
+
+def per_class_table(
+    snapshot: pa.Table, images: pa.Table, rejected: pa.Table
+) -> dict[str, dict[str, Any]]:
+    listed = counts(pa.table({"c": pc.fill_null(snapshot["class_name"], NO_CLASS)}), ["c"])
+    kept = counts(images, ["class_name"])
+    splits = counts(images, ["class_name", "split"])
+    dropped = (
+        counts(
+            pa.table(
+                {"c": pc.fill_null(rejected["class_name"], NO_CLASS), "reason": rejected["reason"]}
+            ),
+            ["c", "reason"],
+        )
+        if rejected.num_rows
+        else {}
+    )
+    return {
+        name: {
+            "listed": n,
+            "kept": kept.get(name, 0),
+            "splits": {s: k for (c, s), k in sorted(splits.items()) if c == name},
+            "rejected": {r: k for (c, r), k in sorted(dropped.items()) if c == name},
+        }
+        for name, n in sorted(listed.items())
+    }
+
+
+def _total(table: pa.Table, column: str) -> int:
+    return int(pc.sum(table[column]).as_py() or 0) if table.num_rows else 0
+
+
+def build_report(
+    cfg: CleanConfig,
+    run_id: str,
+    snapshot: pa.Table,
+    classes: list[str],
+    staged: Shards,
+    carried: dict[str, list[str]],
+    decision_stats: dict[str, Any],
+) -> dict[str, Any]:
+    images = read_shards(current_uris(cfg, IMAGES, staged, carried), cfg.storage, _IMAGE_STATS)
+    rejected = read_shards(
+        current_uris(cfg, REJECTED_DIR, staged, carried), cfg.storage, _REJECTED_STATS
+    )
+    images = images if images.num_rows else _empty(_IMAGE_STATS)
+    rejected = rejected if rejected.num_rows else _empty(_REJECTED_STATS)
+    formats = pa.table(
+        {
+            "f": pc.fill_null(
+                pa.concat_arrays(
+                    [
+                        images["source_format"].combine_chunks(),
+                        rejected["source_format"].combine_chunks(),
+                    ]
+                ),
+                "unidentified",
+            )
+        }
+    )
+    train = images.filter(pc.equal(images["split"], "train"))
+    return {
+        "run_id": run_id,
+        "input_uri": cfg.input_uri,
         "classes": classes,
         "totals": {
             "listed": snapshot.num_rows,
-            "kept": len(image_rows),
-            "rejected": len(rejected_rows),
+            "kept": images.num_rows,
+            "rejected": rejected.num_rows,
         },
-        "per_class": per_class,
-        "class_balance": class_balance(dict(kept)),
-        "rejected_by_reason": dict(Counter(r["reason"] for r in rejected_rows).most_common()),
-        "input_extensions": dict(
-            sorted(Counter(extension(u) for u in snapshot["source_uri"].to_pylist()).items())
+        "per_class": per_class_table(snapshot, images, rejected),
+        "class_balance": class_balance(counts(images, ["class_name"])),
+        "splits": split_table(images),
+        "rejected_by_reason": dict(
+            sorted(counts(rejected, ["reason"]).items(), key=lambda kv: -kv[1])
         ),
-        "input_formats": dict(formats.most_common()),
-        "kept_formats": dict(Counter(r["source_format"] for r in image_rows).most_common()),
+        "duplicates": duplicate_stats(images, rejected),
+        "label_conflicts": label_conflicts(rejected),
+        "input_extensions": extensions(snapshot["source_uri"]),
+        "input_formats": dict(sorted(counts(formats, ["f"]).items(), key=lambda kv: -kv[1])),
+        "kept_formats": dict(
+            sorted(counts(images, ["source_format"]).items(), key=lambda kv: -kv[1])
+        ),
         "bytes": {
-            "listed": int(sum(snapshot["size"].to_pylist())),
-            "kept_sources": int(sum(r["source_bytes"] for r in image_rows)),
-            "kept_jpeg": int(sum(r["image_bytes"] for r in image_rows)),
-            "parquet_written": int(sum(s.bytes for s in staged.shards)),
+            "listed": _total(snapshot, "size"),
+            "kept_sources": _total(images, "source_bytes"),
+            "kept_jpeg": _total(images, "image_bytes"),
         },
-        "channel_stats": channel_stats(images) if images.num_rows else {"mean": [], "std": []},
+        "channel_stats": channel_stats(train),
+        "channel_stats_all_kept": channel_stats(images),
+        "this_run": decision_stats,
     }
+
+
+def _empty(columns: list[str]) -> pa.Table:
+    types = {
+        "source_bytes": pa.int64(),
+        "image_bytes": pa.int64(),
+        "width": pa.int32(),
+        "height": pa.int32(),
+        "distance": pa.int32(),
+        "score": pa.float64(),
+        "channel_mean": pa.list_(pa.float32(), 3),
+        "channel_sqmean": pa.list_(pa.float32(), 3),
+    }
+    return pa.schema([(c, types.get(c, pa.string())) for c in columns]).empty_table()
+
+
+def _sample_per_reason(rejected: pa.Table, limit: int) -> pa.Table:
+    taken: Counter = Counter()
+    keep = []
+    for i, reason in enumerate(rejected["reason"].to_pylist()):
+        if taken[reason] < limit:
+            taken[reason] += 1
+            keep.append(i)
+    return rejected.take(keep)
+
+
+def _thumbnails(uris_by_shard: dict[str, set[str]], cfg: CleanConfig) -> dict[str, bytes]:
+    """Thumbnails of just these rows, reading only the shards that hold them."""
+    found: dict[str, bytes] = {}
+    for shard, wanted in uris_by_shard.items():
+        table = read_shards([shard], cfg.storage, ["source_uri", "thumbnail"])
+        for uri, thumb in zip(
+            table["source_uri"].to_pylist(), table["thumbnail"].to_pylist(), strict=True
+        ):
+            if uri in wanted and thumb:
+                found[uri] = thumb
+    return found
+
+
+def review_page(
+    cfg: CleanConfig, report: dict[str, Any], staged: Shards, carried: dict[str, list[str]]
+) -> str:
+    """report.html: galleries of dropped files (duplicates beside their kept copy)."""
+    limit = cfg.report.gallery_per_reason
+    rejected = read_shards(
+        current_uris(cfg, REJECTED_DIR, staged, carried),
+        cfg.storage,
+        _REJECTED_STATS,
+        with_shard=True,
+    )
+    sample = _sample_per_reason(rejected, limit).to_pylist() if rejected.num_rows else []
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for r in sample:
+        wanted[r["_shard"]].add(r["source_uri"])
+    thumbs = _thumbnails(wanted, cfg)
+    keepers = {r["duplicate_of"] for r in sample if r.get("duplicate_of")}
+    kept_thumbs: dict[str, bytes] = {}
+    if keepers:
+        images = read_shards(
+            current_uris(cfg, IMAGES, staged, carried), cfg.storage, ["source_uri"], with_shard=True
+        )
+        by_shard: dict[str, set[str]] = defaultdict(set)
+        for uri, shard in zip(
+            images["source_uri"].to_pylist(), images["_shard"].to_pylist(), strict=True
+        ):
+            if uri in keepers:
+                by_shard[shard].add(uri)
+        kept_thumbs = _thumbnails(by_shard, cfg)
+    rows = [{**r, "thumbnail": thumbs.get(r["source_uri"])} for r in sample]
+    return render_report_html(report, rows, kept_thumbs, limit)
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -121,9 +321,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         for row in report["class_balance"]
     ]
     lines += [
+        f"  split {name:<18} {s['images']:>7}" for name, s in report.get("splits", {}).items()
+    ]
+    lines += [
         f"  rejected {reason:<22} {n:>7}" for reason, n in report["rejected_by_reason"].items()
     ]
     stats = report["channel_stats"]
     if stats["mean"]:
-        lines.append(f"  mean {stats['mean']}  std {stats['std']}")
+        lines.append(f"  train mean {stats['mean']}  std {stats['std']}")
     return lines

@@ -27,6 +27,8 @@ figure .pair{display:flex;gap:4px} figure img{width:104px;height:104px;object-fi
 background:#fff;border:1px solid #eee}
 figcaption{word-break:break-all;margin-top:.3rem} .muted{color:#777}
 .kept{outline:2px solid #3a3} .dropped{outline:2px solid #c33}
+.nopreview{padding:.5rem 0} .legend{font-size:.7rem;display:flex;gap:4px}
+.legend span{width:104px;text-align:center}
 """
 
 
@@ -37,8 +39,12 @@ def data_uri(jpeg: bytes | None) -> str | None:
 def _img(jpeg: bytes | None, css: str, alt: str) -> str:
     uri = data_uri(jpeg)
     if not uri:
-        return '<div class="muted" style="width:104px;height:104px">no preview</div>'
-    return f'<img class="{css}" src="{uri}" alt="{html.escape(alt)}">'
+        return '<div class="muted nopreview">no preview</div>'
+    # onerror marks a thumbnail the browser could not decode (checked by the tests).
+    return (
+        f'<img class="{css}" src="{uri}" alt="{html.escape(alt)}" '
+        f"onerror=\"this.classList.add('broken')\">"
+    )
 
 
 def balance_table(balance: list[dict[str, Any]]) -> str:
@@ -51,6 +57,22 @@ def balance_table(balance: list[dict[str, Any]]) -> str:
     return (
         f'<table id="balance"><tr><th>Class</th><th>Images</th><th>%</th></tr>{rows}'
         f"<tr><th>Total</th><th class=n>{total}</th><th class=n>100</th></tr></table>"
+    )
+
+
+def class_table(per_class: dict[str, Any], splits: list[str]) -> str:
+    """Listed / kept / per split / rejected, per class (the numbers behind the galleries)."""
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in splits)
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td class=n>{c['listed']}</td>"
+        f"<td class=n>{c['kept']}</td>"
+        + "".join(f"<td class=n>{c.get('splits', {}).get(s, 0)}</td>" for s in splits)
+        + f"<td class=n>{sum(c['rejected'].values())}</td></tr>"
+        for name, c in per_class.items()
+    )
+    return (
+        f'<table id="per-class"><tr><th>Class</th><th>Listed</th><th>Kept</th>{head}'
+        f"<th>Rejected</th></tr>{rows}</table>"
     )
 
 
@@ -93,7 +115,10 @@ def gallery_item(row: dict[str, Any], kept_thumbnails: dict[str, bytes]) -> str:
     dropped = _img(row.get("thumbnail"), "dropped", "dropped")
     if row.get("duplicate_of"):
         kept = _img(kept_thumbnails.get(row["duplicate_of"]), "kept", "kept copy")
-        body = f'<div class="pair">{dropped}{kept}</div>'
+        body = (
+            f'<div class="pair">{dropped}{kept}</div>'
+            '<div class="legend muted"><span>dropped</span><span>kept</span></div>'
+        )
     else:
         body = dropped
     return (
@@ -136,6 +161,8 @@ kept <b id="kept-total">{totals["kept"]}</b>, rejected <b>{totals["rejected"]}</
 <h2>Class balance (kept images)</h2>
 {balance_table(report["class_balance"])}
 {balance_chart(report["class_balance"])}
+<h2>Per class</h2>
+{class_table(report["per_class"], sorted(report.get("splits", {})))}
 <p class="muted">Mean {stats.get("mean")} &middot; std {stats.get("std")}</p>
 {"".join(sections)}
 </body></html>

@@ -5,6 +5,7 @@ Both are session-scoped: moto's server and Ray each take seconds to start.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ def s3() -> Iterator[LocalS3]:
 def ray_session(s3: LocalS3) -> Iterator[None]:
     import ray
 
+    # Ray Data logs per-operator metrics at DEBUG; a failing test's report drowns in them.
+    logging.getLogger("ray.data").setLevel(logging.INFO)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
         num_cpus=RAY_CPUS,

@@ -1,0 +1,886 @@
+"""Whole-lake duplicate removal: exact and near-duplicate clusters, one keeper each.
+
+Why: a scraped lake holds the same photo many times (re-encodes, resizes, light crops).
+Copies inflate training, leak across the train/test split, and sometimes carry two
+different labels. This stage decides, for every normalised image, whether it is kept,
+and gives every image a `cluster_id` so the split can keep a cluster on one side.
+
+How, top-down (`deduplicate` runs these steps):
+
+1. Units. Rows with the same `sha256` (identical normalised pixels) form one unit, so
+   exact duplicates always end up in one cluster.
+2. Searchable hashes. Rows the caller flags `low_detail`, and rows whose hash is
+   degenerate (`degenerate_hashes`), take part in exact matching only: a blank image's
+   pHash has at most one bit set and would otherwise be "near" every plain image.
+3. Candidate search, distributed on Ray (`find_near_pairs`): multi-index hashing. The
+   64 bits are cut into m bands; two hashes within distance t differ by at most t // m
+   bits in at least one band (pigeonhole), so probing every band value within that
+   radius finds every pair. Probes are table lookups, candidates are verified with an
+   exact popcount; the work grows like n * probes + candidates, not n^2.
+4. Clustering on the driver (`_Clusterer`): keepers are picked greedily in keep-policy
+   order and claim every unclaimed copy within the threshold *of the keeper*, so a
+   chain A~B~C never merges A and C through B. The verified pairs are small (a few per
+   duplicate), which is why this pass needs no cluster.
+5. Label conflicts: a cluster whose copies carry two classes is reported and, by
+   default, dropped entirely.
+
+What the caller passes (`REQUIRED_COLUMNS`), one row per normalised image:
+    source_uri (str, unique), class_name (str), sha256 (str: hex of the normalised
+    pixels), phash (str: 16 hex chars, `compute_hashes(image, cfg.hash_kind)` of the
+    normalised image, whatever the kind; null if it could not be computed), width and
+    height (int: normalised size), source_format (str, as `common.decode` names it),
+    seen_order (int: lower = seen earlier; may be null), low_detail (bool:
+    `pipeline.junk.is_low_detail` of the image's scores; null counts as False).
+
+Incremental runs pass `existing` (rows kept by earlier runs, same columns, optionally
+`cluster_id`): those rows stay kept, and only the new rows get decisions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from common.config import option
+
+if TYPE_CHECKING:  # Ray and imagehash load lazily: the CLI imports this module for --help
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+# Reasons a duplicate is dropped (the values of the output's `reason` column).
+EXACT_DUPLICATE = "exact_duplicate"
+NEAR_DUPLICATE = "near_duplicate"
+LABEL_CONFLICT = "label_conflict"
+
+HASH_KINDS = ("phash", "dhash", "whash", "ahash")
+KEEP_KEYS = ("resolution", "lossless", "earliest")
+HASH_BITS = 64
+
+REQUIRED_COLUMNS = (
+    "source_uri",
+    "class_name",
+    "sha256",
+    "phash",
+    "width",
+    "height",
+    "source_format",
+    "seen_order",
+    "low_detail",
+)
+
+DECISION_SCHEMA = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("cluster_id", pa.string()),
+        ("keep", pa.bool_()),
+        ("reason", pa.string()),
+        ("duplicate_of", pa.string()),
+        ("distance", pa.int32()),
+    ]
+)
+
+
+@dataclass
+class DedupConfig:
+    hash_kind: str = option(
+        "phash",
+        "Perceptual hash (64-bit, imagehash) compared for near duplicates; the `phash` "
+        "column holds this kind",
+        choices=HASH_KINDS,
+    )
+    max_hash_distance: int = option(
+        8,
+        "Near duplicate: hashes differ in at most this many of 64 bits; every dropped copy "
+        "is within it of the image kept in its place",
+    )
+    keep_policy: list[str] = option(
+        ["resolution", "lossless", "earliest"],
+        "Which copy of a cluster is kept, by these keys in order: resolution (more pixels), "
+        "lossless (lossless source format), earliest (lower seen_order); source_uri breaks ties",
+    )
+    lossless_formats: list[str] = option(
+        ["PNG", "BMP", "TIFF", "PPM", "PGM", "PBM", "GIF", "TGA", "QOI", "ICO", "SVG"],
+        "Source formats the keep policy counts as lossless (WEBP is not: its lossless mode "
+        "cannot be told from the format name)",
+    )
+    drop_label_conflicts: bool = option(
+        True,
+        "A cluster whose copies carry different classes drops every copy (label_conflict); "
+        "--no-drop-label-conflicts keeps its keeper and drops the rest",
+    )
+    min_hash_bits: int = option(
+        4,
+        "A hash with fewer than this many 1 bits, or 0 bits, is degenerate (a blank "
+        "image's pHash is 8000000000000000) and is matched exactly only",
+    )
+    max_hash_collisions: int = option(
+        10_000,
+        "A hash value shared by more distinct images (sha256) than this is degenerate and "
+        "matched exactly only (0: no limit)",
+    )
+    hash_bands: int = option(
+        0, "Bands the 64 hash bits are cut into for the search; 0 picks the cheapest for the lake"
+    )
+    max_bucket_hashes: int = option(
+        4096,
+        "A band value shared by more distinct hashes than this is searched on its own, "
+        "blockwise, so one degenerate bucket cannot exhaust a task's memory",
+    )
+    hashes_per_task: int = option(
+        131_072, "Distinct hashes whose near neighbours one Ray search task looks up"
+    )
+
+
+# --- Hashing (called by the normalise stage) ---------------------------------------------
+
+
+def compute_hashes(image: Image.Image, kind: str = "phash") -> str:
+    """The image's 64-bit perceptual hash as 16 hex chars (imagehash's `str(hash)`)."""
+    import imagehash
+
+    functions = {
+        "phash": imagehash.phash,
+        "dhash": imagehash.dhash,
+        "whash": imagehash.whash,
+        "ahash": imagehash.average_hash,
+    }
+    if kind not in functions:
+        raise ValueError(f"unknown hash kind {kind!r}; choose one of {', '.join(HASH_KINDS)}")
+    return str(functions[kind](image, hash_size=8))
+
+
+def hashes_to_uint64(hex_hashes: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """16-hex-char strings to uint64 (as `int(h, 16)`), plus a mask of the non-null ones."""
+    valid = np.asarray(pc.is_valid(hex_hashes), dtype=bool)
+    filled = pc.fill_null(hex_hashes, "0" * 16)
+    lengths = np.asarray(pc.utf8_length(filled))
+    if lengths.size and (lengths != 16).any():
+        bad = filled[int(np.flatnonzero(lengths != 16)[0])].as_py()
+        raise ValueError(f"a hash must be 16 hex characters (64 bits), got {bad!r}")
+    raw = bytes.fromhex("".join(filled.to_pylist()))
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64), valid
+
+
+def degenerate_hashes(
+    hashes: np.ndarray,
+    min_bits: int,
+    image_ids: np.ndarray | None = None,
+    max_collisions: int = 0,
+) -> np.ndarray:
+    """True where a hash says too little about its image to call anything "near" it.
+
+    Two signs: an extreme popcount (a blank image's pHash has 0 or 1 bit set, where a
+    real photo's has 32), and a value shared by more than `max_collisions` distinct
+    images (`image_ids`, e.g. sha256 codes), as featureless images all hash alike.
+    """
+    bits = np.bitwise_count(hashes)
+    mask = (bits < min_bits) | (bits > HASH_BITS - min_bits)
+    if max_collisions and image_ids is not None and hashes.size:
+        pairs = np.unique(np.stack([hashes.view(np.int64), image_ids.astype(np.int64)]), axis=1)
+        values, images = np.unique(pairs[0], return_counts=True)
+        crowded = values[images > max_collisions]
+        if crowded.size:
+            mask |= np.isin(hashes.view(np.int64), crowded)
+    return mask
+
+
+# --- Candidate search: multi-index hashing on Ray ----------------------------------------
+
+# A band's lookup table has 2**bits entries; 24 bits keeps it at 64 MiB at most.
+MAX_BAND_BITS = 24
+# Queries probed together, and candidates held at once, inside one task.
+QUERY_CHUNK = 2048
+CANDIDATE_BUDGET = 2_000_000
+GIANT_BLOCK = (512, 8192)
+# A probe (two random reads of a table) costs about two candidate checks (measured).
+PROBE_COST = 2.0
+# Plans probing more band values than this per hash are never worth it (and never built).
+MAX_PROBES = 20_000
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    """How the 64 bits are cut: band widths from the most significant bit, and the radius
+    each band is probed with. Any pair within `max_distance` differs by at most `radius`
+    bits in some band, since m bands each differing by radius+1 would add up to more."""
+
+    widths: tuple[int, ...]
+    radius: int
+
+    @classmethod
+    def even(cls, bands: int, max_distance: int) -> BandPlan:
+        base, extra = divmod(HASH_BITS, bands)
+        widths = tuple(base + 1 if i < extra else base for i in range(bands))
+        if max(widths) > MAX_BAND_BITS:
+            raise ValueError(f"{bands} bands are wider than {MAX_BAND_BITS} bits; use more")
+        return cls(widths, max_distance // bands)
+
+    def values(self, hashes: np.ndarray, band: int) -> np.ndarray:
+        """Each hash's value in `band`, as int32 (a table index: bands are <= 24 bits)."""
+        shift = HASH_BITS - sum(self.widths[: band + 1])
+        mask = (1 << self.widths[band]) - 1
+        return ((hashes >> np.uint64(shift)) & np.uint64(mask)).astype(np.int32)
+
+    def probes(self) -> int:
+        """Table lookups per hash and band (the widest band's)."""
+        return sum(math.comb(max(self.widths), k) for k in range(self.radius + 1))
+
+    def masks(self, band: int) -> np.ndarray:
+        """Every XOR mask of at most `radius` bits within the band: the probe offsets."""
+        return _probe_masks(self.widths[band], self.radius)
+
+
+@cache
+def _probe_masks(width: int, radius: int) -> np.ndarray:
+    masks = [
+        sum(1 << b for b in bits)
+        for k in range(radius + 1)
+        for bits in itertools.combinations(range(width), k)
+    ]
+    return np.array(masks, dtype=np.int32)
+
+
+def plan_bands(hashes: np.ndarray, max_distance: int, bands: int = 0) -> BandPlan:
+    """The band split the search uses: `bands` if given, else the cheapest on these hashes.
+
+    Few wide bands mean many probes per hash (large radius); many narrow bands mean
+    crowded buckets (many candidates). Real hashes are biased, so the candidate count is
+    measured on a sample rather than assumed uniform.
+    """
+    if bands:
+        return BandPlan.even(bands, max_distance)
+    fewest = math.ceil(HASH_BITS / MAX_BAND_BITS)
+    plans = [
+        BandPlan.even(m, max_distance) for m in range(fewest, max(fewest, max_distance + 1) + 1)
+    ]
+    affordable = [p for p in plans if p.probes() <= MAX_PROBES] or plans[-1:]
+    return min(affordable, key=lambda plan: _estimated_work(plan, hashes))
+
+
+def _estimated_work(plan: BandPlan, hashes: np.ndarray, sample: int = 1 << 20) -> float:
+    """Probes plus candidate pairs the plan would cost on `hashes` (bucket sizes sampled)."""
+    n = hashes.size
+    rng = np.random.default_rng(0)
+    table_sample = hashes if n <= sample else rng.choice(hashes, sample, replace=False)
+    queries = rng.choice(table_sample, min(4096, max(64, 2_000_000 // plan.probes())))
+    scale = n / max(1, table_sample.size)
+    work = 0.0
+    for band in range(len(plan.widths)):
+        counts = np.bincount(plan.values(table_sample, band), minlength=1 << plan.widths[band])
+        masks = plan.masks(band)
+        probes = plan.values(queries, band)[:, None] ^ masks[None, :]
+        per_query = counts[probes].sum(axis=1).mean() * scale
+        work += PROBE_COST * n * masks.size + n * per_query / 2
+    return work
+
+
+@dataclass
+class NearPairs:
+    """Verified pairs among distinct hashes: i < j (indexes into the hashes searched)."""
+
+    i: np.ndarray
+    j: np.ndarray
+    distance: np.ndarray
+    candidates: int  # candidate pairs verified: the search's work
+    plan: BandPlan
+    giant_buckets: int
+    seconds: float
+
+
+@dataclass
+class _BandIndex:
+    """One band's table: the hashes whose band value is v are order[offsets[v]:offsets[v+1]],
+    in ascending id order."""
+
+    order: np.ndarray
+    position: np.ndarray  # where each hash sits in `order`
+    offsets: np.ndarray
+    giants: np.ndarray  # band values holding more than the bucket cap
+
+
+def _build_band_index(hashes: np.ndarray, plan: BandPlan, band: int, cap: int) -> _BandIndex:
+    values = plan.values(hashes, band)
+    counts = np.bincount(values, minlength=1 << plan.widths[band])
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    index_type = np.int32 if hashes.size < 2**31 else np.int64
+    order = np.argsort(values, kind="stable").astype(index_type)
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size, dtype=index_type)
+    giants = np.flatnonzero(counts > cap)
+    return _BandIndex(order, position, offsets.astype(index_type), giants)
+
+
+def _probe(
+    values: np.ndarray, index: _BandIndex, masks: np.ndarray, chunk: np.ndarray, once: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each query's probes land in `order`: begin and count per (query, probe).
+
+    With `once` (every hash is a query), a pair would be met from both ends: only the
+    probe going up in band value is kept, and in the query's own bucket (masks[0] == 0)
+    only the hashes after it.
+    """
+    probes = values[chunk][:, None] ^ masks[None, :]
+    begin = np.take(index.offsets, probes)  # np.take: faster than fancy indexing here
+    count = np.take(index.offsets, probes + 1)
+    count -= begin
+    if once:
+        count[probes < probes[:, :1]] = 0
+        after = index.position[chunk] + 1
+        count[:, 0] -= after - begin[:, 0]
+        begin[:, 0] = after
+    if index.giants.size:
+        count[np.isin(probes, index.giants)] = 0
+    return begin, count
+
+
+def _query_groups(totals: np.ndarray, budget: int) -> Iterator[slice]:
+    """Consecutive query ranges whose candidates add up to at most ~budget each."""
+    ends = np.cumsum(totals)
+    start = 0
+    while start < totals.size:
+        base = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + budget, side="right")))
+        yield slice(start, stop)
+        start = stop
+
+
+def _expand_and_verify(
+    hashes: np.ndarray,
+    queries: np.ndarray,
+    begin: np.ndarray,
+    count: np.ndarray,
+    order: np.ndarray,
+    max_distance: int,
+    is_query: np.ndarray | None,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+    """Check every hash in every probed bucket against its query: (pairs, candidates)."""
+    flat = count.ravel()
+    hit = np.flatnonzero(flat)
+    sizes = flat[hit]
+    ends = np.cumsum(sizes)
+    total = int(ends[-1]) if ends.size else 0
+    t = np.take(order, np.repeat(begin.ravel()[hit] - (ends - sizes), sizes) + np.arange(total))
+    query_of_hit = queries[hit // count.shape[1]]
+    if is_query is not None:
+        # Incremental: a pair of two queries is met from both ends, keep one.
+        q = np.repeat(query_of_hit, sizes)
+        keep = ((q < t) | ~is_query[t]) & (q != t)
+        q, t = q[keep], t[keep]
+        d = np.bitwise_count(hashes[q] ^ hashes[t])
+        ok = np.flatnonzero(d <= max_distance)
+        candidates = q.size
+        q = q[ok]
+    else:
+        d = np.bitwise_count(np.repeat(hashes[query_of_hit], sizes) ^ np.take(hashes, t))
+        ok = np.flatnonzero(d <= max_distance)
+        candidates = total
+        q = query_of_hit[np.searchsorted(ends, ok, side="right")]
+    t = t[ok]
+    return (np.minimum(q, t), np.maximum(q, t), d[ok].astype(np.uint8)), candidates
+
+
+def _search_range(
+    hashes: np.ndarray,
+    is_query: np.ndarray | None,
+    plan: BandPlan,
+    start: int,
+    stop: int,
+    max_distance: int,
+    *indexes: _BandIndex,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Ray task: near pairs of the query hashes in [start, stop), from every band's table.
+
+    Each pair is found once per band it qualifies in (duplicates across bands are
+    dropped at the end); pairs touching a crowded bucket are left to `_search_giant`.
+    """
+    nodes = np.arange(start, stop)
+    if is_query is not None:
+        nodes = nodes[is_query[start:stop]]
+    found: list[tuple[np.ndarray, ...]] = []
+    candidates = 0
+    for band, index in enumerate(indexes):
+        values = plan.values(hashes, band)
+        masks = plan.masks(band)
+        queries = nodes[~np.isin(values[nodes], index.giants)]  # see _search_giant
+        for first in range(0, queries.size, QUERY_CHUNK):
+            chunk = queries[first : first + QUERY_CHUNK]
+            begin, count = _probe(values, index, masks, chunk, once=is_query is None)
+            for group in _query_groups(count.sum(axis=1), CANDIDATE_BUDGET):
+                pairs, checked = _expand_and_verify(
+                    hashes,
+                    chunk[group],
+                    begin[group],
+                    count[group],
+                    index.order,
+                    max_distance,
+                    is_query,
+                )
+                found.append(pairs)
+                candidates += checked
+    return (*_unique_pairs(found, hashes.size), candidates)
+
+
+def _search_giant(
+    hashes: np.ndarray,
+    is_query: np.ndarray | None,
+    plan: BandPlan,
+    band: int,
+    value: int,
+    max_distance: int,
+    index: _BandIndex,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Ray task: every pair with a hash in one crowded bucket, verified block by block."""
+    sources = index.order[index.offsets[value] : index.offsets[value + 1]]
+    probes = value ^ plan.masks(band)
+    targets = np.concatenate([index.order[index.offsets[p] : index.offsets[p + 1]] for p in probes])
+    if is_query is not None and not (is_query[sources].any() or is_query[targets].any()):
+        return (*_unique_pairs([], hashes.size), 0)
+    found: list[tuple[np.ndarray, ...]] = []
+    rows, cols = GIANT_BLOCK
+    for a in range(0, sources.size, rows):
+        s_block = sources[a : a + rows]
+        for b in range(0, targets.size, cols):
+            t_block = targets[b : b + cols]
+            d = np.bitwise_count(hashes[s_block][:, None] ^ hashes[t_block][None, :])
+            si, ti = np.nonzero(d <= max_distance)
+            s, t = s_block[si], t_block[ti]
+            keep = s != t
+            if is_query is not None:
+                keep &= is_query[s] | is_query[t]
+            s, t, d = s[keep], t[keep], d[si[keep], ti[keep]]
+            found.append((np.minimum(s, t), np.maximum(s, t), d.astype(np.uint8)))
+    return (*_unique_pairs(found, hashes.size), sources.size * targets.size)
+
+
+def _unique_pairs(
+    found: list[tuple[np.ndarray, ...]], n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8)
+    i, j, d = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    _, first = np.unique(i.astype(np.int64) * n + j, return_index=True)
+    return i[first].astype(np.int64), j[first].astype(np.int64), d[first]
+
+
+@cache
+def _remote(fn: Any) -> Any:
+    import ray
+
+    return ray.remote(fn)
+
+
+def find_near_pairs(
+    hashes: np.ndarray,
+    max_distance: int,
+    *,
+    is_query: np.ndarray | None = None,
+    bands: int = 0,
+    max_bucket_hashes: int = 4096,
+    hashes_per_task: int = 131_072,
+) -> NearPairs:
+    """Every pair of `hashes` (distinct uint64 values) within `max_distance`, on Ray.
+
+    The hashes and one lookup table per band go to the object store once; each task
+    probes the tables for a range of hashes and returns only verified pairs, so tasks
+    spread over the nodes of a cluster. With `is_query`, only pairs touching at least
+    one query hash are searched (incremental runs: new hashes against old and new).
+    Memory per worker: about 8 + 4 * bands bytes per hash plus the tables.
+    """
+    import ray
+
+    started = time.perf_counter()
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    if hashes.size < 2:
+        plan = BandPlan.even(bands or math.ceil(HASH_BITS / MAX_BAND_BITS), max_distance)
+        return NearPairs(*_unique_pairs([], hashes.size), 0, plan, 0, 0.0)
+    plan = plan_bands(hashes, max_distance, bands)
+    hashes_ref = ray.put(hashes)
+    query_ref = ray.put(is_query) if is_query is not None else None
+    build = _remote(_build_band_index)
+    indexes = [
+        build.remote(hashes_ref, plan, band, max_bucket_hashes) for band in range(len(plan.widths))
+    ]
+    search, giant = _remote(_search_range), _remote(_search_giant)
+    step = max(1, hashes_per_task)
+    tasks = [
+        search.remote(
+            hashes_ref, query_ref, plan, a, min(a + step, hashes.size), max_distance, *indexes
+        )
+        for a in range(0, hashes.size, step)
+    ]
+    giants = ray.get([_remote(_giants_of).remote(index) for index in indexes])
+    for band, values in enumerate(giants):
+        if values.size:
+            log.warning(
+                "dedup: %d crowded bucket(s) in band %d searched blockwise (degenerate "
+                "hashes? flag such images low_detail)",
+                values.size,
+                band,
+            )
+        tasks += [
+            giant.remote(hashes_ref, query_ref, plan, band, int(v), max_distance, indexes[band])
+            for v in values
+        ]
+    results = ray.get(tasks)
+    i, j, d = _unique_pairs([r[:3] for r in results], hashes.size)
+    candidates = sum(r[3] for r in results)
+    giant_count = sum(v.size for v in giants)
+    return NearPairs(i, j, d, candidates, plan, giant_count, time.perf_counter() - started)
+
+
+def _giants_of(index: _BandIndex) -> np.ndarray:
+    return index.giants
+
+
+# --- Rows: the caller's tables as arrays ---------------------------------------------------
+
+_INPUT_SCHEMA = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("class_name", pa.string()),
+        ("sha256", pa.string()),
+        ("phash", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("source_format", pa.string()),
+        ("seen_order", pa.int64()),
+        ("low_detail", pa.bool_()),
+    ]
+)
+
+
+@dataclass
+class _Rows:
+    """Existing rows first, then new ones, as the arrays the decisions need."""
+
+    n_existing: int
+    uri: np.ndarray  # object (str)
+    classes: list[str]
+    class_code: np.ndarray
+    sha_code: np.ndarray  # equal pixels, equal code
+    hashes: np.ndarray  # uint64
+    low_detail: np.ndarray
+    degenerate: np.ndarray
+    searchable: np.ndarray  # takes part in the near-duplicate search
+    rank: np.ndarray  # position in keep-policy order, 0 = best
+    cluster_id: np.ndarray  # object: the id a cluster kept by this row gets
+
+    @property
+    def count(self) -> int:
+        return self.uri.size
+
+
+def _checked(table: pa.Table, what: str) -> pa.Table:
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{what} table lacks column(s): {', '.join(missing)}")
+    out = table.select(list(REQUIRED_COLUMNS)).cast(_INPUT_SCHEMA)
+    if out["sha256"].null_count or out["source_uri"].null_count:
+        raise ValueError(f"{what} table has rows without source_uri or sha256")
+    return out
+
+
+def policy_rank(table: pa.Table, keep_policy: list[str], lossless: list[str]) -> np.ndarray:
+    """Each row's position when sorted best-first by the keep policy (source_uri last)."""
+    unknown = set(keep_policy) - set(KEEP_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keep_policy key(s) {sorted(unknown)}; use {KEEP_KEYS}")
+    formats = pc.utf8_upper(pc.fill_null(table["source_format"], ""))
+    keys = pa.table(
+        {
+            "resolution": pc.negate(pc.multiply(table["width"], table["height"])),
+            "lossless": pc.invert(pc.is_in(formats, pa.array([f.upper() for f in lossless]))),
+            "earliest": table["seen_order"],
+            "source_uri": table["source_uri"],
+        }
+    )
+    sort_keys = [(k, "ascending", "at_end") for k in [*keep_policy, "source_uri"]]
+    order = np.asarray(pc.sort_indices(keys, sort_keys=sort_keys))
+    rank = np.empty(table.num_rows, dtype=np.int64)
+    rank[order] = np.arange(table.num_rows)
+    return rank
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    encoded = pc.dictionary_encode(pc.fill_null(column, "")).combine_chunks()
+    return np.asarray(encoded.indices, dtype=np.int64), encoded.dictionary.to_pylist()
+
+
+def _rows(existing: pa.Table | None, new: pa.Table, cfg: DedupConfig) -> _Rows:
+    tables = [_checked(new, "new")]
+    if existing is not None:
+        tables.insert(0, _checked(existing, "existing"))
+    table = pa.concat_tables(tables)
+    uri = table["source_uri"].to_numpy()
+    if pc.count_distinct(table["source_uri"]).as_py() != uri.size:
+        raise ValueError("source_uri must be unique across the existing and new rows")
+    n_existing = 0 if existing is None else existing.num_rows
+    sha_code, _ = _codes(table["sha256"])
+    class_code, classes = _codes(table["class_name"])
+    hashes, has_hash = hashes_to_uint64(table["phash"])
+    low_detail = np.asarray(pc.fill_null(table["low_detail"], False), dtype=bool)
+    degenerate = has_hash & degenerate_hashes(
+        hashes, cfg.min_hash_bits, sha_code, cfg.max_hash_collisions
+    )
+    searchable = has_hash & ~low_detail & ~degenerate
+    # A unit (the new rows of one sha256) is searched only if all its rows can be.
+    new_codes = sha_code[n_existing:]
+    blocked = np.bincount(new_codes, weights=~searchable[n_existing:], minlength=1) > 0
+    searchable[n_existing:] &= ~blocked[new_codes]
+    cluster_id = table["sha256"].to_numpy()
+    if existing is not None and "cluster_id" in existing.column_names:
+        given = pc.coalesce(existing["cluster_id"].cast(pa.string()), existing["sha256"])
+        cluster_id[:n_existing] = given.to_numpy()
+    return _Rows(
+        n_existing=n_existing,
+        uri=uri,
+        classes=classes,
+        class_code=class_code,
+        sha_code=sha_code,
+        hashes=hashes,
+        low_detail=low_detail,
+        degenerate=degenerate,
+        searchable=searchable,
+        rank=policy_rank(table, cfg.keep_policy, cfg.lossless_formats),
+        cluster_id=cluster_id,
+    )
+
+
+# --- Clustering: greedy keepers, bounded by the distance to the keeper ----------------------
+
+
+def _csr(keys: np.ndarray, values: np.ndarray, size: int) -> tuple[list[int], list[int]]:
+    """Group `values` by `keys` in 0..size-1: members of k are values[ptr[k]:ptr[k+1]]."""
+    order = np.argsort(keys, kind="stable")
+    ptr = np.zeros(size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys, minlength=size), out=ptr[1:])
+    return ptr.tolist(), values[order].tolist()
+
+
+class _Clusterer:
+    """Assigns every new row the row it is kept in place of (itself, for a keeper).
+
+    Keepers are visited best-first and claim every still-unclaimed copy within the
+    threshold of *themselves*: exact copies (same sha256, a whole unit at once) and units
+    whose hash is in the keeper's node or a neighbouring one. Existing rows go first and
+    are never claimed, so rows kept by earlier runs stay kept.
+    """
+
+    def __init__(self, rows: _Rows, node_of: np.ndarray, pairs: NearPairs, n_nodes: int):
+        self.rows = rows
+        self.node_of = node_of
+        new = np.arange(rows.n_existing, rows.count)
+        searchable_new = new[rows.searchable[new]]
+        node_unit = np.unique(
+            np.stack([node_of[searchable_new], rows.sha_code[searchable_new]]), axis=1
+        )
+        self.unit_ptr, self.units = _csr(node_unit[0], node_unit[1], n_nodes)
+        both = np.concatenate
+        self.nbr_ptr, self.nbrs = _csr(both([pairs.i, pairs.j]), both([pairs.j, pairs.i]), n_nodes)
+        self.units_in_node = np.diff(self.unit_ptr)
+        self.degree = np.diff(self.nbr_ptr)
+        existing_nodes = node_of[: rows.n_existing]
+        self.existing_in_node = np.bincount(existing_nodes[existing_nodes >= 0], minlength=n_nodes)
+        self.node_list = node_of.tolist()  # plain lists: the loops below are Python
+
+    def run(self) -> np.ndarray:
+        """Per new row, the row kept in its place (itself if it is a keeper)."""
+        rows, e = self.rows, self.rows.n_existing
+        keeper = np.full(int(rows.sha_code.max(initial=-1)) + 1, -1, dtype=np.int64)
+        by_rank = np.argsort(rows.rank[:e])
+        codes, first = np.unique(rows.sha_code[by_rank], return_index=True)
+        keeper[codes] = by_rank[first]  # exact copies of existing rows, before any near one
+        unit_keeper: list[int] = keeper.tolist()  # by sha code
+        for row in by_rank[self._touches_new(by_rank)].tolist():
+            self._claim_near(row, unit_keeper)
+        new = np.arange(e, rows.count)
+        alone = self._alone(new, unit_keeper)
+        codes_of = rows.sha_code.tolist()
+        for row in new[~alone][np.argsort(rows.rank[new[~alone]])].tolist():
+            if unit_keeper[codes_of[row]] < 0:
+                unit_keeper[codes_of[row]] = row
+                self._claim_near(row, unit_keeper)
+        result = np.asarray(unit_keeper, dtype=np.int64)[rows.sha_code[new]]
+        result[alone] = new[alone]
+        return result
+
+    def _claim_near(self, row: int, keeper: list[int]) -> None:
+        """`row` keeps in place of every unclaimed unit whose hash is within the threshold."""
+        node = self.node_list[row]
+        if node < 0:
+            return
+        for near in [node, *self.nbrs[self.nbr_ptr[node] : self.nbr_ptr[node + 1]]]:
+            for unit in self.units[self.unit_ptr[near] : self.unit_ptr[near + 1]]:
+                if keeper[unit] < 0:
+                    keeper[unit] = row
+
+    def _touches_new(self, rows: np.ndarray) -> np.ndarray:
+        """Existing rows whose node could reach a new unit (the others claim nothing)."""
+        reaches = (self.units_in_node > 0) | (self.degree > 0)
+        return _at(reaches, self.node_of[rows], False)
+
+    def _alone(self, new: np.ndarray, keeper: list[int]) -> np.ndarray:
+        """New rows no one can claim and that claim no one: their own keepers, no loop."""
+        code = self.rows.sha_code[new]
+        unit_size = np.bincount(code, minlength=len(keeper))
+        lonely = (self.units_in_node == 1) & (self.degree == 0) & (self.existing_in_node == 0)
+        unclaimed = np.asarray(keeper, dtype=np.int64)[code] < 0
+        return (unit_size[code] == 1) & unclaimed & _at(lonely, self.node_of[new], True)
+
+
+def _at(per_node: np.ndarray, node: np.ndarray, missing: bool) -> np.ndarray:
+    """per_node[node], and `missing` where node is -1 (a row left out of the search)."""
+    return np.append(per_node, missing)[node]
+
+
+# --- Decisions ---------------------------------------------------------------------------
+
+
+@dataclass
+class DedupResult:
+    decisions: pa.Table  # DECISION_SCHEMA: one row per new row, in the input's order
+    summary: dict[str, Any]
+
+
+def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = None) -> DedupResult:
+    """Decide which `new` rows to keep; `existing` rows (kept earlier) stay kept.
+
+    A full run passes existing=None. The candidate search runs as Ray tasks (Ray must be
+    initialised); the clustering pass runs here on the driver over the verified pairs.
+    """
+    started = time.perf_counter()
+    rows = _rows(existing, new, cfg)
+    nodes, node_of = np.unique(rows.hashes[rows.searchable], return_inverse=True)
+    node_of_row = np.full(rows.count, -1, dtype=np.int64)
+    node_of_row[rows.searchable] = node_of
+    is_query = None
+    if existing is not None:
+        is_query = np.zeros(nodes.size, dtype=bool)
+        is_query[node_of_row[rows.n_existing :][rows.searchable[rows.n_existing :]]] = True
+    pairs = find_near_pairs(
+        nodes,
+        cfg.max_hash_distance,
+        is_query=is_query,
+        bands=cfg.hash_bands,
+        max_bucket_hashes=cfg.max_bucket_hashes,
+        hashes_per_task=cfg.hashes_per_task,
+    )
+    keeper = _Clusterer(rows, node_of_row, pairs, nodes.size).run()
+    decisions, summary = _decisions(rows, keeper, cfg)
+    summary["search"] = {
+        "distinct_hashes": int(nodes.size),
+        "band_bits": list(pairs.plan.widths),
+        "band_radius": pairs.plan.radius,
+        "candidate_pairs": int(pairs.candidates),
+        "near_pairs": int(pairs.i.size),
+        "crowded_buckets": int(pairs.giant_buckets),
+        "seconds": round(pairs.seconds, 3),
+    }
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return DedupResult(decisions, summary)
+
+
+def _conflicting(rows: _Rows, keeper: np.ndarray) -> np.ndarray:
+    """Keepers whose cluster (new members plus an existing keeper) spans two classes."""
+    new = np.arange(rows.n_existing, rows.count)
+    members = np.concatenate([keeper, np.unique(keeper[keeper < rows.n_existing])])
+    member_rows = np.concatenate([new, np.unique(keeper[keeper < rows.n_existing])])
+    pairs = np.unique(np.stack([members, rows.class_code[member_rows]]), axis=1)
+    clusters, classes = np.unique(pairs[0], return_counts=True)
+    return clusters[classes > 1]
+
+
+def _decisions(rows: _Rows, keeper: np.ndarray, cfg: DedupConfig) -> tuple[pa.Table, dict]:
+    new = np.arange(rows.n_existing, rows.count)
+    is_keeper = keeper == new
+    exact = ~is_keeper & (rows.sha_code[new] == rows.sha_code[keeper])
+    distance = np.bitwise_count(rows.hashes[new] ^ rows.hashes[keeper]).astype(np.int64)
+    distance[exact] = 0
+    reason = np.where(is_keeper, None, np.where(exact, EXACT_DUPLICATE, NEAR_DUPLICATE))
+    conflicts = _conflicting(rows, keeper)
+    in_conflict = np.isin(keeper, conflicts)
+    if cfg.drop_label_conflicts:
+        dropped_for_label = in_conflict
+    else:
+        dropped_for_label = in_conflict & (rows.class_code[new] != rows.class_code[keeper])
+    reason[dropped_for_label] = LABEL_CONFLICT
+    keep = is_keeper & ~dropped_for_label
+    decisions = pa.table(
+        {
+            "source_uri": pa.array(rows.uri[new], pa.string()),
+            "cluster_id": pa.array(rows.cluster_id[keeper], pa.string()),
+            "keep": pa.array(keep),
+            "reason": pa.array(reason, pa.string()),
+            "duplicate_of": pa.array(rows.uri[keeper], pa.string(), mask=is_keeper),
+            "distance": pa.array(distance, pa.int32(), mask=is_keeper),
+        },
+        schema=DECISION_SCHEMA,
+    )
+    return decisions, _summary(rows, keeper, reason, keep, conflicts, cfg)
+
+
+def _summary(
+    rows: _Rows,
+    keeper: np.ndarray,
+    reason: np.ndarray,
+    keep: np.ndarray,
+    conflicts: np.ndarray,
+    cfg: DedupConfig,
+) -> dict[str, Any]:
+    new = np.arange(rows.n_existing, rows.count)
+    clusters, sizes = np.unique(keeper, return_counts=True)
+    sizes = sizes + (clusters < rows.n_existing)  # the existing keeper is a member too
+    dropped = reason[~keep]
+    return {
+        "rows": int(new.size),
+        "existing_rows": rows.n_existing,
+        "kept": int(keep.sum()),
+        "dropped": {
+            r: int((dropped == r).sum()) for r in (EXACT_DUPLICATE, NEAR_DUPLICATE, LABEL_CONFLICT)
+        },
+        "clusters": int(clusters.size),
+        "duplicate_clusters": int((sizes > 1).sum()),
+        "largest_cluster": int(sizes.max(initial=0)),
+        "low_detail_rows": int(rows.low_detail[new].sum()),
+        "degenerate_hash_rows": int(rows.degenerate[new].sum()),
+        "label_conflicts": _conflicts(rows, keeper, conflicts),
+        "hash_kind": cfg.hash_kind,
+        "max_hash_distance": cfg.max_hash_distance,
+    }
+
+
+def _conflicts(
+    rows: _Rows, keeper: np.ndarray, conflicts: np.ndarray, listed: int = 20
+) -> list[dict[str, Any]]:
+    """The label conflicts as the report shows them: classes and (some of) the copies."""
+    by_cluster = np.argsort(keeper, kind="stable")
+    sorted_keeper = keeper[by_cluster]
+    out = []
+    for cluster in conflicts.tolist():
+        a, b = np.searchsorted(sorted_keeper, [cluster, cluster + 1])
+        members = rows.n_existing + by_cluster[a:b]
+        if cluster < rows.n_existing:
+            members = np.concatenate([[cluster], members])
+        names = [rows.classes[c] for c in rows.class_code[members]]
+        out.append(
+            {
+                "cluster_id": str(rows.cluster_id[cluster]),
+                "keeper": str(rows.uri[cluster]),
+                "size": int(members.size),
+                "classes": {name: names.count(name) for name in sorted(set(names))},
+                "members": [str(u) for u in rows.uri[members[:listed]]],
+            }
+        )
+    return sorted(out, key=lambda c: -c["size"])

@@ -1,0 +1,150 @@
+"""Incremental runs: compare this run's listing with the one the published version used.
+
+Only objects that are new or changed (etag or size) are processed; objects that left
+the lake (or changed) take their old rows out of the new version; everything else
+is carried over untouched. No changes at all means no image work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from common.storage import StorageConfig, filesystem, join
+from pipeline.output import read_shards, read_table
+from pipeline.sink import shard_name, write_parquet
+from pipeline.tables import IMAGES, INDEX, REJECTED_DIR
+
+
+@dataclass
+class Plan:
+    todo: pa.Table  # snapshot rows to process in this run
+    removed: set[str] = field(default_factory=set)  # source_uris whose old rows must go
+    carried: int = 0  # unchanged files, kept as they were
+
+    @property
+    def has_work(self) -> bool:
+        return self.todo.num_rows > 0 or bool(self.removed)
+
+
+def _fingerprints(snapshot: pa.Table) -> dict[str, tuple[str, int]]:
+    return dict(
+        zip(
+            snapshot["source_uri"].to_pylist(),
+            zip(snapshot["etag"].to_pylist(), snapshot["size"].to_pylist(), strict=True),
+            strict=True,
+        )
+    )
+
+
+def plan_run(
+    snapshot: pa.Table, previous: pa.Table | None, retry: set[str] | frozenset = frozenset()
+) -> Plan:
+    """What this run must do, given the previous version's snapshot (None: everything).
+
+    `retry`: files the previous version rejected for a passing reason (read_error,
+    source_changed, internal_error); they are processed again even if unchanged.
+    """
+    if previous is None:
+        return Plan(todo=snapshot)
+    before = _fingerprints(previous)
+    now = _fingerprints(snapshot)
+    changed = {uri for uri, fp in now.items() if uri in before and before[uri] != fp}
+    changed |= {uri for uri in retry if uri in now}
+    new = {uri for uri in now if uri not in before}
+    gone = {uri for uri in before if uri not in now}
+    todo_mask = pc.is_in(
+        snapshot["source_uri"], value_set=pa.array(sorted(new | changed), pa.string())
+    )
+    return Plan(
+        todo=snapshot.filter(todo_mask),
+        removed=gone | changed,
+        carried=len(now) - len(new) - len(changed),
+    )
+
+
+# Rejections that say nothing about the file itself: try again on the next run.
+TRANSIENT_REASONS = ("read_error", "source_changed", "internal_error")
+
+
+def previous_state(
+    output_uri: str, manifest: dict[str, Any] | None, storage: StorageConfig
+) -> tuple[pa.Table | None, set[str]]:
+    """The previous version's listing and the files it rejected for a passing reason."""
+    if manifest is None:
+        return None, set()
+    fs, path = filesystem(join(output_uri, manifest["files"]["snapshot"]), storage)
+    with fs.open(path, "rb") as f:
+        snapshot = pq.read_table(f)
+    rejected = read_table(output_uri, REJECTED_DIR, storage, ["source_uri", "reason"], manifest)
+    retry = set()
+    if rejected.num_rows:
+        mask = pc.is_in(rejected["reason"], value_set=pa.array(TRANSIENT_REASONS))
+        retry = set(rejected.filter(mask)["source_uri"].to_pylist())
+    return snapshot, retry
+
+
+def _without(
+    uri: str, removed: frozenset[str], stage: str, folder: str, storage: StorageConfig
+) -> str | None:
+    """Rewrite one shard without the removed rows; None when nothing is left."""
+    table = read_shards([uri], storage)
+    keep = pc.invert(
+        pc.is_in(table["source_uri"], value_set=pa.array(sorted(removed), pa.string()))
+    )
+    table = table.filter(keep)
+    if table.num_rows == 0:
+        return None
+    name = shard_name(table["source_uri"].to_pylist(), "carried")
+    write_parquet(table, join(stage, folder, name), storage)
+    return f"{folder}/{name}"
+
+
+@ray.remote(num_cpus=0.25)
+def _carry_shard(
+    output_uri: str, relative: str, removed: frozenset[str], stage: str, storage: StorageConfig
+) -> tuple[str, str | None]:
+    """(relative path, what replaces it): itself, a rewritten shard, or None."""
+    uri = join(output_uri, relative)
+    uris = read_shards([uri], storage, ["source_uri"])["source_uri"].to_pylist()
+    if removed.isdisjoint(uris):
+        return relative, relative
+    folder = relative.rsplit("/", 1)[0]
+    return relative, _without(uri, removed, stage, folder, storage)
+
+
+def carry_over(
+    output_uri: str,
+    manifest: dict[str, Any] | None,
+    removed: set[str],
+    stage: str,
+    storage: StorageConfig,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """The previous version's shards for the new one, per table: untouched when they hold
+    no removed file, else rewritten (in Ray tasks) into the staging area. Returns the
+    carried relative paths and the staged ones (published with this run's shards)."""
+    if manifest is None:
+        return {}, []
+    files = manifest["files"]
+    if not removed:
+        return {t: list(files.get(t, [])) for t in (IMAGES, REJECTED_DIR, INDEX)}, []
+    frozen = frozenset(removed)
+    carried: dict[str, list[str]] = {}
+    staged: list[str] = []
+    for table in (IMAGES, REJECTED_DIR, INDEX):
+        refs = [
+            _carry_shard.remote(output_uri, rel, frozen, stage, storage)
+            for rel in files.get(table, [])
+        ]
+        carried[table] = []
+        for relative, replacement in ray.get(refs):
+            if replacement == relative:
+                carried[table].append(relative)
+            elif replacement:
+                staged.append(replacement)
+    return carried, staged

@@ -1,0 +1,402 @@
+"""The whole cleaning job end to end: throughput, wall time and peak memory, at 1x and Sx.
+
+For each scale this script starts a fresh moto S3 server on loopback (devkit.local_s3),
+uploads a lake of real crops from ``../shared/data/halmstad-crops`` (all 5 class
+folders; beyond the 8,384 originals, copies under new names in the same class), then
+runs the product's own command in a child process:
+
+    python -m pipeline clean s3://lake/raw s3://lake/clean --endpoint-url URL --num-cpus 2
+
+Ray is local (num_cpus=2). While the job runs, a sampler thread here reads the RSS of
+the job's driver and of every descendant process (raylet with its plasma store, GCS,
+Ray workers) every 0.2 s; the moto server is not part of the job and is left out.
+Reported: images/s, wall time, the peak of the summed RSS, the peak of the largest
+single Ray worker, and the ratio of those peaks between the largest scale and 1x.
+
+Run from the repository root:
+
+    .venv/bin/python scripts/bench/clean_end_to_end.py                  # 10k, then 100k
+    .venv/bin/python scripts/bench/clean_end_to_end.py --scales 1,5     # 10k, then 50k
+    .venv/bin/python scripts/bench/clean_end_to_end.py --files 500 --scales 1   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray  # noqa: F401 - puts Ray's bundled psutil on sys.path
+
+import psutil  # isort: skip
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from devkit.local_s3 import LocalS3  # noqa: E402
+
+CROPS_DIR = REPO.parent / "shared" / "data" / "halmstad-crops"
+BUCKET = "lake"
+INPUT_PREFIX, OUTPUT_PREFIX = "raw", "clean"
+DEFAULT_FILES = 10_000
+DEFAULT_SCALES = "1,10"
+NUM_CPUS = 2
+SAMPLE_INTERVAL_S = 0.2
+UPLOAD_THREADS = 32
+JOB_TIMEOUT_S = 1800
+MEMORY_RATIO_TARGET = 1.3
+SEED = 0
+MIB = 2**20
+# Process names of Ray's system processes, for the per-role peaks.
+SYSTEM_ROLES = ("raylet", "gcs_server", "dashboard", "runtime_env", "log_monitor", "monitor.py")
+
+
+@dataclass
+class MemoryPeaks:
+    total: int = 0  # peak of the sum over the job's processes
+    driver: int = 0
+    largest_worker: int = 0
+    by_role: dict[str, int] = field(default_factory=dict)
+    processes_seen: set[int] = field(default_factory=set)
+    samples: int = 0
+    cpu_seconds: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    scale: int
+    files: int
+    upload_s: float
+    wall_s: float
+    job_s: float  # the CLI's own "output: ... (N s)": listing to manifest
+    report_s: float  # report.json's "seconds": stops before the report/publish step
+    listing_s: float | None
+    publish_s: float | None  # from the sink's last write to the CLI's last line
+    kept: int
+    rejected: int
+    peaks: MemoryPeaks
+    moto_cpu_s: float
+    exit_code: int
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=DEFAULT_FILES, help="files in the 1x lake")
+    parser.add_argument(
+        "--scales", default=DEFAULT_SCALES, help="comma-separated multiples of --files to run"
+    )
+    parser.add_argument("--timeout", type=int, default=JOB_TIMEOUT_S, help="per job, seconds")
+    parser.add_argument(
+        "--log-dir", type=Path, default=None, help="keep the jobs' logs here (default: temp)"
+    )
+    return parser.parse_args(argv)
+
+
+# --- the lake ---------------------------------------------------------------------------
+
+
+def crop_sources() -> list[tuple[str, bytes]]:
+    """(class/name, bytes) of every real crop, in a fixed shuffled order."""
+    paths = sorted(CROPS_DIR.glob("*/*.jpg"))
+    random.Random(SEED).shuffle(paths)
+    return [(str(p.relative_to(CROPS_DIR)), p.read_bytes()) for p in paths]
+
+
+def lake_keys(sources: list[tuple[str, bytes]], count: int) -> Iterator[tuple[str, bytes]]:
+    """`count` (key, bytes): the crops first, then copies renamed `<stem>_dupN.jpg`."""
+    for i in range(count):
+        relative, data = sources[i % len(sources)]
+        copy = i // len(sources)
+        if copy:
+            stem, ext = relative.rsplit(".", 1)
+            relative = f"{stem}_dup{copy}.{ext}"
+        yield f"{INPUT_PREFIX}/{relative}", data
+
+
+def upload_lake(s3: LocalS3, sources: list[tuple[str, bytes]], count: int) -> float:
+    """PUT the lake with a thread pool (boto3 clients are thread-safe); return seconds."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    started = time.perf_counter()
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        for _ in pool.map(
+            lambda kv: client.put_object(Bucket=BUCKET, Key=kv[0], Body=kv[1]),
+            lake_keys(sources, count),
+        ):
+            pass
+    return time.perf_counter() - started
+
+
+# --- memory sampling ----------------------------------------------------------------------
+
+
+def role(proc: psutil.Process, driver_pid: int) -> str:
+    if proc.pid == driver_pid:
+        return "driver"
+    name = proc.name()
+    cmdline = " ".join(proc.cmdline())
+    if name.startswith("ray::") or "default_worker.py" in cmdline:
+        return "worker"
+    for system in SYSTEM_ROLES:
+        if system in name or system in cmdline:
+            return system
+    return "other"
+
+
+def sample_once(driver: psutil.Process, peaks: MemoryPeaks) -> None:
+    """Add one sample of the job's process tree to `peaks`."""
+    try:
+        procs = [driver, *driver.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    total = 0
+    per_role: dict[str, int] = {}
+    for proc in procs:
+        try:
+            rss = proc.memory_info().rss
+            kind = role(proc, driver.pid)
+            times = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        total += rss
+        per_role[kind] = per_role.get(kind, 0) + rss
+        peaks.processes_seen.add(proc.pid)
+        peaks.cpu_seconds[proc.pid] = times.user + times.system
+        if kind == "worker":
+            peaks.largest_worker = max(peaks.largest_worker, rss)
+        if kind == "driver":
+            peaks.driver = max(peaks.driver, rss)
+    peaks.total = max(peaks.total, total)
+    for kind, rss in per_role.items():
+        peaks.by_role[kind] = max(peaks.by_role.get(kind, 0), rss)
+    peaks.samples += 1
+
+
+def sample_until(driver: psutil.Process, peaks: MemoryPeaks, stop: threading.Event) -> None:
+    while not stop.is_set():
+        sample_once(driver, peaks)
+        stop.wait(SAMPLE_INTERVAL_S)
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+def job_command(endpoint_url: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "clean",
+        f"s3://{BUCKET}/{INPUT_PREFIX}",
+        f"s3://{BUCKET}/{OUTPUT_PREFIX}",
+        "--endpoint-url",
+        endpoint_url,
+        "--num-cpus",
+        str(NUM_CPUS),
+        "--no-progress",
+    ]
+
+
+def copy_log(stream, log_path: Path, started: float, marks: dict[str, float]) -> None:  # noqa: ANN001
+    """Write the job's output with elapsed seconds; remember when listing finished."""
+    with log_path.open("w") as log:
+        for line in stream:
+            elapsed = time.perf_counter() - started
+            if line.startswith("listed ") and "listing" not in marks:
+                marks["listing"] = elapsed
+            elif "CleanOutputSink finished" in line:
+                marks["sink_done"] = elapsed
+            elif line.startswith("output:"):
+                marks["done"] = elapsed
+                marks["cli_seconds"] = float(line.rsplit("(", 1)[1].split()[0])
+            log.write(f"[{elapsed:8.1f}s] {line}")
+
+
+def run_job(s3: LocalS3, log_path: Path, timeout: int) -> tuple[int, float, MemoryPeaks, dict]:
+    """Run the CLI in a child process while sampling its tree; (rc, wall s, peaks, marks)."""
+    env = {**os.environ, **s3.env(), "RAY_AUTH_MODE": "disabled"}
+    peaks, marks, stop = MemoryPeaks(), {}, threading.Event()
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        job_command(s3.endpoint_url),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    sampler = threading.Thread(
+        target=sample_until, args=(psutil.Process(child.pid), peaks, stop), daemon=True
+    )
+    reader = threading.Thread(
+        target=copy_log, args=(child.stdout, log_path, started, marks), daemon=True
+    )
+    sampler.start()
+    reader.start()
+    try:
+        code = child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        code = child.wait()
+    wall = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    reader.join()
+    return code, wall, peaks, marks
+
+
+def read_report(s3: LocalS3) -> dict:
+    fs = s3.filesystem()
+    return json.loads(fs.cat_file(f"{BUCKET}/{OUTPUT_PREFIX}/report.json"))
+
+
+def moto_cpu(s3: LocalS3) -> float:
+    times = psutil.Process(s3._process.pid).cpu_times()
+    return times.user + times.system
+
+
+def run_scale(
+    scale: int, files: int, sources: list[tuple[str, bytes]], log_dir: Path, timeout: int
+) -> RunResult:
+    count = files * scale
+    with LocalS3() as s3:
+        s3.create_bucket(BUCKET)
+        print(f"[{scale}x] uploading {count} files ...", flush=True)
+        upload_s = upload_lake(s3, sources, count)
+        print(f"[{scale}x] uploaded in {upload_s:.0f} s; running the job ...", flush=True)
+        moto_before = moto_cpu(s3)
+        log_path = log_dir / f"job_{scale}x.log"
+        code, wall, peaks, marks = run_job(s3, log_path, timeout)
+        moto_s = moto_cpu(s3) - moto_before
+        report = read_report(s3) if code == 0 else {"totals": {}, "seconds": float("nan")}
+    totals = report["totals"]
+    print(f"[{scale}x] exit {code} after {wall:.0f} s; log: {log_path}", flush=True)
+    return RunResult(
+        scale=scale,
+        files=count,
+        upload_s=upload_s,
+        wall_s=wall,
+        job_s=marks.get("cli_seconds", float("nan")),
+        report_s=report["seconds"],
+        listing_s=marks.get("listing"),
+        publish_s=marks["done"] - marks["sink_done"] if "sink_done" in marks else None,
+        kept=totals.get("kept", 0),
+        rejected=totals.get("rejected", 0),
+        peaks=peaks,
+        moto_cpu_s=moto_s,
+        exit_code=code,
+    )
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def mib(n: int) -> str:
+    return f"{n / MIB:.0f}"
+
+
+def result_row(r: RunResult) -> list[str]:
+    listing = f"{r.listing_s:.1f}" if r.listing_s is not None else "-"
+    publish = f"{r.publish_s:.1f}" if r.publish_s is not None else "-"
+    return [
+        f"{r.scale}x",
+        str(r.files),
+        f"{r.kept}/{r.rejected}",
+        f"{r.wall_s:.1f}",
+        f"{r.job_s:.1f}",
+        f"{r.report_s:.1f}",
+        listing,
+        publish,
+        f"{r.files / r.job_s:.0f}",
+        mib(r.peaks.total),
+        mib(r.peaks.driver),
+        mib(r.peaks.largest_worker),
+        mib(r.peaks.by_role.get("raylet", 0)),
+        f"{sum(r.peaks.cpu_seconds.values()):.0f}",
+        f"{r.moto_cpu_s:.0f}",
+        str(r.exit_code),
+    ]
+
+
+HEADER = [
+    "scale",
+    "files",
+    "kept/rejected",
+    "wall s",
+    "job s",
+    "report s",
+    "listed at s",
+    "report+publish s",
+    "images/s (job)",
+    "peak sum RSS MiB",
+    "peak driver MiB",
+    "peak 1 worker MiB",
+    "peak raylet MiB",
+    "job CPU s",
+    "moto CPU s",
+    "rc",
+]
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+def print_ratios(results: list[RunResult]) -> None:
+    base, top = results[0], results[-1]
+    if top is base or not base.peaks.total:
+        return
+    total = top.peaks.total / base.peaks.total
+    worker = top.peaks.largest_worker / max(1, base.peaks.largest_worker)
+    driver = top.peaks.driver / max(1, base.peaks.driver)
+    verdict = "PASS" if total <= MEMORY_RATIO_TARGET else "FAIL"
+    label = f"{top.scale}x/{base.scale}x"
+    print(f"\npeak memory {label}: sum {total:.2f}x ({verdict}, target <= {MEMORY_RATIO_TARGET}x)")
+    print(f"  largest worker {worker:.2f}x, driver {driver:.2f}x")
+    print(f"  throughput {label}: {(top.files / top.job_s) / (base.files / base.job_s):.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scales = [int(s) for s in args.scales.split(",") if s]
+    sources = crop_sources()
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        log_dir = args.log_dir or Path(tmp)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        results = [run_scale(s, args.files, sources, log_dir, args.timeout) for s in scales]
+    print(
+        f"\n{os.cpu_count()} cores; Ray num_cpus={NUM_CPUS}; RSS sampled every "
+        f"{SAMPLE_INTERVAL_S} s over the job's driver and all its descendants (moto excluded)\n"
+    )
+    print_table(HEADER, [result_row(r) for r in results])
+    for r in results:
+        roles = ", ".join(f"{k} {mib(v)}" for k, v in sorted(r.peaks.by_role.items()))
+        print(
+            f"  {r.scale}x peak MiB per role (summed): {roles}; "
+            f"{len(r.peaks.processes_seen)} processes, {r.peaks.samples} samples"
+        )
+    print_ratios(results)
+    return max(r.exit_code for r in results)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

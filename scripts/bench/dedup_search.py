@@ -1,0 +1,232 @@
+"""Near-duplicate search benchmark: `find_near_pairs` on 100k and 1M 64-bit hashes.
+
+    .venv/bin/python scripts/bench/dedup_search.py [--sizes 100000 1000000] [--num-cpus 2]
+
+Two kinds of lake:
+- random: uniform 64-bit hashes (the search's best case: buckets are even).
+- realistic: pHash-like hashes of a lake with many look-alike images plus near copies.
+  Each image's 8x8 low-frequency DCT block is drawn with a 1/f spectrum (std of
+  coefficient (u, v) ~ 1 / (1 + u + v)), shares 60% of its variance with one of n/100
+  "scenes", and sits around a mean block the whole lake shares (which biases the bits
+  as real pHash bits are biased); it is then thresholded at its median like
+  imagehash.phash: the DC bit is always 1, every hash has 32 bits set, bits are biased
+  and correlated. 30% of the rows are copies of another row with 1-6 bits flipped;
+  copies per copied image follow Zipf(2) up to 100 (most have one or two, a few many).
+
+Printed per run: distinct hashes, band plan, candidate pairs verified, near pairs found,
+seconds, and whether every planted copy within the threshold was found. Ray worker
+start-up is excluded (a warm-up search runs first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import pyarrow as pa  # noqa: E402
+
+from pipeline.dedup import DedupConfig, deduplicate, find_near_pairs  # noqa: E402
+
+SCENE_SIZE = 100  # images per scene (look-alikes)
+SCENE_SHARE = 0.6  # correlation of an image's coefficients with its scene's
+LAKE_BIAS = 0.5  # mean coefficients shared by the whole lake, relative to their spread
+COPY_FRACTION = 0.3
+MAX_FLIPS = 6
+MAX_COPIES = 100  # copies of one image, at most
+
+
+def random_hashes(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    hashes = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    return hashes, np.zeros((0, 2), np.int64), np.arange(n)
+
+
+def _bits_to_uint64(bits: np.ndarray) -> np.ndarray:
+    """(n, 64) bools, most significant first (imagehash's order), to uint64."""
+    packed = np.packbits(bits, axis=1)
+    return packed.view(">u8").ravel().astype(np.uint64)
+
+
+def phash_like(
+    n: int, rng: np.random.Generator, chunk: int = 100_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """pHashes of n different images (see the module docstring), and their scenes."""
+    u, v = np.mgrid[0:8, 0:8]
+    scale = (1.0 / (1.0 + u + v)).ravel()
+    scenes = rng.normal(size=(max(1, n // SCENE_SIZE), 64)) * scale
+    typical = rng.normal(size=64) * scale * LAKE_BIAS  # what every photo shares (sky on top...)
+    out = np.empty(n, dtype=np.uint64)
+    scene_of = rng.integers(0, scenes.shape[0], n)
+    for a in range(0, n, chunk):
+        m = min(chunk, n - a)
+        own = rng.normal(size=(m, 64)) * scale
+        scene = scenes[scene_of[a : a + m]]
+        coeffs = typical + np.sqrt(SCENE_SHARE) * scene + np.sqrt(1 - SCENE_SHARE) * own
+        coeffs[:, 0] = 1e9  # DC: always above the median
+        median = np.median(coeffs, axis=1, keepdims=True)
+        out[a : a + m] = _bits_to_uint64(coeffs > median)
+    return out, scene_of
+
+
+def realistic_hashes(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hashes, the planted (original, copy) index pairs, and each row's scene."""
+    copies = int(n * COPY_FRACTION)
+    originals, scene = phash_like(n - copies, rng)
+    # Zipf-like popularity: most copied images have one or two copies, a few up to 100.
+    per_source = np.minimum(rng.zipf(2.0, copies), MAX_COPIES)
+    used = int(np.searchsorted(np.cumsum(per_source), copies)) + 1
+    per_source = per_source[:used]
+    per_source[-1] -= per_source.sum() - copies
+    source = np.repeat(rng.choice(originals.size, used, replace=False), per_source)
+    flips = rng.integers(1, MAX_FLIPS + 1, copies)
+    noise = np.zeros(copies, dtype=np.uint64)
+    for k in range(MAX_FLIPS):
+        bit = rng.integers(0, 63, copies).astype(np.uint64)  # never the DC bit (63)
+        noise ^= np.where(k < flips, np.uint64(1) << bit, np.uint64(0))
+    hashes = np.concatenate([originals, originals[source] ^ noise])
+    planted = np.stack([source, originals.size + np.arange(copies)], axis=1)
+    return hashes, planted, np.concatenate([scene, scene[source]])
+
+
+def run_one(kind: str, n: int, threshold: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    hashes, planted, _ = (random_hashes if kind == "random" else realistic_hashes)(n, rng)
+    distinct, index = np.unique(hashes, return_inverse=True)
+    started = time.perf_counter()
+    pairs = find_near_pairs(distinct, threshold)
+    seconds = time.perf_counter() - started
+    found = set((pairs.i * distinct.size + pairs.j).tolist())
+    a, b = index[planted[:, 0]], index[planted[:, 1]]
+    want = (a != b) & (np.bitwise_count(distinct[a] ^ distinct[b]) <= threshold)
+    keys = np.minimum(a, b)[want] * distinct.size + np.maximum(a, b)[want]
+    missed = sum(1 for k in keys.tolist() if k not in found)
+    bits = np.unpackbits(distinct.astype(">u8").view(np.uint8)).reshape(-1, 64).mean(axis=0)
+    return {
+        "kind": kind,
+        "n": n,
+        "distinct": distinct.size,
+        "plan": "/".join(map(str, pairs.plan.widths)) + f" r{pairs.plan.radius}",
+        "candidates": pairs.candidates,
+        "near_pairs": pairs.i.size,
+        "seconds": seconds,
+        "planted_ok": f"{int(want.sum()) - missed}/{int(want.sum())}",
+        "bit_bias": f"{bits[1:].min():.2f}-{bits[1:].max():.2f}",
+    }
+
+
+def lake_table(hashes: np.ndarray, scene: np.ndarray, rng: np.random.Generator) -> pa.Table:
+    """Rows for `deduplicate`: 10 classes (look-alikes share one, but 1% of rows are
+    mislabelled), 5% exact copies (same sha256), random sizes and formats."""
+    n = hashes.size
+    label = scene % 10
+    wrong = rng.random(n) < 0.01
+    label[wrong] = rng.integers(0, 10, int(wrong.sum()))
+    image = np.arange(n)
+    exact = rng.random(n) < 0.05
+    image[exact] = rng.integers(0, n, int(exact.sum()))
+    hashes, label = hashes[image], label[image]
+    return pa.table(
+        {
+            "source_uri": [f"s3://lake/{i}.jpg" for i in range(n)],
+            "class_name": [f"class{c}" for c in label.tolist()],
+            "sha256": [f"{i:064x}" for i in image.tolist()],
+            "phash": [f"{h:016x}" for h in hashes.tolist()],
+            "width": rng.integers(100, 1000, n),
+            "height": rng.integers(100, 1000, n),
+            "source_format": rng.choice(["JPEG", "PNG", "WEBP"], n),
+            "seen_order": np.arange(n),
+            "low_detail": rng.random(n) < 0.01,
+        }
+    )
+
+
+def end_to_end(n: int, threshold: int, seed: int) -> dict:
+    """deduplicate() on a realistic lake: search plus the driver's clustering pass."""
+    rng = np.random.default_rng(seed)
+    hashes, _, scene = realistic_hashes(n, rng)
+    table = lake_table(hashes, scene, rng)
+    started = time.perf_counter()
+    result = deduplicate(table, DedupConfig(max_hash_distance=threshold))
+    seconds = time.perf_counter() - started
+    summary = result.summary
+    return {
+        "seconds": seconds,
+        "search_seconds": summary["search"]["seconds"],
+        "kept": summary["kept"],
+        "dropped": summary["dropped"],
+        "largest": summary["largest_cluster"],
+        "conflicts": len(summary["label_conflicts"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--kinds", nargs="+", default=["random", "realistic"])
+    parser.add_argument("--threshold", type=int, default=8)
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per size; best is shown")
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="also time deduplicate() on realistic rows"
+    )
+    args = parser.parse_args()
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    find_near_pairs(np.arange(1000, dtype=np.uint64), args.threshold)  # start the workers
+
+    print(f"near-duplicate search, threshold {args.threshold}, local Ray num_cpus={args.num_cpus}")
+    header = (
+        f"{'kind':<10} {'hashes':>9} {'distinct':>9} {'bands':>14} {'candidates':>13} "
+        f"{'cand/hash':>9} {'near pairs':>10} {'seconds':>8} {'planted found':>14} {'bit p(1)':>9}"
+    )
+    print(header)
+    results = []
+    for kind in args.kinds:
+        for n in args.sizes:
+            r = min(
+                (run_one(kind, n, args.threshold, args.seed) for _ in range(args.repeat)),
+                key=lambda r: r["seconds"],
+            )
+            results.append(r)
+            print(
+                f"{r['kind']:<10} {r['n']:>9,} {r['distinct']:>9,} {r['plan']:>14} "
+                f"{r['candidates']:>13,} {r['candidates'] / r['distinct']:>9.1f} "
+                f"{r['near_pairs']:>10,} {r['seconds']:>8.1f} {r['planted_ok']:>14} "
+                f"{r['bit_bias']:>9}",
+                flush=True,
+            )
+    for kind in args.kinds:
+        runs = sorted((r for r in results if r["kind"] == kind), key=lambda r: r["n"])
+        if len(runs) >= 2:
+            small, large = runs[0], runs[-1]
+            print(
+                f"{kind}: {large['n']:,}/{small['n']:,} hashes -> time x"
+                f"{large['seconds'] / small['seconds']:.1f}, candidates x"
+                f"{large['candidates'] / max(1, small['candidates']):.1f} "
+                f"(quadratic would be x{(large['n'] / small['n']) ** 2:.0f})"
+            )
+    if args.end_to_end:
+        print("deduplicate() end to end on realistic rows (10 classes, 1% mislabelled, 5% exact):")
+        for n in args.sizes:
+            e = end_to_end(n, args.threshold, args.seed)
+            print(
+                f"  {n:>9,} rows: {e['seconds']:.1f} s (search {e['search_seconds']:.1f} s), "
+                f"kept {e['kept']:,}, dropped {e['dropped']}, largest cluster {e['largest']}, "
+                f"{e['conflicts']:,} label conflicts",
+                flush=True,
+            )
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The cleaning job's second half end to end: duplicates, conflicts, junk, the split,
+the review page and incremental runs, on the real S3 endpoint through Ray."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import subprocess
+
+import imagehash
+import pyarrow.parquet as pq
+import pytest
+
+from devkit.local_s3 import upload_files
+from devkit.messy_lake import KEPT, encode, photo
+from devkit.planted import DUPLICATE_OF, planted_cases
+from pipeline.cli import main
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+THRESHOLD = 8
+
+
+def read_version(fs, output: str):  # noqa: ANN001
+    manifest = json.loads(fs.cat_file(f"{output}/_manifest.json"))
+    tables = {}
+    for name in ("images", "rejected", "index"):
+        parts = [pq.read_table(fs.open(f"{output}/{rel}", "rb")) for rel in manifest["files"][name]]
+        tables[name] = {row["source_uri"]: row for p in parts for row in p.to_pylist()}
+    report = json.loads(fs.cat_file(f"{output}/report.json"))
+    return manifest, tables, report
+
+
+@pytest.fixture(scope="module")
+def cleaned(s3, tmp_path_factory):
+    bucket = "planted"
+    s3.create_bucket(bucket)
+    cases = planted_cases()
+    fs = s3.filesystem()
+    upload_files(fs, f"{bucket}/raw", {c.path: c.data for c in cases})
+    args = [
+        "clean",
+        f"s3://{bucket}/raw",
+        f"s3://{bucket}/out",
+        "--endpoint-url",
+        s3.endpoint_url,
+        "--no-progress",
+        "--files-per-task",
+        "8",
+    ]
+    assert main(args) == 0
+    return bucket, cases, args, read_version(fs, f"{bucket}/out")
+
+
+def test_each_planted_file_gets_its_outcome(cleaned):
+    bucket, cases, _, (_, tables, _) = cleaned
+    images, rejected = tables["images"], tables["rejected"]
+    uri = f"s3://{bucket}/raw/".__add__
+    assert set(images) | set(rejected) == {uri(c.path) for c in cases}
+    for case in cases:
+        if case.status == KEPT:
+            assert uri(case.path) in images, (case.path, rejected.get(uri(case.path)))
+        else:
+            row = rejected[uri(case.path)]
+            assert row["reason"].startswith(case.reason), (case.path, row["reason"])
+    for dropped, keeper in DUPLICATE_OF.items():
+        row = rejected[uri(dropped)]
+        assert row["duplicate_of"] == uri(keeper)
+        assert row["distance"] is not None and row["distance"] <= THRESHOLD
+        assert row["cluster_id"] == images[uri(keeper)]["cluster_id"]
+    assert rejected[uri("birds/original_copy.bmp")]["distance"] == 0
+
+
+def test_junk_rows_carry_their_score_and_thumbnail(cleaned):
+    bucket, _, _, (_, tables, _) = cleaned
+    for row in tables["rejected"].values():
+        if row["reason"].startswith("junk_"):
+            assert row["score"] is not None and row["thumbnail"]
+
+
+def test_no_kept_test_image_has_a_near_copy_in_train(cleaned):
+    _, _, _, (_, tables, _) = cleaned
+    images = list(tables["images"].values())
+    assert {r["split"] for r in images} == {"train", "test"}
+    for a, b in itertools.combinations(images, 2):
+        if a["split"] != b["split"]:
+            distance = imagehash.hex_to_hash(a["phash"]) - imagehash.hex_to_hash(b["phash"])
+            assert distance > THRESHOLD, (a["source_uri"], b["source_uri"])
+
+
+def test_report_counts_conflicts_and_clusters(cleaned):
+    bucket, cases, _, (manifest, tables, report) = cleaned
+    assert report["totals"]["listed"] == len(cases)
+    assert report["label_conflicts"]["count"] == 1
+    assert report["label_conflicts"]["clusters"][0]["classes"] == ["birds", "drones"]
+    assert report["duplicates"]["largest"] >= len(DUPLICATE_OF) + 1
+    assert report["duplicates"]["exact_duplicates_dropped"] == 1
+    assert report["per_class"]["birds"]["rejected"]["near_duplicate"] == 4
+    balance = {r["class"]: r["images"] for r in report["class_balance"]}
+    assert sum(balance.values()) == len(tables["images"])
+    assert len(report["channel_stats"]["mean"]) == 3
+    assert set(manifest["files"]) >= {"images", "rejected", "index", "report_html"}
+    assert all("/split=" in rel for rel in manifest["files"]["images"])
+    assert set(tables["index"]) == set(tables["images"])
+
+
+def test_adding_a_file_touches_only_it_and_moves_nothing(cleaned, s3):
+    bucket, _, args, (_, before, _) = cleaned
+    fs = s3.filesystem()
+    fs.pipe_file(f"{bucket}/raw/drones/late_arrival.png", encode(photo(300, 200, 300), "PNG"))
+    fs.pipe_file(
+        f"{bucket}/raw/drones/late_copy.jpg", encode(photo(400, 300, 105), "JPEG", quality=70)
+    )  # near copy of a kept one
+    assert main(args) == 0
+    _, after, report = read_version(fs, f"{bucket}/out")
+    assert report["this_run"]["processed"] == 2
+    for uri, row in before["images"].items():
+        assert after["images"][uri]["split"] == row["split"]
+    new = f"s3://{bucket}/raw/drones/late_arrival.png"
+    assert after["images"][new]["split"] in ("train", "test")
+    late = after["rejected"][f"s3://{bucket}/raw/drones/late_copy.jpg"]
+    assert late["reason"] in ("near_duplicate", "label_conflict")
+    assert late["duplicate_of"] == f"s3://{bucket}/raw/birds/original.png"
+
+    assert main(args) == 0  # nothing changed since: no image work at all
+    _, again, report = read_version(fs, f"{bucket}/out")
+    assert report["this_run"]["processed"] == 2  # the report of the version in force
+    assert again["images"].keys() == after["images"].keys()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed")
+def test_review_page_renders_in_headless_chromium(cleaned, s3, tmp_path):
+    bucket, _, _, (_, tables, report) = cleaned
+    page = tmp_path / "report.html"
+    page.write_bytes(s3.filesystem().cat_file(f"{bucket}/out/report.html"))
+    dom = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert 'id="balance"' in dom and 'id="balance-chart"' in dom
+    for reason in report["rejected_by_reason"]:
+        assert f'id="reason-{reason}"' in dom
+    assert dom.count('class="kept') >= len(DUPLICATE_OF)
+    assert dom.count("<img") >= len(tables["rejected"]) - 3
+    assert not re.search(r'class="[^"]*\bbroken\b', dom)  # every thumbnail decoded

@@ -1,0 +1,402 @@
+"""Duplicate removal: the search against brute force, the clustering rules, the API.
+
+Hashes are synthetic (exact control over distances) except in the last tests, which
+hash real PIL images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from common.config import add_config_args, load_config
+from pipeline.dedup import (
+    DECISION_SCHEMA,
+    EXACT_DUPLICATE,
+    LABEL_CONFLICT,
+    NEAR_DUPLICATE,
+    BandPlan,
+    DedupConfig,
+    compute_hashes,
+    deduplicate,
+    degenerate_hashes,
+    find_near_pairs,
+    hashes_to_uint64,
+)
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+T = DedupConfig().max_hash_distance
+BASE = 0x0123456789ABCDEF  # 32 bits set, like a real pHash
+
+
+def flip(h: int, bits: range | list[int]) -> int:
+    for b in bits:
+        h ^= 1 << b
+    return h
+
+
+def row(uri: str, phash: int | None, **kw) -> dict:
+    return {
+        "source_uri": uri,
+        "class_name": kw.get("cls", "cat"),
+        "sha256": kw.get("sha", "sha-" + uri),
+        "phash": None if phash is None else f"{phash:016x}",
+        "width": kw.get("w", 100),
+        "height": kw.get("h", 100),
+        "source_format": kw.get("fmt", "JPEG"),
+        "seen_order": kw.get("seen", 0),
+        "low_detail": kw.get("low", False),
+    }
+
+
+def run(rows: list[dict], existing: list[dict] | None = None, **cfg) -> tuple[dict, dict]:
+    """Decisions by source_uri, and the summary."""
+    old = pa.Table.from_pylist(existing) if existing is not None else None
+    result = deduplicate(pa.Table.from_pylist(rows), DedupConfig(**cfg), old)
+    assert result.decisions.schema == DECISION_SCHEMA
+    assert result.decisions["source_uri"].to_pylist() == [r["source_uri"] for r in rows]
+    return {d["source_uri"]: d for d in result.decisions.to_pylist()}, result.summary
+
+
+# --- The search finds exactly the pairs brute force finds ---------------------------------
+
+
+def lake(rng: np.random.Generator) -> np.ndarray:
+    """~2k distinct hashes: random ones, planted near copies, and a crowded band value."""
+    hashes = rng.integers(0, 2**64, 2000, dtype=np.uint64)
+    sources = rng.integers(0, 2000, 400)
+    for src in sources:
+        bits = rng.choice(64, int(rng.integers(1, 12)), replace=False)
+        hashes = np.append(hashes, np.uint64(flip(int(hashes[src]), bits.tolist())))
+    crowd = (np.uint64(0xABCDEF) << np.uint64(40)) | rng.integers(0, 2**40, 60, dtype=np.uint64)
+    return np.unique(np.concatenate([hashes, crowd]))
+
+
+def brute_force(hashes: np.ndarray, t: int) -> dict[tuple[int, int], int]:
+    d = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    i, j = np.nonzero(np.triu(d <= t, k=1))
+    return {(a, b): int(d[a, b]) for a, b in zip(i.tolist(), j.tolist(), strict=True)}
+
+
+@pytest.mark.parametrize(
+    "bands,cap",
+    [(0, 4096), (3, 4096), (5, 4096), (9, 4096), (3, 8), (5, 2)],
+    ids=["auto", "3-bands", "5-bands", "9-bands", "3-bands-crowded", "5-bands-crowded"],
+)
+def test_search_finds_exactly_the_brute_force_pairs(bands, cap):
+    hashes = lake(np.random.default_rng(7))
+    pairs = find_near_pairs(hashes, T, bands=bands, max_bucket_hashes=cap, hashes_per_task=700)
+    triples = zip(pairs.i.tolist(), pairs.j.tolist(), pairs.distance.tolist(), strict=True)
+    found = {(i, j): d for i, j, d in triples}
+    expected = brute_force(hashes, T)
+    assert len(expected) > 250  # mostly the planted copies
+    assert found == expected
+    assert pairs.candidates < hashes.size**2 / 2
+    if cap < 10:
+        assert pairs.giant_buckets > 0
+
+
+@pytest.mark.parametrize("bands,cap", [(0, 4096), (3, 8)])
+def test_incremental_search_finds_the_pairs_touching_a_query(bands, cap):
+    hashes = lake(np.random.default_rng(8))
+    is_query = np.random.default_rng(9).random(hashes.size) < 0.2
+    pairs = find_near_pairs(hashes, T, is_query=is_query, bands=bands, max_bucket_hashes=cap)
+    found = set(zip(pairs.i.tolist(), pairs.j.tolist(), strict=True))
+    expected = {(a, b) for a, b in brute_force(hashes, T) if is_query[a] or is_query[b]}
+    assert found == expected
+
+
+@pytest.mark.parametrize("t", range(0, 13))
+def test_every_band_plan_covers_the_threshold(t):
+    for bands in range(3, t + 2):
+        plan = BandPlan.even(bands, t)
+        assert sum(plan.widths) == 64
+        # Pigeonhole: all bands differing by radius+1 would exceed the threshold.
+        assert bands * (plan.radius + 1) > t
+        assert plan.masks(0).size == sum(
+            math.comb(plan.widths[0], k) for k in range(plan.radius + 1)
+        )
+
+
+# --- Clustering rules -----------------------------------------------------------------------
+
+A = BASE
+B = flip(A, range(0, 6))  # A-B: 6
+C = flip(B, range(6, 12))  # B-C: 6, A-C: 12
+
+
+def test_a_chain_is_not_merged_through_its_middle():
+    out, summary = run([row("a", A, w=300), row("b", B, w=200), row("c", C)])
+    assert out["a"]["keep"] and out["c"]["keep"]
+    assert out["b"] | {"source_uri": "x"} == {
+        "source_uri": "x",
+        "cluster_id": "sha-a",
+        "keep": False,
+        "reason": NEAR_DUPLICATE,
+        "duplicate_of": "a",
+        "distance": 6,
+    }
+    assert out["c"]["cluster_id"] == "sha-c" != out["a"]["cluster_id"]
+    assert summary["largest_cluster"] == 2
+
+
+def test_the_middle_of_a_chain_may_keep_both_ends():
+    out, _ = run([row("a", A), row("b", B, w=300), row("c", C)])
+    assert out["b"]["keep"]
+    assert [out[u]["duplicate_of"] for u in "ac"] == ["b", "b"]
+    assert [out[u]["distance"] for u in "ac"] == [6, 6]
+
+
+def test_every_dropped_copy_is_within_the_threshold_of_its_keeper():
+    rng = np.random.default_rng(3)
+    hashes = [int(h) for h in rng.integers(0, 2**64, 300, dtype=np.uint64)]
+    for _ in range(700):  # random walks: long chains of copies of copies
+        hashes.append(flip(hashes[int(rng.integers(len(hashes)))], rng.choice(64, 3).tolist()))
+    rows = [row(f"r{i}", h, w=int(rng.integers(50, 60))) for i, h in enumerate(hashes)]
+    out, summary = run(rows)
+    by_uri = {r["source_uri"]: int(r["phash"], 16) for r in rows}
+    kept = [u for u, d in out.items() if d["keep"]]
+    for uri, d in out.items():
+        if not d["keep"]:
+            keeper = out[d["duplicate_of"]]
+            assert keeper["keep"] and keeper["cluster_id"] == d["cluster_id"]
+            assert d["distance"] == (by_uri[uri] ^ by_uri[d["duplicate_of"]]).bit_count() <= T
+    kept_hashes = np.array([by_uri[u] for u in kept], dtype=np.uint64)
+    assert not brute_force(kept_hashes, T)  # no two kept images are near each other
+    assert summary["kept"] == len(kept) < len(rows) - 300
+
+
+@pytest.mark.parametrize(
+    "copies,policy,winner",
+    [
+        ([dict(w=200, fmt="JPEG"), dict(w=100, fmt="PNG")], None, 0),  # resolution first
+        ([dict(fmt="JPEG", seen=0), dict(fmt="PNG", seen=5)], None, 1),  # then lossless
+        ([dict(fmt="WEBP", seen=0), dict(fmt="BMP", seen=5)], None, 1),  # WEBP counts lossy
+        ([dict(fmt="WEBP", seen=3), dict(fmt="JPEG", seen=2)], None, 1),  # then earliest
+        ([dict(seen=None), dict(seen=9)], None, 1),  # never seen sorts last
+        ([dict(), dict()], None, 0),  # then source_uri
+        ([dict(w=200, seen=4), dict(w=100, seen=1)], ["earliest"], 1),
+        ([dict(w=200, fmt="JPEG"), dict(w=100, fmt="PNG")], ["lossless", "resolution"], 1),
+    ],
+)
+def test_keep_policy_picks_the_keeper(copies, policy, winner):
+    rows = [row(f"copy{i}", flip(BASE, [i]), **kw) for i, kw in enumerate(copies)]
+    cfg = {"keep_policy": policy} if policy else {}
+    out, _ = run(rows, **cfg)
+    assert [out[f"copy{i}"]["keep"] for i in range(2)] == [i == winner for i in range(2)]
+    assert out[f"copy{1 - winner}"]["duplicate_of"] == f"copy{winner}"
+
+
+def test_exact_duplicates_are_one_cluster_whatever_their_flags():
+    rows = [
+        row("a", A, sha="same", w=50),
+        row("b", A, sha="same", low=True),  # exact copies match even when low detail
+        row("c", None, sha="same"),  # ... or without a hash
+        row("d", flip(A, [3]), sha="other"),  # near a, but "same" is not searched
+        row("e", ~A & (2**64 - 1), sha="e1"),
+        row("f", ~A & (2**64 - 1), sha="e2"),  # same hash, other pixels: a near duplicate at 0
+    ]
+    out, summary = run(rows)
+    assert out["b"]["keep"] and out["d"]["keep"] and out["e"]["keep"]
+    assert {u: out[u]["reason"] for u in "acf"} == {
+        "a": EXACT_DUPLICATE,
+        "c": EXACT_DUPLICATE,
+        "f": NEAR_DUPLICATE,
+    }
+    assert {out[u]["cluster_id"] for u in "abc"} == {"same"}
+    assert {out[u]["distance"] for u in "acf"} == {0}
+    assert summary["dropped"] == {EXACT_DUPLICATE: 2, NEAR_DUPLICATE: 1, LABEL_CONFLICT: 0}
+
+
+def test_a_cluster_with_two_labels_is_dropped_and_reported():
+    rows = [
+        row("cat1", A, w=200),
+        row("dog1", B, cls="dog"),
+        row("cat2", flip(A, [40])),
+        row("lone", BASE ^ (2**64 - 1)),
+    ]
+    out, summary = run(rows)
+    assert [out[u]["reason"] for u in ("cat1", "dog1", "cat2")] == [LABEL_CONFLICT] * 3
+    assert not any(out[u]["keep"] for u in ("cat1", "dog1", "cat2"))
+    assert out["dog1"]["duplicate_of"] == "cat1" and out["cat1"]["duplicate_of"] is None
+    assert out["lone"]["keep"]
+    [conflict] = summary["label_conflicts"]
+    assert conflict["keeper"] == "cat1" and conflict["classes"] == {"cat": 2, "dog": 1}
+    assert conflict["size"] == 3 and set(conflict["members"]) == {"cat1", "dog1", "cat2"}
+
+
+def test_a_label_conflict_can_keep_its_keeper():
+    rows = [row("cat1", A, w=200), row("dog1", B, cls="dog"), row("cat2", flip(A, [40]))]
+    out, summary = run(rows, drop_label_conflicts=False)
+    assert out["cat1"]["keep"]
+    assert out["dog1"]["reason"] == LABEL_CONFLICT and out["cat2"]["reason"] == NEAR_DUPLICATE
+    assert len(summary["label_conflicts"]) == 1
+
+
+def test_low_detail_rows_do_not_swallow_others():
+    rows = [
+        row("blank", A, w=1000, low=True),  # best by policy, hash near everything below
+        row("y", flip(A, [1, 2])),
+        row("z", flip(A, [1, 2, 3, 4]), seen=1),
+        row("blank2", flip(A, [9]), low=True),  # low detail with low detail: not near
+    ]
+    out, summary = run(rows)
+    assert out["blank"]["keep"] and out["blank2"]["keep"] and out["y"]["keep"]
+    assert out["z"]["duplicate_of"] == "y"  # the others still cluster among themselves
+    assert summary["low_detail_rows"] == 2
+
+
+def test_degenerate_hashes_are_flagged():
+    hashes = np.array([0, 1, 2**64 - 1, BASE, BASE, BASE, A ^ 3], dtype=np.uint64)
+    assert degenerate_hashes(hashes, min_bits=4).tolist() == [True, True, True] + [False] * 4
+    shared = degenerate_hashes(hashes, 4, np.array([0, 1, 2, 3, 4, 5, 6]), max_collisions=2)
+    assert shared.tolist() == [True, True, True, True, True, True, False]
+
+
+def test_degenerate_hashes_are_matched_exactly_only():
+    rows = [
+        row("zero", 0, w=500),
+        row("one", 1),
+        row("three", 3),
+        row("zero-copy", 0, sha="sha-zero"),
+    ]
+    out, summary = run(rows)
+    assert out["one"]["keep"] and out["three"]["keep"] and out["zero"]["keep"]
+    assert out["zero-copy"]["reason"] == EXACT_DUPLICATE
+    assert summary["degenerate_hash_rows"] == 4
+
+
+def test_incremental_run_keeps_old_rows_and_decides_new_ones():
+    far = BASE ^ (2**64 - 1)
+    existing = [
+        row("old1", A, w=200),
+        row("old2", far, cls="dog") | {"cluster_id": "cluster-of-old2"},
+        row("old3", flip(A, [50])),  # near old1: both stay kept, nothing to decide
+    ]
+    new = [
+        row("n-exact", A, sha="sha-old1", w=200),
+        row("n-bigger", flip(A, [20, 21]), w=4000),  # better than old1, still a copy of it
+        row("n-near-old2", flip(far, [5]), cls="dog"),
+        row("n-pair1", flip(BASE, range(30, 62, 2)), w=300),
+        row("n-pair2", flip(BASE, [*range(30, 62, 2), 0])),
+        row("n-alone", flip(BASE, range(0, 64, 2))),
+    ]
+    existing[0]["cluster_id"] = None
+    out, summary = run(new, existing=existing)
+    assert set(out) == {r["source_uri"] for r in new}
+    assert (out["n-exact"]["reason"], out["n-exact"]["duplicate_of"]) == (EXACT_DUPLICATE, "old1")
+    assert (out["n-bigger"]["reason"], out["n-bigger"]["duplicate_of"]) == (NEAR_DUPLICATE, "old1")
+    assert out["n-near-old2"]["cluster_id"] == "cluster-of-old2"
+    assert out["n-exact"]["cluster_id"] == "sha-old1"  # null cluster_id: the keeper's sha256
+    assert out["n-pair1"]["keep"] and out["n-pair2"]["duplicate_of"] == "n-pair1"
+    assert out["n-alone"]["keep"]
+    assert summary["rows"] == 6 and summary["existing_rows"] == 3 and summary["kept"] == 2
+
+
+def test_incremental_label_conflict_never_drops_an_old_row():
+    existing = [row("old", A, w=50)]
+    new = [row("new-dog", B, cls="dog", w=500)]
+    out, summary = run(new, existing=existing)
+    assert out["new-dog"]["reason"] == LABEL_CONFLICT
+    assert summary["label_conflicts"][0]["keeper"] == "old"
+
+
+def test_nothing_to_search_still_decides_every_row():
+    out, summary = run([row("a", None), row("b", 0), row("c", A, low=True)])
+    assert all(d["keep"] for d in out.values())
+    assert summary["search"]["distinct_hashes"] == 0
+    empty = pa.Table.from_pylist([row("a", A)]).slice(0, 0)
+    result = deduplicate(empty, DedupConfig())
+    assert result.decisions.num_rows == 0 and result.summary["clusters"] == 0
+
+
+# --- Real perceptual hashes -------------------------------------------------------------------
+
+
+def blobs(seed: int, width: int = 320, height: int = 240) -> Image.Image:
+    """A photo-like image: soft coloured blobs and sensor noise, different per seed."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.zeros((height, width, 3), np.float32) + rng.uniform(40, 200, 3)
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(15, 80)
+        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
+        img += blob[..., None] * rng.uniform(-120, 120, 3)
+    img += rng.normal(0, 6, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def reencoded(image: Image.Image, quality: int = 70) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def test_real_copies_of_an_image_are_near_duplicates():
+    original = blobs(3)
+    w, h = original.size
+    dx, dy = round(w * 0.025), round(h * 0.025)  # 5% of each side cut off
+    images = {
+        "original.png": original,
+        "reencoded.jpg": reencoded(original),
+        "half.jpg": original.resize((w // 2, h // 2), Image.Resampling.LANCZOS),
+        "cropped.jpg": original.crop((dx, dy, w - dx, h - dy)),
+        "unrelated.jpg": blobs(103),
+    }
+    rows = [
+        row(name, int(compute_hashes(im), 16), w=im.width, h=im.height, fmt=name[-3:].upper())
+        for name, im in images.items()
+    ]
+    out, _ = run(rows)
+    assert out["original.png"]["keep"] and out["unrelated.jpg"]["keep"]
+    for name in ("reencoded.jpg", "half.jpg", "cropped.jpg"):
+        assert out[name]["reason"] == NEAR_DUPLICATE
+        assert out[name]["duplicate_of"] == "original.png"
+
+
+def test_hash_helpers():
+    photo, blank = blobs(5), Image.new("RGB", (64, 48), (250, 250, 250))
+    for kind in ("phash", "dhash", "whash", "ahash"):
+        assert len(compute_hashes(photo, kind)) == 16
+    with pytest.raises(ValueError, match="hash kind"):
+        compute_hashes(photo, "md5")
+    assert degenerate_hashes(hashes_to_uint64(pa.array([compute_hashes(blank)]))[0], 4)[0]
+    strings = ["8000000000000000", None, "0123456789abcdef", "ffffffffffffffff"]
+    values, valid = hashes_to_uint64(pa.array(strings))
+    assert values.tolist() == [int(s or "0", 16) for s in strings]
+    assert valid.tolist() == [True, False, True, True]
+
+
+# --- Configuration and input checks ------------------------------------------------------------
+
+
+def test_config_is_one_flag_per_field_with_help():
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, DedupConfig)
+    args = parser.parse_args(["--max-hash-distance", "10", "--keep-policy", "earliest,resolution"])
+    assert args.max_hash_distance == 10 and args.keep_policy == ["earliest", "resolution"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--hash-kind", "md5"])
+    assert load_config(DedupConfig, drop_label_conflicts=False).drop_label_conflicts is False
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda rows: [{k: v for k, v in r.items() if k != "low_detail"} for r in rows], "lacks"),
+        (lambda rows: rows + [rows[0]], "unique"),
+        (lambda rows: [rows[0] | {"phash": "abc"}], "16 hex"),
+    ],
+)
+def test_bad_input_is_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        run(change([row("a", A), row("b", B)]))
+    with pytest.raises(ValueError, match="keep_policy"):
+        run([row("a", A)], keep_policy=["sharpest"])
