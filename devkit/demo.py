@@ -4,8 +4,9 @@
 
 Starts moto's S3 server on loopback, uploads a messy sample lake to
 s3://lake/raw/<class>/..., runs `python -m pipeline clean` on it through a local
-Ray, and copies the published output to a local folder (the S3 server lives only as
-long as the demo) so the report can be opened afterwards.
+Ray (normalise, junk checks, de-duplication, split), and copies the published output
+to a local folder (the S3 server lives only as long as the demo) so report.json and
+the review page report.html can be opened afterwards.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: cleaning took {time.perf_counter() - started:.1f} s")
     print(f"demo: output copied to {local}/ (images/, rejected/, _manifest.json)")
     print(f"demo: report at {local / 'report.json'}")
+    print(f"demo: review page (open in a browser) at {local / 'report.html'}")
     return 0
 
 
