@@ -1,0 +1,787 @@
+"""Duplicate detection quality on real photos, and how well the job's split avoids leaks.
+
+Part A: precision and recall of near-duplicate detection on planted copies of real
+photos. Originals: the real photos of skimage-data, hand-picked camera photos among
+Pillow's test images (`PILLOW_PHOTOS`) and one crop per video of halmstad-crops (the
+middle frame). Every original gets the variants of `VARIANTS` (JPEG re-encodes,
+resizes, format changes, crops, brightness changes and combinations). Each file then
+goes through the job's own steps: `normalise` (decode, shrink to 512, JPEG q90), the
+junk scores with the job's verdict (a file the job would reject never reaches
+de-duplication; counted as "filtered"), `is_low_detail`, `compute_hashes`, and last the
+real `deduplicate` on local Ray, at each threshold of `--thresholds`.
+
+Ground truth: an original and its variants are duplicates of each other; any other
+pair is not. Measured:
+- precision: drops (exact or near duplicate) whose `duplicate_of` is in the dropped
+  file's own group (its original or a sibling variant), over all drops;
+- recall: planted variants that end up in the same cluster as their original (the
+  variant is dropped as a copy of its original or of a sibling, or, when the keep
+  policy prefers the variant, the original is dropped in its place), over all planted
+  variants that reached de-duplication together with their original.
+
+Part B: the real cleaning job, `pipeline.cli.main(["clean", LAKE, OUT, "--no-progress"])`,
+on halmstad-crops as a local folder (one sub-folder per class; the root's manifest.csv
+and README.md are rejected as no_class), once with default settings and once with
+`--group-manifest-uri LAKE/manifest.csv --group-manifest-column video`, each into a
+fresh folder under `--out-root`. The output is joined with manifest.csv to report
+what was kept and dropped, how duplicate clusters match videos, and the leak: the
+share of test images whose video also has frames in train, against a seeded random
+per-image 70/30 split (stratified by class) of the same kept images.
+
+Run from the repository root (part A takes about 2 minutes, each job of part B a few
+on 2 cores):
+
+    RAY_AUTH_MODE=disabled .venv/bin/python scripts/bench/dedup_quality.py
+    .venv/bin/python scripts/bench/dedup_quality.py --part a --thresholds 4 6 8 10 12
+    .venv/bin/python scripts/bench/dedup_quality.py --part b --out-root /tmp/dedup_quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageEnhance, ImageOps
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from common.reasons import Rejected  # noqa: E402
+from common.storage import StorageConfig  # noqa: E402
+from pipeline import dedup  # noqa: E402
+from pipeline.config import NormalizeConfig  # noqa: E402
+from pipeline.junk import JunkConfig, is_low_detail, score_image, verdict  # noqa: E402
+from pipeline.normalize import normalise  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+CROPS_DIR = SHARED / "halmstad-crops"
+SKIMAGE_DIR = SHARED / "messy-ingredients" / "skimage-data"
+PILLOW_DIR = SHARED / "messy-ingredients" / "pillow-test-images"
+# Real photos only: text, logo, page, chessboard, synthetic (color, phantom, horse
+# silhouette, clock_motion) and multi-page/GIF files are left out.
+SKIMAGE_PHOTOS = (
+    "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png",
+    "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png",
+    "microaneurysms.png", "moon.png", "motorcycle_left.png", "motorcycle_right.png",
+    "retina.jpg", "rocket.jpg",
+)  # fmt: skip
+# Picked by eye from a contact sheet of the decodable Pillow test images: camera photos
+# only, one file per photo (jpeg_ff00_header.jpg is flower2.jpg, sugarshack*.mpo,
+# exif_typeerror.jpg and iptc_roundUp.jpg are copies, flower_thumbnail.png is flower.jpg
+# small); renders, scans, test cards, drawings and the many hopper re-encodes are out.
+PILLOW_PHOTOS = (
+    "fujifilm.mpo", "frozenpond.mpo", "sugarshack.mpo", "xmp_test.jpg",
+    "icc_profile_big.jpg", "junk_jpeg_header.jpg", "flower.jpg", "flower2.jpg",
+    "app13-multiple.jpg", "exif-72dpi-int.jpg", "exif_gps_typeerror.jpg", "iptc.jpg",
+    "hopper.jpg", "xmp_tags_orientation.png",
+)  # fmt: skip
+SOURCES = ("skimage", "pillow", "halmstad")
+SOURCE_SETS = {
+    "skimage": ("skimage",),
+    "pillow": ("pillow",),
+    "photos": ("skimage", "pillow"),
+    "halmstad": ("halmstad",),
+    "all": SOURCES,
+}
+# Originals larger than this (longest side) are first shrunk to it (LANCZOS, JPEG q95):
+# the shrunk file is the original, so every variant stays cheap to encode and decode.
+MAX_ORIGINAL_SIDE = 1024
+ORIGINAL = "original"
+WEBP_QUALITY = 80
+JPEG_AFTER_EDIT = 90  # quality a pixel edit (resize, crop, brightness) is saved with
+CLASS = "photos"  # one class: no label conflicts can hide a miss or a false drop
+THRESHOLDS = (4, 6, 8, 10, 12)
+TARGET = 0.95
+FIVE_PERCENT = ("crop_c5", "crop_e5")
+
+# Each variant: pixel edits, then one encoding step (jpeg q / png / webp).
+Op = tuple[str, float]
+VARIANTS: dict[str, tuple[Op, ...]] = {
+    "jpeg_q50": (("jpeg", 50),),
+    "jpeg_q70": (("jpeg", 70),),
+    "jpeg_q90": (("jpeg", 90),),
+    "resize_50": (("resize", 0.5), ("jpeg", JPEG_AFTER_EDIT)),
+    "resize_70": (("resize", 0.7), ("jpeg", JPEG_AFTER_EDIT)),
+    "resize_90": (("resize", 0.9), ("jpeg", JPEG_AFTER_EDIT)),
+    "png": (("png", 0),),
+    "webp": (("webp", WEBP_QUALITY),),
+    "crop_c1": (("crop_centre", 0.01), ("jpeg", JPEG_AFTER_EDIT)),
+    "crop_c2": (("crop_centre", 0.02), ("jpeg", JPEG_AFTER_EDIT)),
+    "crop_c5": (("crop_centre", 0.05), ("jpeg", JPEG_AFTER_EDIT)),
+    "crop_e1": (("crop_edge", 0.01), ("jpeg", JPEG_AFTER_EDIT)),
+    "crop_e2": (("crop_edge", 0.02), ("jpeg", JPEG_AFTER_EDIT)),
+    "crop_e5": (("crop_edge", 0.05), ("jpeg", JPEG_AFTER_EDIT)),
+    "bright+10": (("bright", 1.1), ("jpeg", JPEG_AFTER_EDIT)),
+    "bright-10": (("bright", 0.9), ("jpeg", JPEG_AFTER_EDIT)),
+    "resize_70+jpeg_q60": (("resize", 0.7), ("jpeg", 60)),
+    "resize_80+webp": (("resize", 0.8), ("webp", WEBP_QUALITY)),
+    "crop_e2+bright+10+jpeg_q80": (("crop_edge", 0.02), ("bright", 1.1), ("jpeg", 80)),
+    "bright-10+resize_60+jpeg_q70": (("bright", 0.9), ("resize", 0.6), ("jpeg", 70)),
+    "crop_c1+resize_50+png": (("crop_centre", 0.01), ("resize", 0.5), ("png", 0)),
+}
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+# Part B
+JOB_SEED = 0
+TRAIN_SHARE = 0.7
+DUPLICATE_REASONS = (dedup.EXACT_DUPLICATE, dedup.NEAR_DUPLICATE, dedup.LABEL_CONFLICT)
+CLUSTER_SIZE_BINS = ((2, 2), (3, 5), (6, 10), (11, 20), (21, 10**9))
+
+
+# --- Part A: planted near duplicates -------------------------------------------------------
+
+
+@dataclass
+class Original:
+    source: str  # skimage / pillow / halmstad
+    name: str
+    data: bytes
+    image: Image.Image  # RGB, EXIF orientation applied: what the variants start from
+
+
+@dataclass
+class Sample:
+    """One file of the planted lake and what the job's per-file steps made of it."""
+
+    uri: str
+    source: str
+    group: str  # the original's name: every member of a group duplicates the others
+    kind: str  # ORIGINAL or a key of VARIANTS
+    filtered: str | None = None  # rejection reason before de-duplication
+    row: dict[str, Any] = field(default_factory=dict)  # deduplicate()'s input columns
+
+
+def _rgb(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image = ImageOps.exif_transpose(image)
+    return image.convert("RGB")
+
+
+def _encode(image: Image.Image, fmt: str, quality: float) -> bytes:
+    buffer = io.BytesIO()
+    if fmt == "jpeg":
+        image.save(buffer, "JPEG", quality=int(quality))
+    elif fmt == "webp":
+        image.save(buffer, "WEBP", quality=int(quality))
+    else:
+        image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _crop(image: Image.Image, share: float, centred: bool) -> Image.Image:
+    """Cut `share` of each side length (at least 1 px): half from each edge when
+    centred, else all from the left and top edges."""
+    w, h = image.size
+    cut_w, cut_h = max(1, round(w * share)), max(1, round(h * share))
+    left, top = (cut_w // 2, cut_h // 2) if centred else (cut_w, cut_h)
+    return image.crop((left, top, left + w - cut_w, top + h - cut_h))
+
+
+def _resize(image: Image.Image, factor: float) -> Image.Image:
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+PIXEL_OPS: dict[str, Callable[[Image.Image, float], Image.Image]] = {
+    "resize": _resize,
+    "crop_centre": lambda im, p: _crop(im, p, centred=True),
+    "crop_edge": lambda im, p: _crop(im, p, centred=False),
+    "bright": lambda im, f: ImageEnhance.Brightness(im).enhance(f),
+}
+
+
+def make_variant(image: Image.Image, ops: tuple[Op, ...]) -> tuple[bytes, str]:
+    """The variant's file bytes and extension: pixel edits in order, then the encoding."""
+    *edits, (fmt, quality) = ops
+    for name, value in edits:
+        image = PIXEL_OPS[name](image, value)
+    return _encode(image, fmt, quality), EXTENSIONS[fmt]
+
+
+def _capped(data: bytes, image: Image.Image) -> tuple[bytes, Image.Image]:
+    if max(image.size) <= MAX_ORIGINAL_SIDE:
+        return data, image
+    small = image.copy()
+    small.thumbnail((MAX_ORIGINAL_SIDE, MAX_ORIGINAL_SIDE), Image.Resampling.LANCZOS)
+    data = _encode(small, "jpeg", 95)
+    return data, _rgb(data)
+
+
+def _original(source: str, name: str, data: bytes) -> Original:
+    Image.MAX_IMAGE_PIXELS = NormalizeConfig().max_pixels
+    data, image = _capped(data, _rgb(data))
+    return Original(source, name, data, image)
+
+
+def halmstad_picks(crops_dir: Path) -> list[str]:
+    """One crop per video (manifest.csv): the middle of its frames, in frame order."""
+    frames: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for row in read_manifest(crops_dir):
+        frames[row["video"]].append((int(row["frame"]), row["file"]))
+    return [sorted(f)[len(f) // 2][1] for _, f in sorted(frames.items())]
+
+
+def load_originals(crops_dir: Path) -> list[Original]:
+    out = [_original("skimage", n, (SKIMAGE_DIR / n).read_bytes()) for n in SKIMAGE_PHOTOS]
+    out += [_original("pillow", n, (PILLOW_DIR / n).read_bytes()) for n in PILLOW_PHOTOS]
+    out += [
+        _original("halmstad", f, (crops_dir / f).read_bytes()) for f in halmstad_picks(crops_dir)
+    ]
+    return out
+
+
+def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
+    """The normalise stage's work for one file (normalise, hash, junk scores, verdict),
+    leaving deduplicate()'s input columns in sample.row or the rejection in .filtered."""
+    junk = JunkConfig()
+    try:
+        normalised = normalise(data, NormalizeConfig())
+    except Rejected as rej:
+        sample.filtered = str(rej.reason)
+        return
+    fields = normalised.fields
+    meta = {k: fields[k] for k in ("source_width", "source_height", "source_format")}
+    scores = score_image(normalised.image, meta, junk)
+    reason, _ = verdict(scores, junk)
+    if reason:
+        sample.filtered = reason
+    sample.row = {
+        "source_uri": sample.uri,
+        "class_name": CLASS,
+        "sha256": fields["sha256"],
+        "phash": dedup.compute_hashes(normalised.image, dedup.DedupConfig().hash_kind),
+        "width": fields["width"],
+        "height": fields["height"],
+        "source_format": fields["source_format"],
+        "seen_order": seen_order,
+        "low_detail": is_low_detail(scores, junk),
+    }
+
+
+def build_samples(originals: list[Original]) -> list[Sample]:
+    """Originals first (lower seen_order: the keep policy's last key), then variants."""
+    samples = []
+    for original in originals:
+        uri = f"{original.source}/{original.name}"
+        sample = Sample(uri, original.source, uri, ORIGINAL)
+        _job_row(sample, original.data, len(samples))
+        samples.append(sample)
+    for original in originals:
+        group = f"{original.source}/{original.name}"
+        for kind, ops in VARIANTS.items():
+            data, ext = make_variant(original.image, ops)
+            sample = Sample(f"{group}/{kind}.{ext}", original.source, group, kind)
+            _job_row(sample, data, len(samples))
+            samples.append(sample)
+    return samples
+
+
+@dataclass
+class Outcome:
+    """Per file that reached deduplicate(): dropped as a copy, and whether rightly so."""
+
+    sample: Sample
+    dropped: bool
+    correct_drop: bool
+    with_original: bool  # the original reached de-duplication too
+    caught: bool  # variants only: same keeper as its original, from their own group
+    distance: int | None  # pHash distance to its original
+    keeper_kind: str  # kind of the file kept in its place; "another group" if unrelated
+
+
+def _hamming(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def _keeper(decision: dict[str, Any]) -> str:
+    """The file kept in this file's place (itself when it is kept)."""
+    return decision["duplicate_of"] or decision["source_uri"]
+
+
+def evaluate(samples: list[Sample], decisions: pa.Table) -> list[Outcome]:
+    """A variant is caught when it and its original share a keeper from their own group
+    (the original, or a sibling variant the keep policy prefers)."""
+    by_uri = {d["source_uri"]: d for d in decisions.to_pylist()}
+    group_of = {s.uri: s.group for s in samples}
+    kind_of = {s.uri: s.kind for s in samples}
+    originals = {s.group: s for s in samples if s.kind == ORIGINAL and s.uri in by_uri}
+    out = []
+    for s in samples:
+        if s.uri not in by_uri:
+            continue
+        d = by_uri[s.uri]
+        dropped = d["reason"] in (dedup.EXACT_DUPLICATE, dedup.NEAR_DUPLICATE)
+        original = originals.get(s.group)
+        keeper = _keeper(d)
+        same_keeper = original is not None and _keeper(by_uri[original.uri]) == keeper
+        out.append(
+            Outcome(
+                sample=s,
+                dropped=dropped,
+                correct_drop=dropped and group_of[d["duplicate_of"]] == s.group,
+                with_original=original is not None,
+                caught=s.kind != ORIGINAL and same_keeper and group_of[keeper] == s.group,
+                distance=_hamming(s.row["phash"], original.row["phash"]) if original else None,
+                keeper_kind=kind_of[keeper] if group_of[keeper] == s.group else "another group",
+            )
+        )
+    return out
+
+
+@dataclass
+class Score:
+    drops: int = 0
+    wrong: int = 0
+    variants: int = 0
+    caught: int = 0
+
+    def add(self, o: Outcome) -> None:
+        self.drops += o.dropped
+        self.wrong += o.dropped and not o.correct_drop
+        if o.sample.kind != ORIGINAL and o.with_original:
+            self.variants += 1
+            self.caught += o.caught
+
+    @property
+    def precision(self) -> float:
+        return (self.drops - self.wrong) / self.drops if self.drops else float("nan")
+
+    @property
+    def recall(self) -> float:
+        return self.caught / self.variants if self.variants else float("nan")
+
+
+def score(outcomes: Iterable[Outcome]) -> Score:
+    total = Score()
+    for o in outcomes:
+        total.add(o)
+    return total
+
+
+def _without_5(outcomes: list[Outcome]) -> list[Outcome]:
+    return [o for o in outcomes if o.sample.kind not in FIVE_PERCENT]
+
+
+def run_dedup(samples: list[Sample], threshold: int) -> tuple[pa.Table, dict[str, Any]]:
+    rows = [s.row for s in samples if s.row and not s.filtered]
+    result = dedup.deduplicate(
+        pa.Table.from_pylist(rows), dedup.DedupConfig(max_hash_distance=threshold)
+    )
+    return result.decisions, result.summary
+
+
+def _of(outcomes: Iterable[Outcome], name: str) -> list[Outcome]:
+    return [o for o in outcomes if o.sample.source in SOURCE_SETS[name]]
+
+
+def print_inputs(samples: list[Sample]) -> None:
+    print("inputs per source (normalise + junk verdict as in the job; low_detail: no near search)")
+    print(
+        f"  {'source':<9} {'originals':>9} {'variants':>8} {'filtered':>8} "
+        f"{'low_detail':>10} {'to dedup':>8}"
+    )
+    for source in SOURCES:
+        mine = [s for s in samples if s.source == source]
+        originals = sum(s.kind == ORIGINAL for s in mine)
+        filtered = sum(s.filtered is not None for s in mine)
+        low = sum(bool(s.row.get("low_detail")) and not s.filtered for s in mine)
+        print(
+            f"  {source:<9} {originals:>9} {len(mine) - originals:>8} {filtered:>8} {low:>10} "
+            f"{len(mine) - filtered:>8}"
+        )
+    reasons = Counter((s.source, s.kind, s.filtered) for s in samples if s.filtered)
+    print("  filtered before dedup (source, kind, reason: files):")
+    for (source, kind, reason), n in sorted(reasons.items()):
+        print(f"    {source:<9} {kind:<30} {reason:<18} {n}")
+
+
+def _prr(outcomes: list[Outcome]) -> str:
+    s, w = score(outcomes), score(_without_5(outcomes))
+    return f"{s.precision:.3f} {s.recall:.3f} {w.recall:.3f}"
+
+
+def print_sweep(samples: list[Sample], thresholds: Iterable[int]) -> dict[int, list[Outcome]]:
+    print(
+        "\nthreshold sweep: P, R, R without the 5% crops (crop_c5, crop_e5); "
+        "photos = skimage + pillow"
+    )
+    names = ("all", "photos", "halmstad")
+    print(
+        f"  {'t':>3} {'drops':>6} {'wrong':>6} "
+        + " ".join(f"{n + ' P/R/R-5%':>19}" for n in names)
+        + f" {'dedup s':>7}"
+    )
+    results = {}
+    for t in thresholds:
+        decisions, summary = run_dedup(samples, t)
+        outcomes = evaluate(samples, decisions)
+        results[t] = outcomes
+        total = score(outcomes)
+        print(
+            f"  {t:>3} {total.drops:>6} {total.wrong:>6} "
+            + " ".join(f"{_prr(_of(outcomes, n)):>19}" for n in names)
+            + f" {summary['seconds']:>7.2f}",
+            flush=True,
+        )
+    return results
+
+
+def _distance_stats(outcomes: list[Outcome]) -> str:
+    d = sorted(o.distance for o in outcomes if o.distance is not None)
+    if not d:
+        return f"{'-':>8}"
+    return f"{statistics.median(d):.0f}/{d[int(0.9 * (len(d) - 1))]}/{d[-1]}".rjust(8)
+
+
+def _recall_cell(outcomes: list[Outcome]) -> str:
+    s = score(outcomes)
+    return f"{s.caught}/{s.variants}".rjust(9) + (
+        f" {s.recall:5.3f}" if s.variants else f" {'-':>5}"
+    )
+
+
+def print_per_kind(outcomes: list[Outcome], threshold: int) -> None:
+    print(
+        f"\nper variant kind at t={threshold}: caught/variants and R per source; drops, wrong "
+        "and P over all sources; d = pHash bits to the original, median/p90/max"
+    )
+    print(
+        f"  {'kind':<28} {'R skimage':>15} {'R pillow':>15} {'R halmstad':>15} {'R all':>15} "
+        f"{'drops':>5} {'wrong':>5} {'P':>5} {'d photos':>8} {'d halm.':>8}"
+    )
+    for kind in (ORIGINAL, *VARIANTS):
+        mine = [o for o in outcomes if o.sample.kind == kind]
+        s = score(mine)
+        recalls = " ".join(
+            _recall_cell(_of(mine, n)) for n in ("skimage", "pillow", "halmstad", "all")
+        )
+        print(
+            f"  {kind:<28} {recalls} {s.drops:>5} {s.wrong:>5} {s.precision:>5.3f} "
+            f"{_distance_stats(_of(mine, 'photos'))} {_distance_stats(_of(mine, 'halmstad'))}"
+        )
+
+
+def print_per_source(outcomes: list[Outcome], threshold: int) -> None:
+    print(f"\nper source at t={threshold} (photos = skimage + pillow)")
+    print(
+        f"  {'source':<9} {'variants':>8} {'caught':>6} {'R':>6} {'R excl.5%':>9} "
+        f"{'drops':>5} {'wrong':>5} {'P':>6}"
+    )
+    for name in SOURCE_SETS:
+        mine = _of(outcomes, name)
+        s, w = score(mine), score(_without_5(mine))
+        print(
+            f"  {name:<9} {s.variants:>8} {s.caught:>6} {s.recall:>6.3f} {w.recall:>9.3f} "
+            f"{s.drops:>5} {s.wrong:>5} {s.precision:>6.3f}"
+        )
+
+
+def print_false_drops(samples: list[Sample], threshold: int, listed: int = 8) -> None:
+    """Wrong drops counted by (dropped file's source, kept file's source); every wrong
+    drop of a photo is listed, and the first few of the others."""
+    decisions, _ = run_dedup(samples, threshold)
+    by_uri = {s.uri: s for s in samples}
+    wrong = [
+        d
+        for d in decisions.to_pylist()
+        if d["reason"] in (dedup.EXACT_DUPLICATE, dedup.NEAR_DUPLICATE)
+        and by_uri[d["duplicate_of"]].group != by_uri[d["source_uri"]].group
+    ]
+    pairs = Counter(
+        (by_uri[d["source_uri"]].source, by_uri[d["duplicate_of"]].source) for d in wrong
+    )
+    print(
+        f"\nwrong drops at t={threshold}: {len(wrong)}; by (dropped, kept) source: "
+        + ", ".join(f"{a}<-{b} {n}" for (a, b), n in sorted(pairs.items()))
+    )
+    photos = [d for d in wrong if by_uri[d["source_uri"]].source != "halmstad"]
+    others = [d for d in wrong if by_uri[d["source_uri"]].source == "halmstad"][:listed]
+    for d in photos + others:
+        print(f"  {d['source_uri']}  as copy of  {d['duplicate_of']}  (distance {d['distance']})")
+
+
+def print_keepers(outcomes: list[Outcome], threshold: int) -> None:
+    """Which copy the keep policy kept in place of each original."""
+    print(f"\nfile kept in place of each original at t={threshold}, by kind")
+    for name in ("photos", "halmstad"):
+        kinds = Counter(o.keeper_kind for o in _of(outcomes, name) if o.sample.kind == ORIGINAL)
+        print(f"  {name:<9} " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
+
+
+def nearest_unrelated(samples: list[Sample]) -> None:
+    """Per source, the pHash distance from each original to the nearest file of another
+    group (low_detail and filtered files left out, as the search leaves them out)."""
+    rows = [s for s in samples if s.row and not s.filtered and not s.row["low_detail"]]
+    hashes = np.array([int(s.row["phash"], 16) for s in rows], dtype=np.uint64)
+    groups = np.array([s.group for s in rows])
+    print("\nnearest unrelated file per original (pHash bits; searchable files only)")
+    print(
+        f"  {'source':<9} {'originals':>9} {'min':>4} {'p10':>4} {'median':>6} "
+        f"{'<=8':>5} {'<=12':>5}"
+    )
+    for source in SOURCES:
+        idx = [i for i, s in enumerate(rows) if s.source == source and s.kind == ORIGINAL]
+        if not idx:
+            continue
+        near = []
+        for i in idx:
+            d = np.bitwise_count(hashes ^ hashes[i])
+            near.append(int(d[groups != groups[i]].min()))
+        near.sort()
+        print(
+            f"  {source:<9} {len(near):>9} {near[0]:>4} {near[len(near) // 10]:>4} "
+            f"{statistics.median(near):>6.0f} {sum(n <= 8 for n in near):>5} "
+            f"{sum(n <= 12 for n in near):>5}"
+        )
+
+
+def part_a(crops_dir: Path, thresholds: list[int]) -> None:
+    default = dedup.DedupConfig().max_hash_distance
+    started = time.perf_counter()
+    originals = load_originals(crops_dir)
+    samples = build_samples(originals)
+    print(
+        f"== A. planted near duplicates: {len(originals)} originals x {len(VARIANTS)} variant "
+        f"kinds = {len(samples)} files, built and normalised in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    print("pillow photos used: " + ", ".join(PILLOW_PHOTOS))
+    print_inputs(samples)
+    results = print_sweep(samples, sorted({*thresholds, default}))
+    outcomes = results[default]
+    print_per_kind(outcomes, default)
+    print_per_source(outcomes, default)
+    print_false_drops(samples, default)
+    print_keepers(outcomes, default)
+    nearest_unrelated(samples)
+    for name in ("photos", "halmstad", "all"):
+        mine = _of(outcomes, name)
+        total, without = score(mine), score(_without_5(mine))
+        for label, value in (
+            ("P", total.precision),
+            ("R (all kinds)", total.recall),
+            ("R (without 5% crops)", without.recall),
+        ):
+            verdict_ = "PASS" if value >= TARGET else "MISS"
+            print(f"target {name} {label} >= {TARGET} at t={default}: {value:.3f} {verdict_}")
+
+
+# --- Part B: the real job on halmstad-crops -------------------------------------------------
+
+
+def read_manifest(crops_dir: Path) -> list[dict[str, str]]:
+    with open(crops_dir / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_job(lake: Path, out: Path, extra: list[str]) -> float:
+    """The product's CLI in this process (it reuses the Ray started here)."""
+    from pipeline.cli import main as cli_main
+
+    argv = ["clean", str(lake), str(out), "--no-progress", *extra]
+    print(f"\n$ python -m pipeline {' '.join(argv)}", flush=True)
+    started = time.perf_counter()
+    rc = cli_main(argv)
+    if rc != 0:
+        raise SystemExit(f"job failed with exit status {rc}")
+    return time.perf_counter() - started
+
+
+@dataclass
+class JobOutput:
+    kept: list[dict[str, Any]]  # source_uri, class_name, split, cluster_id, video
+    rejected: list[
+        dict[str, Any]
+    ]  # source_uri, class_name, reason, duplicate_of, cluster_id, video
+
+
+def load_output(out: Path, lake: Path, video_of: dict[str, str]) -> JobOutput:
+    from pipeline.output import read_table
+
+    storage = StorageConfig()
+    root = str(lake).rstrip("/") + "/"
+    images = read_table(
+        str(out), "images", storage, columns=["source_uri", "class_name", "split", "cluster_id"]
+    ).to_pylist()
+    rejected = read_table(
+        str(out),
+        "rejected",
+        storage,
+        columns=["source_uri", "class_name", "reason", "duplicate_of", "cluster_id"],
+    ).to_pylist()
+    for row in images + rejected:
+        row["video"] = video_of.get(row["source_uri"].removeprefix(root))
+    return JobOutput(images, rejected)
+
+
+def print_outcomes(job: JobOutput, listed: int) -> None:
+    reasons = Counter(r["reason"] for r in job.rejected)
+    print(f"  listed {listed}: kept {len(job.kept)}, rejected {len(job.rejected)}")
+    print("  rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    junk = sum(v for k, v in reasons.items() if k.startswith("junk_"))
+    dups = sum(reasons[r] for r in DUPLICATE_REASONS)
+    print(
+        f"  dropped as duplicates {dups}, as junk {junk}, other {len(job.rejected) - dups - junk}"
+    )
+    cross = [
+        r
+        for r in job.rejected
+        if r["reason"] in DUPLICATE_REASONS and r["duplicate_of"] is not None
+    ]
+    video_of_uri = {r["source_uri"]: r["video"] for r in job.kept + job.rejected}
+    other_video = sum(video_of_uri.get(r["duplicate_of"]) != r["video"] for r in cross)
+    print(f"  duplicate drops whose kept copy is from another video: {other_video} of {len(cross)}")
+
+
+def _clusters(job: JobOutput) -> dict[str, list[dict[str, Any]]]:
+    """cluster_id -> members, over kept rows and rows dropped as copies."""
+    members: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in job.kept + [r for r in job.rejected if r["reason"] in DUPLICATE_REASONS]:
+        if row["cluster_id"] is not None:
+            members[row["cluster_id"]].append(row)
+    return members
+
+
+def print_clusters(job: JobOutput) -> None:
+    clusters = _clusters(job)
+    dup = {c: m for c, m in clusters.items() if len(m) > 1}
+    sizes = sorted(len(m) for m in dup.values())
+    pure = sum(len({r["video"] for r in m}) == 1 for m in dup.values())
+    bins = ", ".join(
+        f"{lo}{'' if lo == hi else ('+' if hi > 10**6 else f'-{hi}')}: "
+        f"{sum(lo <= s <= hi for s in sizes)}"
+        for lo, hi in CLUSTER_SIZE_BINS
+    )
+    print(
+        f"  duplicate clusters (>= 2 files) {len(dup)}, files in them {sum(sizes)}; "
+        f"largest {sizes[-1] if sizes else 0}, median {statistics.median(sizes) if sizes else 0}"
+    )
+    print(f"  sizes: {bins}")
+    print(f"  purity: {pure}/{len(dup)} clusters hold frames of one video only")
+    per_video: dict[str, set[str]] = defaultdict(set)
+    for cid, m in clusters.items():
+        for r in m:
+            per_video[r["video"]].add(cid)
+    split_videos = sum(len(c) > 1 for c in per_video.values())
+    counts = sorted(len(c) for c in per_video.values())
+    print(
+        f"  videos with frames in de-duplication {len(per_video)}: split across several "
+        f"clusters {split_videos}; clusters per video median {statistics.median(counts):.0f}, "
+        f"max {counts[-1]}"
+    )
+
+
+def leak_share(rows: list[dict[str, Any]], split_of: Callable[[dict[str, Any]], str]) -> float:
+    """Share of test images whose video also has images in train."""
+    train_videos = {r["video"] for r in rows if split_of(r) == "train"}
+    test = [r for r in rows if split_of(r) == "test"]
+    return sum(r["video"] in train_videos for r in test) / len(test) if test else float("nan")
+
+
+def random_split(rows: list[dict[str, Any]], seed: int) -> dict[str, str]:
+    """A per-image 70/30 split, stratified by class, seeded."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        by_class[r["class_name"]].append(r["source_uri"])
+    out = {}
+    for _, uris in sorted(by_class.items()):
+        order = rng.permutation(len(uris))
+        n_train = round(TRAIN_SHARE * len(uris))
+        for rank, i in enumerate(order):
+            out[uris[i]] = "train" if rank < n_train else "test"
+    return out
+
+
+def print_splits(job: JobOutput) -> None:
+    print(f"  {'class':<18} {'kept':>5} {'train':>5} {'test':>5} {'train %':>7} {'videos':>6}")
+    by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in job.kept:
+        by_class[r["class_name"]].append(r)
+    for name, rows in sorted(by_class.items()) + [("all", job.kept)]:
+        train = sum(r["split"] == "train" for r in rows)
+        videos = len({r["video"] for r in rows})
+        print(
+            f"  {name:<18} {len(rows):>5} {train:>5} {len(rows) - train:>5} "
+            f"{100 * train / len(rows):>7.1f} {videos:>6}"
+        )
+
+
+def report_job(title: str, job: JobOutput, listed: int, seconds: float, seed: int) -> None:
+    print(f"\n-- {title} ({seconds:.0f} s)")
+    print_outcomes(job, listed)
+    print_clusters(job)
+    print_splits(job)
+    rnd = random_split(job.kept, seed)
+    job_leak = leak_share(job.kept, lambda r: r["split"])
+    random_leak = leak_share(job.kept, lambda r: rnd[r["source_uri"]])
+    print(
+        f"  leak (test images whose video has frames in train): job split "
+        f"{100 * job_leak:.1f} %, random per-image 70/30 (seed {seed}) {100 * random_leak:.1f} %"
+    )
+
+
+def part_b(lake: Path, out_root: Path, seed: int, grouped: bool) -> None:
+    manifest = read_manifest(lake)
+    video_of = {r["file"]: r["video"] for r in manifest}
+    listed = sum(1 for p in lake.rglob("*") if p.is_file())
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    print(
+        f"\n== B. the cleaning job on {lake} ({len(manifest)} crops, "
+        f"{len(set(video_of.values()))} videos in manifest.csv)"
+    )
+    runs = [("default settings", [])]
+    if grouped:
+        runs.append(
+            (
+                "grouped by video",
+                [
+                    "--group-manifest-uri",
+                    str(lake / "manifest.csv"),
+                    "--group-manifest-column",
+                    "video",
+                ],
+            )
+        )
+    for i, (title, extra) in enumerate(runs):
+        out = out_root / f"{stamp}-{i}"
+        seconds = run_job(lake, out, extra)
+        report_job(f"{title}: {out}", load_output(out, lake, video_of), listed, seconds, seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("a", "b", "both"), default="both")
+    parser.add_argument("--thresholds", type=int, nargs="+", default=list(THRESHOLDS))
+    parser.add_argument("--crops", type=Path, default=CROPS_DIR, help="halmstad-crops folder")
+    parser.add_argument("--out-root", type=Path, default=Path("/tmp/dedup_quality"))
+    parser.add_argument("--seed", type=int, default=JOB_SEED, help="seed of the random split")
+    parser.add_argument("--no-grouped", action="store_true", help="skip the grouped job run")
+    parser.add_argument("--num-cpus", type=int, default=2)
+    args = parser.parse_args()
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    if args.part in ("a", "both"):
+        part_a(args.crops.resolve(), args.thresholds)
+    if args.part in ("b", "both"):
+        part_b(args.crops.resolve(), args.out_root, args.seed, not args.no_grouped)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
