@@ -28,7 +28,9 @@ What the caller passes (`REQUIRED_COLUMNS`), one row per normalised image:
     source_uri (str, unique), class_name (str), sha256 (str: hex of the normalised
     pixels), phash (str: 16 hex chars, `compute_hashes(image, cfg.hash_kind)` of the
     normalised image, whatever the kind; null if it could not be computed), width and
-    height (int: normalised size), source_format (str, as `common.decode` names it),
+    height (int: the SOURCE's size, which the keep policy's "resolution" ranks: the
+    normalised images of large sources all share the same 512 px side), source_format
+    (str, as `common.decode` names it),
     seen_order (int: lower = seen earlier; may be null), low_detail (bool:
     `pipeline.junk.is_low_detail` of the image's scores; null counts as False).
 
@@ -113,6 +115,14 @@ class DedupConfig:
         ["PNG", "BMP", "TIFF", "PPM", "PGM", "PBM", "GIF", "TGA", "QOI", "ICO", "SVG"],
         "Source formats the keep policy counts as lossless (WEBP is not: its lossless mode "
         "cannot be told from the format name)",
+    )
+    conflict_matching: str = option(
+        "exact",
+        "Copies in two classes form a label conflict when they are exact (identical pixels) "
+        "or also when near (within max_hash_distance). 'exact' by default: on low-structure "
+        "images (objects against plain sky) unrelated pictures share pHashes, and a near "
+        "conflict would drop both",
+        choices=("exact", "near"),
     )
     drop_label_conflicts: bool = option(
         True,
@@ -678,9 +688,20 @@ class _Clusterer:
     are never claimed, so rows kept by earlier runs stay kept.
     """
 
-    def __init__(self, rows: _Rows, node_of: np.ndarray, pairs: NearPairs, n_nodes: int):
+    def __init__(
+        self,
+        rows: _Rows,
+        node_of: np.ndarray,
+        pairs: NearPairs,
+        n_nodes: int,
+        near_across_classes: bool,
+    ):
         self.rows = rows
         self.node_of = node_of
+        self.near_across_classes = near_across_classes
+        self.unit_class = _unit_classes(rows)
+        self.row_class = rows.class_code.tolist()
+        self.row_unit = rows.sha_code.tolist()
         new = np.arange(rows.n_existing, rows.count)
         searchable_new = new[rows.searchable[new]]
         node_unit = np.unique(
@@ -717,13 +738,21 @@ class _Clusterer:
         return result
 
     def _claim_near(self, row: int, keeper: list[int]) -> None:
-        """`row` keeps in place of every unclaimed unit whose hash is within the threshold."""
+        """`row` keeps in place of every unclaimed unit whose hash is within the threshold
+        (of its own class only, unless near copies may conflict across classes)."""
         node = self.node_list[row]
         if node < 0:
             return
+        own_unit, own_class = self.row_unit[row], self.row_class[row]
         for near in [node, *self.nbrs[self.nbr_ptr[node] : self.nbr_ptr[node + 1]]]:
             for unit in self.units[self.unit_ptr[near] : self.unit_ptr[near + 1]]:
-                if keeper[unit] < 0:
+                if keeper[unit] >= 0:
+                    continue
+                if (
+                    self.near_across_classes
+                    or unit == own_unit
+                    or self.unit_class[unit] == own_class
+                ):
                     keeper[unit] = row
 
     def _touches_new(self, rows: np.ndarray) -> np.ndarray:
@@ -738,6 +767,17 @@ class _Clusterer:
         lonely = (self.units_in_node == 1) & (self.degree == 0) & (self.existing_in_node == 0)
         unclaimed = np.asarray(keeper, dtype=np.int64)[code] < 0
         return (unit_size[code] == 1) & unclaimed & _at(lonely, self.node_of[new], True)
+
+
+def _unit_classes(rows: _Rows) -> list[int]:
+    """Per exact-copy unit (sha code), its class code, or -1 if its copies span classes."""
+    n_units = int(rows.sha_code.max(initial=-1)) + 1
+    pairs = np.unique(np.stack([rows.sha_code, rows.class_code]), axis=1)
+    classes_per_unit = np.bincount(pairs[0], minlength=n_units)
+    unit_class = np.full(n_units, -1, dtype=np.int64)
+    single = classes_per_unit[pairs[0]] == 1
+    unit_class[pairs[0][single]] = pairs[1][single]
+    return unit_class.tolist()
 
 
 def _at(per_node: np.ndarray, node: np.ndarray, missing: bool) -> np.ndarray:
@@ -777,7 +817,7 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
         max_bucket_hashes=cfg.max_bucket_hashes,
         hashes_per_task=cfg.hashes_per_task,
     )
-    keeper = _Clusterer(rows, node_of_row, pairs, nodes.size).run()
+    keeper = _Clusterer(rows, node_of_row, pairs, nodes.size, cfg.conflict_matching == "near").run()
     decisions, summary = _decisions(rows, keeper, cfg)
     summary["search"] = {
         "distinct_hashes": int(nodes.size),

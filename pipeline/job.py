@@ -110,12 +110,22 @@ def normalise_stage(work: pa.Table, cfg: CleanConfig, stage: str) -> Shards:
     return sink.result
 
 
+def dedup_input(table: pa.Table) -> pa.Table:
+    """The de-duplication stage ranks resolution by the source's size: normalised images
+    of every large source share the same 512 px side."""
+    table = table.drop_columns(
+        [c for c in ("width", "height", "_shard") if c in table.schema.names]
+    )
+    sizes = {"source_width": "width", "source_height": "height"}
+    return table.rename_columns([sizes.get(c, c) for c in table.column_names])
+
+
 def decide(
     existing: pa.Table, candidates: pa.Table, cfg: CleanConfig
 ) -> tuple[pa.Table, dict[str, Any]]:
     """De-duplicate the candidates against each other and the kept index, then split."""
     result = dedup.deduplicate(
-        candidates.drop_columns(["_shard"]), cfg.dedup, existing if existing.num_rows else None
+        dedup_input(candidates), cfg.dedup, dedup_input(existing) if existing.num_rows else None
     )
     decisions, summary = result.decisions, result.summary
     by_uri = {d["source_uri"]: d for d in decisions.to_pylist()}

@@ -73,8 +73,8 @@ REJECTED_COLUMNS = [
 # kept ones needs, without a byte of pixels.
 INDEX_COLUMNS = [
     "source_uri", "class_name", "label", "sha256", "phash", "width", "height",
-    "source_format", "seen_order", "low_detail", "cluster_id", "group", "split",
-    "source_etag",
+    "source_width", "source_height", "source_format", "seen_order", "low_detail",
+    "cluster_id", "group", "split", "source_etag",
 ]  # fmt: skip
 
 

@@ -215,6 +215,22 @@ def test_exact_duplicates_are_one_cluster_whatever_their_flags():
     assert summary["dropped"] == {EXACT_DUPLICATE: 2, NEAR_DUPLICATE: 1, LABEL_CONFLICT: 0}
 
 
+def test_near_copies_in_another_class_are_not_a_conflict_by_default():
+    # Look-alike skies share pHashes across classes; only identical pixels prove a clash.
+    rows = [row("cat1", A, w=200), row("dog1", B, cls="dog"), row("cat2", flip(A, [40]))]
+    out, summary = run(rows)
+    assert out["cat1"]["keep"] and out["dog1"]["keep"]
+    assert out["cat2"]["reason"] == NEAR_DUPLICATE and out["cat2"]["duplicate_of"] == "cat1"
+    assert summary["label_conflicts"] == []
+
+
+def test_identical_pixels_in_two_classes_are_a_conflict_by_default():
+    rows = [row("cat1", A, sha="same"), row("dog1", A, cls="dog", sha="same"), row("c", B)]
+    out, summary = run(rows)
+    assert out["cat1"]["reason"] == out["dog1"]["reason"] == LABEL_CONFLICT
+    assert out["c"]["keep"] and len(summary["label_conflicts"]) == 1
+
+
 def test_a_cluster_with_two_labels_is_dropped_and_reported():
     rows = [
         row("cat1", A, w=200),
@@ -222,7 +238,7 @@ def test_a_cluster_with_two_labels_is_dropped_and_reported():
         row("cat2", flip(A, [40])),
         row("lone", BASE ^ (2**64 - 1)),
     ]
-    out, summary = run(rows)
+    out, summary = run(rows, conflict_matching="near")
     assert [out[u]["reason"] for u in ("cat1", "dog1", "cat2")] == [LABEL_CONFLICT] * 3
     assert not any(out[u]["keep"] for u in ("cat1", "dog1", "cat2"))
     assert out["dog1"]["duplicate_of"] == "cat1" and out["cat1"]["duplicate_of"] is None
@@ -234,7 +250,7 @@ def test_a_cluster_with_two_labels_is_dropped_and_reported():
 
 def test_a_label_conflict_can_keep_its_keeper():
     rows = [row("cat1", A, w=200), row("dog1", B, cls="dog"), row("cat2", flip(A, [40]))]
-    out, summary = run(rows, drop_label_conflicts=False)
+    out, summary = run(rows, drop_label_conflicts=False, conflict_matching="near")
     assert out["cat1"]["keep"]
     assert out["dog1"]["reason"] == LABEL_CONFLICT and out["cat2"]["reason"] == NEAR_DUPLICATE
     assert len(summary["label_conflicts"]) == 1
@@ -303,7 +319,7 @@ def test_incremental_run_keeps_old_rows_and_decides_new_ones():
 def test_incremental_label_conflict_never_drops_an_old_row():
     existing = [row("old", A, w=50)]
     new = [row("new-dog", B, cls="dog", w=500)]
-    out, summary = run(new, existing=existing)
+    out, summary = run(new, existing=existing, conflict_matching="near")
     assert out["new-dog"]["reason"] == LABEL_CONFLICT
     assert summary["label_conflicts"][0]["keeper"] == "old"
 

@@ -14,10 +14,11 @@ Ground truth: an original and its variants are duplicates of each other; any oth
 pair is not. Measured:
 - precision: drops (exact or near duplicate) whose `duplicate_of` is in the dropped
   file's own group (its original or a sibling variant), over all drops;
-- recall: planted variants that end up in the same cluster as their original (the
-  variant is dropped as a copy of its original or of a sibling, or, when the keep
-  policy prefers the variant, the original is dropped in its place), over all planted
-  variants that reached de-duplication together with their original.
+- recall: planted variants kept in place of the same file as their original, that
+  file being of their own group (the variant is dropped as a copy of its original or
+  of a sibling, or the keep policy prefers the variant and drops the original), over
+  all planted variants that reached de-duplication together with their original.
+Both are printed per variant kind, per source and for a threshold sweep.
 
 Part B: the real cleaning job, `pipeline.cli.main(["clean", LAKE, OUT, "--no-progress"])`,
 on halmstad-crops as a local folder (one sub-folder per class; the root's manifest.csv
@@ -28,12 +29,14 @@ what was kept and dropped, how duplicate clusters match videos, and the leak: th
 share of test images whose video also has frames in train, against a seeded random
 per-image 70/30 split (stratified by class) of the same kept images.
 
-Run from the repository root (part A takes about 2 minutes, each job of part B a few
-on 2 cores):
+`--job-thresholds 4` adds a run with `--max-hash-distance 4`.
+
+Run from the repository root (part A takes about half a minute, each job of part B
+about 40 s on 2 cores):
 
     RAY_AUTH_MODE=disabled .venv/bin/python scripts/bench/dedup_quality.py
     .venv/bin/python scripts/bench/dedup_quality.py --part a --thresholds 4 6 8 10 12
-    .venv/bin/python scripts/bench/dedup_quality.py --part b --out-root /tmp/dedup_quality
+    .venv/bin/python scripts/bench/dedup_quality.py --part b --job-thresholds 4
 """
 
 from __future__ import annotations
@@ -669,7 +672,11 @@ def print_clusters(job: JobOutput) -> None:
         f"largest {sizes[-1] if sizes else 0}, median {statistics.median(sizes) if sizes else 0}"
     )
     print(f"  sizes: {bins}")
-    print(f"  purity: {pure}/{len(dup)} clusters hold frames of one video only")
+    mixed = sum(len({r["class_name"] for r in m}) > 1 for m in dup.values())
+    print(
+        f"  purity: {pure}/{len(dup)} clusters hold frames of one video only; "
+        f"{mixed} span two or more classes"
+    )
     per_video: dict[str, set[str]] = defaultdict(set)
     for cid, m in clusters.items():
         for r in m:
@@ -705,25 +712,44 @@ def random_split(rows: list[dict[str, Any]], seed: int) -> dict[str, str]:
     return out
 
 
-def print_splits(job: JobOutput) -> None:
-    print(f"  {'class':<18} {'kept':>5} {'train':>5} {'test':>5} {'train %':>7} {'videos':>6}")
-    by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def print_per_class(job: JobOutput, manifest: list[dict[str, str]]) -> None:
+    """Per class: crops and videos in the lake, what became of them, and the split."""
+    listed = Counter(r["class"] for r in manifest)
+    videos = defaultdict(set)
+    for r in manifest:
+        videos[r["class"]].add(r["video"])
+    rejected = defaultdict(Counter)
+    for r in job.rejected:
+        rejected[r["class_name"]][r["reason"]] += 1
+    kept: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in job.kept:
-        by_class[r["class_name"]].append(r)
-    for name, rows in sorted(by_class.items()) + [("all", job.kept)]:
+        kept[r["class_name"]].append(r)
+    print(
+        f"  {'class':<18} {'crops':>5} {'kept':>5} {'near':>5} {'label_c':>7} {'junk':>4} "
+        f"{'train':>5} {'test':>5} {'train %':>7} {'videos':>6} {'kept v':>6}"
+    )
+    for name in [*sorted(listed), "all"]:
+        names = sorted(listed) if name == "all" else [name]
+        rows = [r for n in names for r in kept[n]]
+        reasons = sum((rejected[n] for n in names), Counter())
+        junk = sum(v for k, v in reasons.items() if k.startswith("junk_"))
         train = sum(r["split"] == "train" for r in rows)
-        videos = len({r["video"] for r in rows})
+        n_videos = sum(len(videos[n]) for n in names)
         print(
-            f"  {name:<18} {len(rows):>5} {train:>5} {len(rows) - train:>5} "
-            f"{100 * train / len(rows):>7.1f} {videos:>6}"
+            f"  {name:<18} {sum(listed[n] for n in names):>5} {len(rows):>5} "
+            f"{reasons[dedup.NEAR_DUPLICATE]:>5} {reasons[dedup.LABEL_CONFLICT]:>7} {junk:>4} "
+            f"{train:>5} {len(rows) - train:>5} {100 * train / max(1, len(rows)):>7.1f} "
+            f"{n_videos:>6} {len({r['video'] for r in rows}):>6}"
         )
 
 
-def report_job(title: str, job: JobOutput, listed: int, seconds: float, seed: int) -> None:
-    print(f"\n-- {title} ({seconds:.0f} s)")
+def report_job(
+    title: str, job: JobOutput, manifest: list[dict[str, str]], listed: int, seed: int
+) -> None:
+    print(f"\n-- {title}")
     print_outcomes(job, listed)
     print_clusters(job)
-    print_splits(job)
+    print_per_class(job, manifest)
     rnd = random_split(job.kept, seed)
     job_leak = leak_share(job.kept, lambda r: r["split"])
     random_leak = leak_share(job.kept, lambda r: rnd[r["source_uri"]])
@@ -733,7 +759,7 @@ def report_job(title: str, job: JobOutput, listed: int, seconds: float, seed: in
     )
 
 
-def part_b(lake: Path, out_root: Path, seed: int, grouped: bool) -> None:
+def part_b(lake: Path, out_root: Path, seed: int, grouped: bool, thresholds: list[int]) -> None:
     manifest = read_manifest(lake)
     video_of = {r["file"]: r["video"] for r in manifest}
     listed = sum(1 for p in lake.rglob("*") if p.is_file())
@@ -755,10 +781,12 @@ def part_b(lake: Path, out_root: Path, seed: int, grouped: bool) -> None:
                 ],
             )
         )
+    runs += [(f"--max-hash-distance {t}", ["--max-hash-distance", str(t)]) for t in thresholds]
     for i, (title, extra) in enumerate(runs):
         out = out_root / f"{stamp}-{i}"
         seconds = run_job(lake, out, extra)
-        report_job(f"{title}: {out}", load_output(out, lake, video_of), listed, seconds, seed)
+        job = load_output(out, lake, video_of)
+        report_job(f"{title}: {out} ({seconds:.0f} s)", job, manifest, listed, seed)
 
 
 def main() -> None:
@@ -769,6 +797,13 @@ def main() -> None:
     parser.add_argument("--out-root", type=Path, default=Path("/tmp/dedup_quality"))
     parser.add_argument("--seed", type=int, default=JOB_SEED, help="seed of the random split")
     parser.add_argument("--no-grouped", action="store_true", help="skip the grouped job run")
+    parser.add_argument(
+        "--job-thresholds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="extra job runs (part B) with --max-hash-distance set to each of these",
+    )
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
 
@@ -779,7 +814,13 @@ def main() -> None:
     if args.part in ("a", "both"):
         part_a(args.crops.resolve(), args.thresholds)
     if args.part in ("b", "both"):
-        part_b(args.crops.resolve(), args.out_root, args.seed, not args.no_grouped)
+        part_b(
+            args.crops.resolve(),
+            args.out_root,
+            args.seed,
+            not args.no_grouped,
+            args.job_thresholds,
+        )
     ray.shutdown()
 
 
