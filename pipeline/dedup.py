@@ -40,6 +40,7 @@ Incremental runs pass `existing` (rows kept by earlier runs, same columns, optio
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -69,6 +70,7 @@ HASH_KINDS = ("phash", "dhash", "whash", "ahash")
 KEEP_KEYS = ("resolution", "lossless", "earliest")
 HASH_BITS = 64
 
+# Optional: hash_stability (float; null or absent counts as stable).
 REQUIRED_COLUMNS = (
     "source_uri",
     "class_name",
@@ -115,6 +117,16 @@ class DedupConfig:
         ["PNG", "BMP", "TIFF", "PPM", "PGM", "PBM", "GIF", "TGA", "QOI", "ICO", "SVG"],
         "Source formats the keep policy counts as lossless (WEBP is not: its lossless mode "
         "cannot be told from the format name)",
+    )
+    min_hash_stability: float = option(
+        500.0,
+        "Low-structure images (a small object against plain sky, soft gradients) have pHash "
+        "bits that sit near the median that sets them, so unrelated pictures collide: an "
+        "image whose hash_stability is below this is matched only within "
+        "strict_hash_distance",
+    )
+    strict_hash_distance: int = option(
+        2, "The stricter near-duplicate distance for images of low hash stability"
     )
     conflict_matching: str = option(
         "exact",
@@ -168,6 +180,22 @@ def compute_hashes(image: Image.Image, kind: str = "phash") -> str:
     if kind not in functions:
         raise ValueError(f"unknown hash kind {kind!r}; choose one of {', '.join(HASH_KINDS)}")
     return str(functions[kind](image, hash_size=8))
+
+
+def hash_stability(image: Image.Image) -> float:
+    """How firmly pHash's bits are set: the median distance of the 8x8 low-frequency DCT
+    coefficients (DC excluded) from the median that thresholds them, computed as
+    imagehash.phash computes them. Photos score in the thousands; a small bird against
+    a plain sky scores a few hundred, and its bits flip with the sky's gradient."""
+    from PIL import Image as PILImage
+    from scipy.fftpack import dct
+
+    pixels = np.asarray(
+        image.convert("L").resize((32, 32), PILImage.Resampling.LANCZOS), dtype=np.float64
+    )
+    low = dct(dct(pixels, axis=0), axis=1)[:8, :8]
+    deviation = np.abs(low - np.median(low)).ravel()[1:]
+    return float(np.median(deviation))
 
 
 def hashes_to_uint64(hex_hashes: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -567,6 +595,7 @@ _INPUT_SCHEMA = pa.schema(
         ("source_format", pa.string()),
         ("seen_order", pa.int64()),
         ("low_detail", pa.bool_()),
+        ("hash_stability", pa.float64()),
     ]
 )
 
@@ -583,6 +612,7 @@ class _Rows:
     hashes: np.ndarray  # uint64
     low_detail: np.ndarray
     degenerate: np.ndarray
+    strict: np.ndarray  # low hash stability: matched within strict_hash_distance only
     searchable: np.ndarray  # takes part in the near-duplicate search
     rank: np.ndarray  # position in keep-policy order, 0 = best
     cluster_id: np.ndarray  # object: the id a cluster kept by this row gets
@@ -596,7 +626,9 @@ def _checked(table: pa.Table, what: str) -> pa.Table:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{what} table lacks column(s): {', '.join(missing)}")
-    out = table.select(list(REQUIRED_COLUMNS)).cast(_INPUT_SCHEMA)
+    if "hash_stability" not in table.column_names:
+        table = table.append_column("hash_stability", pa.nulls(table.num_rows, pa.float64()))
+    out = table.select([*REQUIRED_COLUMNS, "hash_stability"]).cast(_INPUT_SCHEMA)
     if out["sha256"].null_count or out["source_uri"].null_count:
         raise ValueError(f"{what} table has rows without source_uri or sha256")
     return out
@@ -662,6 +694,10 @@ def _rows(existing: pa.Table | None, new: pa.Table, cfg: DedupConfig) -> _Rows:
         hashes=hashes,
         low_detail=low_detail,
         degenerate=degenerate,
+        strict=np.asarray(
+            pc.fill_null(pc.less(table["hash_stability"], cfg.min_hash_stability), False),
+            dtype=bool,
+        ),
         searchable=searchable,
         rank=policy_rank(table, cfg.keep_policy, cfg.lossless_formats),
         cluster_id=cluster_id,
@@ -817,6 +853,7 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
         max_bucket_hashes=cfg.max_bucket_hashes,
         hashes_per_task=cfg.hashes_per_task,
     )
+    pairs = _apply_strict_distance(pairs, rows, node_of_row, nodes.size, cfg)
     keeper = _Clusterer(rows, node_of_row, pairs, nodes.size, cfg.conflict_matching == "near").run()
     decisions, summary = _decisions(rows, keeper, cfg)
     summary["search"] = {
@@ -830,6 +867,24 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
     }
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return DedupResult(decisions, summary)
+
+
+def _apply_strict_distance(
+    pairs: NearPairs, rows: _Rows, node_of_row: np.ndarray, n_nodes: int, cfg: DedupConfig
+) -> NearPairs:
+    """Drop pairs that involve a low-stability hash and exceed the stricter distance."""
+    strict_node = np.zeros(n_nodes, dtype=bool)
+    searched = node_of_row >= 0
+    strict_node[node_of_row[searched & rows.strict]] = True
+    loose = (strict_node[pairs.i] | strict_node[pairs.j]) & (
+        pairs.distance > cfg.strict_hash_distance
+    )
+    if not loose.any():
+        return pairs
+    keep = ~loose
+    return dataclasses.replace(
+        pairs, i=pairs.i[keep], j=pairs.j[keep], distance=pairs.distance[keep]
+    )
 
 
 def _conflicting(rows: _Rows, keeper: np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ _PIXELS = [
     ("channel_mean", pa.list_(pa.float32(), 3)),
     ("channel_sqmean", pa.list_(pa.float32(), 3)),
     ("low_detail", pa.bool_()),
+    ("hash_stability", pa.float32()),
 ]
 
 
@@ -58,7 +59,8 @@ def image_columns(score_columns: list[str]) -> list[str]:
     return [
         "image", "label", "class_name", "source_uri", "source_etag", "sha256", "phash",
         "width", "height", "source_format", "source_bytes", "source_width", "source_height",
-        "frames", "image_bytes", "channel_mean", "channel_sqmean", "low_detail", "cluster_id",
+        "frames", "image_bytes", "channel_mean", "channel_sqmean", "low_detail",
+        "hash_stability", "cluster_id",
         "group", "split", "seen_order", "thumbnail", *score_columns,
     ]  # fmt: skip
 
@@ -74,7 +76,7 @@ REJECTED_COLUMNS = [
 INDEX_COLUMNS = [
     "source_uri", "class_name", "label", "sha256", "phash", "width", "height",
     "source_width", "source_height", "source_format", "seen_order", "low_detail",
-    "cluster_id", "group", "split", "source_etag",
+    "hash_stability", "cluster_id", "group", "split", "source_etag",
 ]  # fmt: skip
 
 

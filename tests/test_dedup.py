@@ -27,6 +27,7 @@ from pipeline.dedup import (
     deduplicate,
     degenerate_hashes,
     find_near_pairs,
+    hash_stability,
     hashes_to_uint64,
 )
 
@@ -53,6 +54,7 @@ def row(uri: str, phash: int | None, **kw) -> dict:
         "source_format": kw.get("fmt", "JPEG"),
         "seen_order": kw.get("seen", 0),
         "low_detail": kw.get("low", False),
+        "hash_stability": kw.get("stability"),
     }
 
 
@@ -254,6 +256,29 @@ def test_a_label_conflict_can_keep_its_keeper():
     assert out["cat1"]["keep"]
     assert out["dog1"]["reason"] == LABEL_CONFLICT and out["cat2"]["reason"] == NEAR_DUPLICATE
     assert len(summary["label_conflicts"]) == 1
+
+
+def test_low_structure_hashes_need_the_stricter_distance():
+    # A plain-sky crop's pHash bits are unstable: 4 bits apart is a look-alike, not a copy.
+    sky = {"stability": 120.0}
+    rows = [
+        row("sky1", A, w=200, **sky),
+        row("sky2", flip(A, [1, 2, 3, 4]), **sky),  # 4 bits: kept
+        row("sky3", flip(A, [5, 6]), **sky),  # 2 bits: a copy
+        row("photo", flip(A, [7, 8, 9]), stability=2000.0),  # near a strict one: 3 > 2
+    ]
+    out, _ = run(rows)
+    assert out["sky1"]["keep"] and out["sky2"]["keep"] and out["photo"]["keep"]
+    assert out["sky3"]["reason"] == NEAR_DUPLICATE and out["sky3"]["distance"] == 2
+    loose, _ = run(rows, min_hash_stability=0.0)
+    assert not loose["sky2"]["keep"] and not loose["photo"]["keep"]
+
+
+def test_hash_stability_separates_structure_from_plain_sky():
+    photo = blobs(5).resize((256, 256))
+    sky = Image.new("L", (256, 256))
+    sky.putdata([120 + y // 16 for y in range(256) for _ in range(256)])
+    assert hash_stability(photo) > DedupConfig().min_hash_stability > hash_stability(sky)
 
 
 def test_low_detail_rows_do_not_swallow_others():
