@@ -265,11 +265,13 @@ def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
         "class_name": CLASS,
         "sha256": fields["sha256"],
         "phash": dedup.compute_hashes(normalised.image, dedup.DedupConfig().hash_kind),
-        "width": fields["width"],
-        "height": fields["height"],
+        # As the job passes them: the source's size (the keep policy's resolution).
+        "width": fields["source_width"],
+        "height": fields["source_height"],
         "source_format": fields["source_format"],
         "seen_order": seen_order,
         "low_detail": is_low_detail(scores, junk),
+        "hash_stability": dedup.hash_stability(normalised.image),
     }
 
 
