@@ -1,0 +1,104 @@
+"""The training job end to end on the real local Ray and S3 endpoint: a tiny fit from
+data the cleaning job wrote, its reports, resume, and the class-balanced sampler."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from devkit.local_s3 import upload_files
+from devkit.sample_lake import COMMITTED_CROPS, DEMO_CLASSES
+from pipeline.cli import main as clean_main
+from train.cli import main as train_main
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+# An imbalanced lake on purpose, so the balanced sampler has something to fix.
+IMAGES_PER_CLASS = dict(zip(DEMO_CLASSES, (12, 12, 6, 3), strict=True))
+TINY = [
+    "--workers", "2", "--cpus-per-worker", "0.5", "--input-size", "64", "--batch-size", "8",
+    "--weights", "none",
+]  # fmt: skip
+BALANCE_TOLERANCE = 0.35  # Bernoulli noise on a handful of images per class
+
+
+@pytest.fixture(scope="module")
+def dataset(s3) -> str:
+    bucket = "train-data"
+    s3.create_bucket(bucket)
+    files = {}
+    for name, count in IMAGES_PER_CLASS.items():
+        for path in sorted((COMMITTED_CROPS / name).glob("*.jpg"))[:count]:
+            files[f"{name}/{path.name}"] = path.read_bytes()
+    upload_files(s3.filesystem(), f"{bucket}/raw", files)
+    out = f"s3://{bucket}/clean"
+    args = ["clean", f"s3://{bucket}/raw", out, "--endpoint-url", s3.endpoint_url, "--no-progress"]
+    assert clean_main(args) == 0
+    return out
+
+
+def fit(dataset: str, run_uri: str, *extra: str) -> int:
+    return train_main(["fit", dataset, run_uri, *TINY, *extra])
+
+
+def read_json(s3, uri: str) -> dict | list:
+    return json.loads(s3.filesystem().cat_file(uri.removeprefix("s3://")))
+
+
+@pytest.fixture(scope="module")
+def balanced_run(s3, dataset) -> str:
+    run = "s3://train-data/runs/balanced"
+    assert fit(dataset, run, "--epochs", "1") == 0
+    return run
+
+
+def test_fit_writes_every_report(s3, balanced_run):
+    fs = s3.filesystem()
+    root = balanced_run.removeprefix("s3://")
+    metrics = read_json(s3, f"{balanced_run}/metrics.json")
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and "balanced_accuracy" in metrics
+    assert set(metrics["per_class"]) == set(DEMO_CLASSES)
+    assert {"precision", "recall", "f1"} <= set(metrics["per_class"]["Airplane"])
+    assert "Small_QuadCopters" in fs.cat_file(f"{root}/classification_report.txt").decode()
+    for name in (
+        "confusion_matrix.png",
+        "misclassified.png",
+        "samples_before_augmentation.png",
+        "samples_after_augmentation.png",
+    ):
+        with fs.open(f"{root}/{name}", "rb") as f:
+            Image.open(f).verify()
+    events = fs.find(f"{root}/tensorboard")
+    assert any("tfevents" in p for p in events)
+    assert fs.find(f"{root}/ray")  # Ray Train's checkpoints
+
+
+def test_resume_continues_the_epoch_count(s3, dataset, balanced_run):
+    assert fit(dataset, balanced_run, "--epochs", "1") == 2  # a run is there: no overwrite
+    assert fit(dataset, balanced_run, "--epochs", "2", "--resume") == 0
+    history = read_json(s3, f"{balanced_run}/history.json")
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert read_json(s3, f"{balanced_run}/metrics.json")["epochs"] == 2
+
+
+def train_counts(s3, dataset: str) -> list[int]:
+    manifest = read_json(s3, f"{dataset}/_manifest.json")
+    report = read_json(s3, f"{dataset}/report.json")
+    return [report["per_class"][name]["splits"].get("train", 0) for name in manifest["classes"]]
+
+
+def test_balanced_sampler_evens_out_the_classes(s3, dataset, balanced_run):
+    history = read_json(s3, f"{balanced_run}/history.json")
+    largest = max(train_counts(s3, dataset))
+    for row in history:  # every epoch, summed over both workers' batches
+        counts = row["train_label_counts"]
+        assert all(abs(c - largest) <= BALANCE_TOLERANCE * largest for c in counts), counts
+
+
+def test_unbalanced_sampling_sees_the_raw_counts(s3, dataset, tmp_path):
+    run = str(tmp_path / "run")  # a local RUN_URI works the same
+    assert fit(dataset, run, "--epochs", "1", "--no-balanced") == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[0]["train_label_counts"] == train_counts(s3, dataset)
