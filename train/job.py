@@ -140,7 +140,7 @@ def make_trainer(
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all"),
+        dataset_config=DataConfig(datasets_to_split=[TRAIN]),
     )
 
 

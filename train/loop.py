@@ -1,7 +1,7 @@
 """The per-worker training loop, in the shape of Ray Train's PyTorch examples.
 
 Each epoch: train on this worker's share of the (balanced, augmented) train split,
-evaluate on its share of the test split, sum the counts over all workers, and report
+sum the counts over all workers, evaluate the whole test split on rank 0, and report
 once with a checkpoint written by rank 0. The label histogram of the batches every
 worker saw is part of the metrics, so the sampler can be checked from outside.
 """
@@ -111,6 +111,7 @@ def train_epoch(
 def evaluate(
     model: nn.Module, batches: Any, criterion: nn.Module, num_classes: int, device: torch.device
 ) -> EpochStats:
+    """Local evaluation of the whole test split (no collectives: rank 0 only)."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     counts = torch.zeros(num_classes, dtype=torch.int64)
@@ -121,7 +122,24 @@ def evaluate(
         correct += int((logits.argmax(dim=1) == labels).sum())
         seen += len(labels)
         counts += torch.bincount(labels.cpu(), minlength=num_classes)
-    return EpochStats(*reduce_stats(loss_sum, correct, seen, counts, device), [])
+    return EpochStats(loss_sum, correct, seen, counts.tolist(), [])
+
+
+def evaluate_on_rank0(
+    rank: int,
+    model: nn.Module,
+    test_data: Any,
+    criterion: nn.Module,
+    cfg: TrainConfig,
+    classes: list[str],
+    device: torch.device,
+) -> EpochStats:
+    """The test split is not split across workers (Ray Train's split drops rows to
+    make shards equal, which would bias test metrics): rank 0 evaluates all of it."""
+    if rank != 0:
+        return EpochStats(0.0, 0, 0, [0] * len(classes), [])
+    batches = test_data.iter_torch_batches(batch_size=cfg.optim.batch_size)
+    return evaluate(model, batches, criterion, len(classes), device)
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -177,8 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model, train_batches, criterion, optimizer, scaler, len(classes), device
         )
         scheduler.step()
-        test_batches = test_shard.iter_torch_batches(batch_size=cfg.optim.batch_size)
-        test = evaluate(model, test_batches, criterion, len(classes), device)
+        test = evaluate_on_rank0(rank, unwrap(model), test_shard, criterion, cfg, classes, device)
         seconds = time.perf_counter() - started
         metrics = {
             "epoch": epoch + 1,
