@@ -16,8 +16,7 @@ from devkit.sample_lake import COMMITTED_CROPS, DEMO_CLASSES
 from pipeline.cli import main as clean_main
 from pipeline.output import read_manifest
 from train.cli import main as train_main
-from train.config import DataSection
-from train.data import TRAIN, balance_rates, class_counts, split_uris, train_dataset
+from train.data import TRAIN, balance_rates, class_counts, epoch_draw, read_split, split_uris
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -26,6 +25,8 @@ IMAGES_PER_CLASS = dict(zip(DEMO_CLASSES, (12, 12, 6, 3), strict=True))
 WORKERS, SIZE = 2, 64
 EPOCHS_DRAWN = 3
 NOISE_SDS = 4
+ANY_DROP = 100  # accuracy points: a 2-epoch random-init model is not the point here
+MOST = 0.5  # share of test images where int8 and fp32 agree on the top class
 TINY = [
     "--workers", str(WORKERS), "--cpus-per-worker", "0.5",
     "--input-size", str(SIZE), "--batch-size", "8", "--weights", "none",
@@ -91,6 +92,21 @@ def test_resume_continues_the_epoch_count(s3, dataset, balanced_run):
     assert read_json(s3, f"{balanced_run}/metrics.json")["epochs"] == 2
 
 
+def test_export_writes_an_int8_torchscript_model(s3, balanced_run, tmp_path):
+    import torch
+
+    args = ["export", balanced_run, str(tmp_path), "--calibration-images", "16"]
+    assert train_main([*args, "--max-int8-drop", str(ANY_DROP)]) == 0
+    info = json.loads((tmp_path / "model.json").read_text())
+    assert info["classes"] == read_json(s3, f"{balanced_run}/metrics.json")["classes"]
+    assert info["input_size"] == SIZE and len(info["mean"]) == len(info["std"]) == 3
+    assert info["int8_fp32_agreement"] >= MOST
+    model = torch.jit.load(str(tmp_path / "model.pt"))
+    logits = model(torch.zeros(1, 3, SIZE, SIZE))
+    assert logits.shape == (1, len(info["classes"]))
+    assert {"torch", "torchvision"} <= set(info["versions"]) and len(info["sha256"]) == 64
+
+
 def train_counts(s3, dataset: str) -> list[int]:
     manifest = read_json(s3, f"{dataset}/_manifest.json")
     report = read_json(s3, f"{dataset}/report.json")
@@ -108,13 +124,12 @@ def assert_balanced(counts: list[int], raw: list[int], dropped: int) -> None:
 
 
 def label_histogram(dataset: str, balanced: bool) -> list[int]:
-    """The labels the train dataset yields in one epoch (what the workers share)."""
+    """The labels one epoch's draw yields (what the workers share, before decoding)."""
     storage = StorageConfig()
     manifest = read_manifest(dataset, storage)
     uris = split_uris(dataset, manifest, TRAIN)
     rates = balance_rates(class_counts(uris, storage), None) if balanced else None
-    stats = manifest["channel_stats"]
-    ds = train_dataset(uris, storage, rates, SIZE, stats["mean"], stats["std"], DataSection())
+    ds = epoch_draw(read_split(uris, storage), rates)
     labels = np.concatenate([b["label"] for b in ds.iter_batches(batch_size=None)])
     return np.bincount(labels, minlength=len(manifest["classes"])).tolist()
 

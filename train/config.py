@@ -94,3 +94,21 @@ class TrainConfig:
     optim: OptimSection = section(OptimSection)
     data: DataSection = section(DataSection)
     run: RunSection = section(RunSection)
+
+
+@dataclass
+class ExportSection:
+    backend: str = option("x86", "Quantized engine (x86 = fbgemm with AVX-512 VNNI paths)")
+    calibration_images: int = option(256, "Train images the observers see")
+    batch_size: int = option(32, "Images per inference batch while calibrating and testing")
+    max_int8_drop: float = option(
+        1.5, "Fail when int8 test accuracy is lower than fp32's by more than these points"
+    )
+
+
+@dataclass
+class ExportConfig:
+    run_uri: str = option("", "A `fit` run")
+    model_dir: str = option("", "Local folder for model.pt and model.json")
+    storage: StorageConfig = section(StorageConfig)
+    export: ExportSection = section(ExportSection)

@@ -8,6 +8,8 @@ per image and minority classes are oversampled with replacement; per-class total
 balanced to within the Bernoulli noise of the fractional part. Each repeat is augmented
 independently, and because Ray Train re-executes the dataset every epoch, every epoch
 gets new draws. It needs no driver-side index: rows stream, so it scales with the data.
+Ray Train then splits each epoch's rows equally across workers, dropping fewer rows
+than there are workers.
 """
 
 from __future__ import annotations
@@ -88,6 +90,15 @@ def eval_batch(batch: dict[str, np.ndarray], transform: EvalTransform) -> dict[s
     return {"image": np.stack(images), "label": batch["label"].astype(np.int64)}
 
 
+def epoch_draw(ds: ray.data.Dataset, rates: dict[int, float] | None) -> ray.data.Dataset:
+    """One epoch's draw of rows (all of them, once, when `rates` is None), blocks in
+    random order; workers shuffle rows further in their local buffers."""
+    ds = ds.randomize_block_order()
+    if rates is None:
+        return ds
+    return ds.map_batches(repeat_rows, fn_kwargs={"rates": rates}, batch_format="numpy")
+
+
 def train_dataset(
     uris: list[str],
     storage: StorageConfig,
@@ -98,10 +109,7 @@ def train_dataset(
     data: DataSection,
 ) -> ray.data.Dataset:
     """The train split, balanced when `rates` is given, augmented per draw."""
-    ds = read_split(uris, storage).randomize_block_order()
-    if rates is not None:
-        ds = ds.map_batches(repeat_rows, fn_kwargs={"rates": rates}, batch_format="numpy")
-    return ds.map_batches(
+    return epoch_draw(read_split(uris, storage), rates).map_batches(
         augment_batch,
         fn_kwargs={"input_size": input_size, "mean": mean, "std": std, "data": data},
         batch_size=data.augment_batch_size,
