@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.config import _leaf_fields
 from common.storage import StorageConfig
 from devkit.local_s3 import upload_files
 from devkit.sample_lake import COMMITTED_CROPS, DEMO_CLASSES
 from pipeline.cli import main as clean_main
 from pipeline.output import read_manifest
 from train.cli import main as train_main
+from train.config import ExportConfig, TrainConfig
 from train.data import TRAIN, balance_rates, class_counts, epoch_draw, read_split, split_uris
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -105,6 +107,22 @@ def test_export_writes_an_int8_torchscript_model(s3, balanced_run, tmp_path):
     logits = model(torch.zeros(1, 3, SIZE, SIZE))
     assert logits.shape == (1, len(info["classes"]))
     assert {"torch", "torchvision"} <= set(info["versions"]) and len(info["sha256"]) == 64
+
+
+def test_export_fails_loudly_beyond_the_accuracy_margin(balanced_run, tmp_path, capsys):
+    args = ["export", balanced_run, str(tmp_path), "--calibration-images", "8"]
+    assert train_main([*args, "--max-int8-drop", str(-ANY_DROP)]) == 2
+    assert "int8 loses" in capsys.readouterr().err
+
+
+def test_help_documents_every_option(capsys):
+    for command, config in (("fit", TrainConfig), ("export", ExportConfig)):
+        with pytest.raises(SystemExit):
+            train_main([command, "--help"])
+        out = capsys.readouterr().out
+        for path, _, _ in _leaf_fields(config):
+            if path[-1] not in ("data_uri", "run_uri", "model_dir"):
+                assert "--" + path[-1].replace("_", "-") in out, path
 
 
 def train_counts(s3, dataset: str) -> list[int]:

@@ -15,6 +15,8 @@ import hashlib
 import json
 import platform
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,13 @@ MODEL_FILE = "model.pt"
 MODEL_JSON = "model.json"
 PERCENT = 100.0
 HASH_CHUNK = 2**20
-# Deprecation notices of the APIs this module exists to call; nothing else is silenced.
+# Deprecation notices of the APIs this module exists to call, by message and category;
+# nothing else is silenced.
 DEPRECATIONS = (
-    r".*torch\.jit\.(script|trace|save|load).*deprecated.*",
-    r".*TorchScript.*deprecated.*",
-    r".*torch\.ao\.quantization.*deprecated.*",
+    (r"`torch\.jit\.\w+` is deprecated", FutureWarning),
+    (r"torch\.ao\.quantization is deprecated", DeprecationWarning),
+    (r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized", UserWarning),
+    (r"Please use quant_min and quant_max to specify the range for observers", UserWarning),
 )
 
 
@@ -51,10 +55,13 @@ class ExportError(Exception):
     """The export cannot run or the int8 model is not good enough (exit status 2)."""
 
 
-def silence_deprecations() -> None:
-    for message in DEPRECATIONS:
-        warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+@contextmanager
+def deprecations_silenced() -> Iterator[None]:
+    """Only within the export: the caller's warning filters are restored after it."""
+    with warnings.catch_warnings():
+        for message, category in DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 def best_checkpoint(run_uri: str, storage: StorageConfig):  # noqa: ANN201 - ray.train.Checkpoint
@@ -119,7 +126,11 @@ def read_images(meta: dict[str, Any], split: str, storage: StorageConfig, limit:
 
 def run_export(cfg: ExportConfig) -> dict[str, Any]:
     """Write model.pt and model.json; returns model.json's content."""
-    silence_deprecations()
+    with deprecations_silenced():
+        return export_model(cfg)
+
+
+def export_model(cfg: ExportConfig) -> dict[str, Any]:
     state, meta = load_checkpoint(best_checkpoint(cfg.run_uri, cfg.storage))
     classes = meta["classes"]
     transform = eval_transform(meta["input_size"], meta["mean"], meta["std"])
