@@ -1,0 +1,166 @@
+"""The training job end to end on the real local Ray and S3 endpoint: a tiny fit from
+data the cleaning job wrote, its reports, resume, and the class-balanced sampler."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.config import _leaf_fields
+from common.storage import StorageConfig
+from devkit.local_s3 import upload_files
+from devkit.sample_lake import COMMITTED_CROPS, DEMO_CLASSES
+from pipeline.cli import main as clean_main
+from pipeline.output import read_manifest
+from train.cli import main as train_main
+from train.config import ExportConfig, TrainConfig
+from train.data import TRAIN, balance_rates, class_counts, epoch_draw, read_split, split_uris
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+# An imbalanced lake on purpose, so the balanced sampler has something to fix.
+IMAGES_PER_CLASS = dict(zip(DEMO_CLASSES, (12, 12, 6, 3), strict=True))
+WORKERS, SIZE = 2, 64
+EPOCHS_DRAWN = 3
+NOISE_SDS = 4
+ANY_DROP = 100  # accuracy points: a 2-epoch random-init model is not the point here
+MOST = 0.5  # share of test images where int8 and fp32 agree on the top class
+TINY = [
+    "--workers", str(WORKERS), "--cpus-per-worker", "0.5",
+    "--input-size", str(SIZE), "--batch-size", "8", "--weights", "none",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(s3) -> str:
+    bucket = "train-data"
+    s3.create_bucket(bucket)
+    files = {}
+    for name, count in IMAGES_PER_CLASS.items():
+        for path in sorted((COMMITTED_CROPS / name).glob("*.jpg"))[:count]:
+            files[f"{name}/{path.name}"] = path.read_bytes()
+    upload_files(s3.filesystem(), f"{bucket}/raw", files)
+    out = f"s3://{bucket}/clean"
+    args = ["clean", f"s3://{bucket}/raw", out, "--endpoint-url", s3.endpoint_url, "--no-progress"]
+    assert clean_main(args) == 0
+    return out
+
+
+def fit(dataset: str, run_uri: str, *extra: str) -> int:
+    return train_main(["fit", dataset, run_uri, *TINY, *extra])
+
+
+def read_json(s3, uri: str) -> dict | list:
+    return json.loads(s3.filesystem().cat_file(uri.removeprefix("s3://")))
+
+
+@pytest.fixture(scope="module")
+def balanced_run(s3, dataset) -> str:
+    run = "s3://train-data/runs/balanced"
+    assert fit(dataset, run, "--epochs", "1") == 0
+    return run
+
+
+def test_fit_writes_every_report(s3, balanced_run):
+    fs = s3.filesystem()
+    root = balanced_run.removeprefix("s3://")
+    metrics = read_json(s3, f"{balanced_run}/metrics.json")
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and "balanced_accuracy" in metrics
+    assert set(metrics["per_class"]) == set(DEMO_CLASSES)
+    assert {"precision", "recall", "f1"} <= set(metrics["per_class"]["Airplane"])
+    assert "Small_QuadCopters" in fs.cat_file(f"{root}/classification_report.txt").decode()
+    for name in (
+        "confusion_matrix.png",
+        "misclassified.png",
+        "samples_before_augmentation.png",
+        "samples_after_augmentation.png",
+    ):
+        with fs.open(f"{root}/{name}", "rb") as f:
+            Image.open(f).verify()
+    events = fs.find(f"{root}/tensorboard")
+    assert any("tfevents" in p for p in events)
+    assert fs.find(f"{root}/ray")  # Ray Train's checkpoints
+
+
+def test_resume_continues_the_epoch_count(s3, dataset, balanced_run):
+    assert fit(dataset, balanced_run, "--epochs", "1") == 2  # a run is there: no overwrite
+    assert fit(dataset, balanced_run, "--epochs", "2", "--resume") == 0
+    history = read_json(s3, f"{balanced_run}/history.json")
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert read_json(s3, f"{balanced_run}/metrics.json")["epochs"] == 2
+
+
+def test_export_writes_an_int8_torchscript_model(s3, balanced_run, tmp_path):
+    import torch
+
+    args = ["export", balanced_run, str(tmp_path), "--calibration-images", "16"]
+    assert train_main([*args, "--max-int8-drop", str(ANY_DROP)]) == 0
+    info = json.loads((tmp_path / "model.json").read_text())
+    assert info["classes"] == read_json(s3, f"{balanced_run}/metrics.json")["classes"]
+    assert info["input_size"] == SIZE and len(info["mean"]) == len(info["std"]) == 3
+    assert info["int8_fp32_agreement"] >= MOST
+    model = torch.jit.load(str(tmp_path / "model.pt"))
+    logits = model(torch.zeros(1, 3, SIZE, SIZE))
+    assert logits.shape == (1, len(info["classes"]))
+    assert {"torch", "torchvision"} <= set(info["versions"]) and len(info["sha256"]) == 64
+
+
+def test_export_fails_loudly_beyond_the_accuracy_margin(balanced_run, tmp_path, capsys):
+    args = ["export", balanced_run, str(tmp_path), "--calibration-images", "8"]
+    assert train_main([*args, "--max-int8-drop", str(-ANY_DROP)]) == 2
+    assert "int8 loses" in capsys.readouterr().err
+
+
+def test_help_documents_every_option(capsys):
+    for command, config in (("fit", TrainConfig), ("export", ExportConfig)):
+        with pytest.raises(SystemExit):
+            train_main([command, "--help"])
+        out = capsys.readouterr().out
+        for path, _, _ in _leaf_fields(config):
+            if path[-1] not in ("data_uri", "run_uri", "model_dir"):
+                assert "--" + path[-1].replace("_", "-") in out, path
+
+
+def train_counts(s3, dataset: str) -> list[int]:
+    manifest = read_json(s3, f"{dataset}/_manifest.json")
+    report = read_json(s3, f"{dataset}/report.json")
+    return [report["per_class"][name]["splits"].get("train", 0) for name in manifest["classes"]]
+
+
+def assert_balanced(counts: list[int], raw: list[int], dropped: int) -> None:
+    """Every class drawn as often as the largest, within the sampler's Bernoulli noise
+    on the fractional repeats (4 sd) plus the rows Ray Train's equal split drops."""
+    target = max(raw)
+    for count, n in zip(counts, raw, strict=True):
+        fraction = target / n % 1
+        sd = math.sqrt(n * fraction * (1 - fraction))
+        assert abs(count - target) <= dropped + NOISE_SDS * sd, (counts, raw)
+
+
+def label_histogram(dataset: str, balanced: bool) -> list[int]:
+    """The labels one epoch's draw yields (what the workers share, before decoding)."""
+    storage = StorageConfig()
+    manifest = read_manifest(dataset, storage)
+    uris = split_uris(dataset, manifest, TRAIN)
+    rates = balance_rates(class_counts(uris, storage), None) if balanced else None
+    ds = epoch_draw(read_split(uris, storage), rates)
+    labels = np.concatenate([b["label"] for b in ds.iter_batches(batch_size=None)])
+    return np.bincount(labels, minlength=len(manifest["classes"])).tolist()
+
+
+def test_balanced_fit_saw_every_class_equally(s3, dataset, balanced_run):
+    raw = train_counts(s3, dataset)
+    assert len(set(raw)) > 1  # the fixture is imbalanced
+    for row in read_json(s3, f"{balanced_run}/history.json"):  # both workers' batches
+        assert_balanced(row["train_label_counts"], raw, dropped=WORKERS - 1)
+
+
+def test_sampler_balances_only_when_asked(s3, dataset):
+    raw = train_counts(s3, dataset)
+    assert label_histogram(dataset, balanced=False) == raw
+    for _ in range(EPOCHS_DRAWN):  # fresh draws every epoch
+        assert_balanced(label_histogram(dataset, balanced=True), raw, dropped=0)

@@ -1,0 +1,81 @@
+"""`python -m train fit DATA_URI RUN_URI [options]`, `python -m train export RUN_URI MODEL_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from common.config import add_config_args, config_from_args
+from common.storage import join
+from train.config import ExportConfig, TrainConfig
+
+EXIT_JOB_FAILED = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train", description="Fine-tune MobileNetV2 on a cleaned data set."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser(
+        "fit",
+        help="train with Ray Train; checkpoints, TensorBoard logs and reports go to RUN_URI",
+        description="Read DATA_URI (the cleaning job's output) through Ray Data, train "
+        "MobileNetV2 with Ray Train's TorchTrainer, checkpoint every epoch and write the "
+        "reports to RUN_URI. Exit status 2 when the job cannot run.",
+    )
+    fit.add_argument("data_uri", metavar="DATA_URI", help="the cleaning job's OUTPUT_URI")
+    fit.add_argument("run_uri", metavar="RUN_URI", help="checkpoints, logs and reports")
+    add_config_args(fit, TrainConfig, skip=("data_uri", "run_uri"))
+    export = commands.add_parser(
+        "export",
+        help="int8 TorchScript model.pt + model.json from a run's best checkpoint",
+        description="Quantize the best checkpoint of RUN_URI (static int8, calibrated on "
+        "train images), script it, and write model.pt and model.json to MODEL_DIR. Exit "
+        "status 2 when int8 loses more than --max-int8-drop accuracy points.",
+    )
+    export.add_argument("run_uri", metavar="RUN_URI", help="a `fit` run")
+    export.add_argument("model_dir", metavar="MODEL_DIR", help="local output folder")
+    add_config_args(export, ExportConfig, skip=("run_uri", "model_dir"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config_class = TrainConfig if args.command == "fit" else ExportConfig
+    try:
+        cfg = config_from_args(config_class, args)
+    except (ValueError, OSError) as exc:
+        print(f"error: bad configuration: {exc}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    return fit(cfg) if args.command == "fit" else export(cfg)
+
+
+def export(cfg: ExportConfig) -> int:
+    from train.export import ExportError, run_export  # imports torch: keep --help fast
+
+    try:
+        info = run_export(cfg)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    keys = ("fp32_test_accuracy", "int8_test_accuracy", "int8_fp32_agreement", "bytes")
+    print(f"model:   {cfg.model_dir}  {json.dumps({k: info[k] for k in keys})}")
+    return 0
+
+
+def fit(cfg: TrainConfig) -> int:
+    from train.job import FitError, run_fit  # imports Ray and torch: keep --help fast
+
+    try:
+        result = run_fit(cfg)
+    except FitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    summary = {k: result.report[k] for k in ("accuracy", "balanced_accuracy", "best_epoch")}
+    print(f"test:    {json.dumps(summary)}")
+    print(f"reports: {join(result.run_uri, 'metrics.json')}")
+    return 0

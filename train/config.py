@@ -1,0 +1,114 @@
+"""Settings of the training job: one typed config, a TOML file and flags mapped onto it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.config import option, section
+from common.storage import StorageConfig
+
+DEFAULT_WEIGHTS = "default"
+NO_WEIGHTS = "none"
+SCHEDULES = ("constant", "cosine", "step")
+
+
+@dataclass
+class ScalingSection:
+    workers: int = option(1, "Ray Train workers (one process each; one GPU each with --gpu)")
+    cpus_per_worker: float = option(
+        1.0,
+        "CPUs reserved per worker; fractions leave CPUs to Ray Data's decode and "
+        "augmentation tasks on small machines",
+    )
+    gpu: bool = option(False, "Train on GPUs (nccl, mixed precision)")
+    ray_address: str | None = option(
+        None, "Ray cluster to join ('auto' inside one); default: RAY_ADDRESS, else a local Ray"
+    )
+    num_cpus: int | None = option(None, "CPUs for a local Ray started by this job")
+
+
+@dataclass
+class ModelSection:
+    weights: str = option(
+        DEFAULT_WEIGHTS,
+        "Initial weights: 'default' = torchvision's IMAGENET1K_V2 (downloaded once into "
+        "the torch cache), 'none' = random init, or a local state-dict path (a "
+        "backbone-only `features.*` dict is fine)",
+    )
+    input_size: int = option(224, "Side of the square network input, in pixels")
+    freeze_backbone: bool = option(False, "Train only the new classifier head")
+    dropout: float = option(0.2, "Dropout before the classifier head (torchvision's default)")
+
+
+@dataclass
+class OptimSection:
+    epochs: int = option(20, "Epochs to train (the total, including resumed ones)")
+    batch_size: int = option(32, "Images per batch on each worker")
+    lr: float = option(0.001, "SGD learning rate (per worker batch; not scaled by workers)")
+    momentum: float = option(0.95, "SGD momentum")
+    weight_decay: float = option(0.0, "SGD weight decay")
+    label_smoothing: float = option(0.0, "CrossEntropy label smoothing")
+    lr_schedule: str = option(
+        "constant", "Learning-rate schedule over the epochs", choices=SCHEDULES
+    )
+    lr_step_epochs: int = option(7, "With --lr-schedule step: epochs between decays")
+    lr_step_gamma: float = option(0.1, "With --lr-schedule step: decay factor")
+
+
+@dataclass
+class DataSection:
+    balanced: bool = option(
+        True,
+        "Class-balanced epochs: every class drawn as often as the largest one, minority "
+        "images repeated, each draw freshly augmented",
+    )
+    samples_per_class: int | None = option(
+        None, "With --balanced: draws per class and epoch (default: the largest class's size)"
+    )
+    shuffle_buffer: int = option(256, "Rows in each worker's local shuffle buffer")
+    augment_batch_size: int = option(32, "Rows per Ray Data decode/augment task batch")
+    cutout_fraction: float = option(
+        0.25, "Largest CoarseDropout hole, as a fraction of the input side"
+    )
+    rotate_degrees: float = option(30.0, "Largest random rotation, in degrees")
+
+
+@dataclass
+class RunSection:
+    resume: bool = option(False, "Continue the run in RUN_URI from its latest checkpoint")
+    seed: int = option(0, "Seed for weights of the new head and the run's randomness")
+    checkpoints_to_keep: int = option(
+        2, "Checkpoints kept: the best by test accuracy and the latest"
+    )
+    max_failures: int = option(2, "Worker failures survived (the run restarts from a checkpoint)")
+    report_images: int = option(8, "Images per class in the misclassified / sample grids")
+
+
+@dataclass
+class TrainConfig:
+    data_uri: str = option("", "The cleaning job's output (its _manifest.json's folder)")
+    run_uri: str = option("", "Where checkpoints, TensorBoard logs and reports go")
+    storage: StorageConfig = section(StorageConfig)
+    scaling: ScalingSection = section(ScalingSection)
+    model: ModelSection = section(ModelSection)
+    optim: OptimSection = section(OptimSection)
+    data: DataSection = section(DataSection)
+    run: RunSection = section(RunSection)
+
+
+@dataclass
+class ExportSection:
+    backend: str = option("x86", "Quantized engine (x86 = fbgemm with AVX-512 VNNI paths)")
+    calibration_images: int = option(256, "Train images the observers see")
+    batch_size: int = option(32, "Images per inference batch while calibrating and testing")
+    max_int8_drop: float = option(
+        1.5, "Fail when int8 test accuracy is lower than fp32's by more than these points"
+    )
+
+
+@dataclass
+class ExportConfig:
+    run_uri: str = option("", "A `fit` run")
+    model_dir: str = option("", "Local folder for model.pt and model.json")
+    storage: StorageConfig = section(StorageConfig)
+    export: ExportSection = section(ExportSection)

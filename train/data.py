@@ -1,0 +1,126 @@
+"""Ray Data datasets from the cleaning job's shards: decode and augment in Ray Data
+tasks, so the training loop only moves tensors.
+
+Class-balanced epochs: every train row is repeated `rate[label]` times per epoch,
+where rate = draws per class / the class's size. The whole part of the rate is
+deterministic, the fraction a fresh Bernoulli draw, so the largest class appears once
+per image and minority classes are oversampled with replacement; per-class totals are
+balanced to within the Bernoulli noise of the fractional part. Each repeat is augmented
+independently, and because Ray Train re-executes the dataset every epoch, every epoch
+gets new draws. It needs no driver-side index: rows stream, so it scales with the data.
+Ray Train then splits each epoch's rows equally across workers, dropping fewer rows
+than there are workers.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import ray.data
+from PIL import Image
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from common.preprocess import EvalTransform, decode_rgb
+from common.storage import StorageConfig, filesystem
+from pipeline.output import read_shards, table_uris
+from pipeline.tables import IMAGES
+from train.config import DataSection
+from train.presets import augment, train_transform
+
+COLUMNS = ["image", "label"]
+TRAIN, TEST = "train", "test"
+
+
+def split_uris(data_uri: str, manifest: dict[str, Any], split: str) -> list[str]:
+    """The shards of one split of the published version."""
+    return [u for u in table_uris(data_uri, manifest, IMAGES) if f"/split={split}/" in u]
+
+
+def read_split(uris: list[str], storage: StorageConfig) -> ray.data.Dataset:
+    """JPEG bytes and labels of the given shards, through the job's storage settings."""
+    fs, _ = filesystem(uris[0], storage)
+    paths = [fs._strip_protocol(u) for u in uris]
+    return ray.data.read_parquet(
+        paths, filesystem=PyFileSystem(FSSpecHandler(fs)), partitioning=None
+    ).select_columns(COLUMNS)
+
+
+def class_counts(uris: list[str], storage: StorageConfig) -> dict[int, int]:
+    """Rows per label, from the label column only (no pixels read)."""
+    labels = read_shards(uris, storage, columns=["label"])["label"].to_pylist()
+    return dict(Counter(labels))
+
+
+def balance_rates(counts: dict[int, int], per_class: int | None) -> dict[int, float]:
+    """Repeats per row so every class contributes `per_class` rows (default: the
+    largest class's size) per epoch."""
+    target = per_class or max(counts.values())
+    return {label: target / n for label, n in counts.items() if n}
+
+
+def repeat_rows(batch: dict[str, np.ndarray], rates: dict[int, float]) -> dict[str, np.ndarray]:
+    """Repeat each row floor(rate) times plus once more with probability frac(rate).
+    Unseeded on purpose: each epoch's execution must draw anew."""
+    rate = np.array([rates[int(label)] for label in batch["label"]], dtype=np.float64)
+    rng = np.random.default_rng()
+    copies = np.floor(rate).astype(np.int64) + (rng.random(len(rate)) < rate % 1)
+    return {key: np.repeat(values, copies, axis=0) for key, values in batch.items()}
+
+
+def augment_batch(
+    batch: dict[str, np.ndarray],
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    data: DataSection,
+) -> dict[str, np.ndarray]:
+    """Decode and augment a batch: one fresh random draw per row."""
+    transform = train_transform(input_size, mean, std, data.rotate_degrees, data.cutout_fraction)
+    images = [augment(transform, decode_rgb(blob)) for blob in batch["image"]]
+    return {"image": np.stack(images), "label": batch["label"].astype(np.int64)}
+
+
+def eval_batch(batch: dict[str, np.ndarray], transform: EvalTransform) -> dict[str, np.ndarray]:
+    """Decode and apply the evaluation transform (the Lambda's)."""
+    images = [transform.array(Image.open(io.BytesIO(blob))) for blob in batch["image"]]
+    return {"image": np.stack(images), "label": batch["label"].astype(np.int64)}
+
+
+def epoch_draw(ds: ray.data.Dataset, rates: dict[int, float] | None) -> ray.data.Dataset:
+    """One epoch's draw of rows (all of them, once, when `rates` is None), blocks in
+    random order; workers shuffle rows further in their local buffers."""
+    ds = ds.randomize_block_order()
+    if rates is None:
+        return ds
+    return ds.map_batches(repeat_rows, fn_kwargs={"rates": rates}, batch_format="numpy")
+
+
+def train_dataset(
+    uris: list[str],
+    storage: StorageConfig,
+    rates: dict[int, float] | None,
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    data: DataSection,
+) -> ray.data.Dataset:
+    """The train split, balanced when `rates` is given, augmented per draw."""
+    return epoch_draw(read_split(uris, storage), rates).map_batches(
+        augment_batch,
+        fn_kwargs={"input_size": input_size, "mean": mean, "std": std, "data": data},
+        batch_size=data.augment_batch_size,
+        batch_format="numpy",
+    )
+
+
+def eval_dataset(
+    uris: list[str], storage: StorageConfig, transform: EvalTransform, batch_rows: int
+) -> ray.data.Dataset:
+    """A split through the evaluation transform, for per-epoch test metrics."""
+    return read_split(uris, storage).map_batches(
+        eval_batch, fn_kwargs={"transform": transform}, batch_size=batch_rows, batch_format="numpy"
+    )

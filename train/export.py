@@ -1,0 +1,178 @@
+"""`export`: the best checkpoint of a run -> int8 TorchScript `model.pt` + `model.json`.
+
+Post-training static quantization of torchvision's quantizable MobileNetV2 (conv-bn-relu
+fused, x86/fbgemm observers), calibrated on train images with the evaluation
+transform, scripted, saved, reloaded and evaluated against the fp32 model on the test
+split. The export fails when int8 loses more than `max_int8_drop` accuracy points.
+
+Note: the quantizable network uses ReLU where the trained one has ReLU6 (torchvision
+replaces them so they fuse); the fp32 accuracy of both is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch.ao.quantization import convert, get_default_qconfig, prepare
+from torchvision.models.quantization import mobilenet_v2 as quantizable_mobilenet_v2
+
+from common.preprocess import EvalTransform
+from common.storage import StorageConfig, join
+from pipeline.output import read_manifest, read_shards
+from train.config import ExportConfig, ExportSection
+from train.data import split_uris
+from train.job import RUN_NAME, SCORE, run_storage
+from train.loop import TEST, TRAIN
+from train.model import replace_head
+from train.presets import eval_transform
+from train.reports import load_checkpoint, model_from_state, predict
+
+MODEL_FILE = "model.pt"
+MODEL_JSON = "model.json"
+PERCENT = 100.0
+HASH_CHUNK = 2**20
+# Deprecation notices of the APIs this module exists to call, by message and category;
+# nothing else is silenced.
+DEPRECATIONS = (
+    (r"`torch\.jit\.\w+` is deprecated", FutureWarning),
+    (r"torch\.ao\.quantization is deprecated", DeprecationWarning),
+    (r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized", UserWarning),
+    (r"Please use quant_min and quant_max to specify the range for observers", UserWarning),
+)
+
+
+class ExportError(Exception):
+    """The export cannot run or the int8 model is not good enough (exit status 2)."""
+
+
+@contextmanager
+def deprecations_silenced() -> Iterator[None]:
+    """Only within the export: the caller's warning filters are restored after it."""
+    with warnings.catch_warnings():
+        for message, category in DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+def best_checkpoint(run_uri: str, storage: StorageConfig):  # noqa: ANN201 - ray.train.Checkpoint
+    """The kept checkpoint with the highest test accuracy."""
+    from ray.train import Result
+
+    path, fs = run_storage(join(run_uri, RUN_NAME), storage)
+    try:
+        result = Result.from_path(path, storage_filesystem=fs)
+    except RuntimeError as exc:
+        raise ExportError(f"{run_uri}: no training run ({exc})") from exc
+    scored = result.best_checkpoints or []
+    if not scored:
+        raise ExportError(f"{run_uri}: the run has no checkpoint")
+    return max(scored, key=lambda pair: pair[1].get(SCORE, 0.0))[0]
+
+
+def quantize(
+    state: dict[str, Any],
+    num_classes: int,
+    calibration: list[bytes],
+    transform: EvalTransform,
+    cfg: ExportSection,
+) -> torch.nn.Module:
+    """Static int8: fuse, observe the calibration images, convert."""
+    torch.backends.quantized.engine = cfg.backend
+    model = quantizable_mobilenet_v2(weights=None, quantize=False)
+    replace_head(model, num_classes, dropout=0.0)
+    model.load_state_dict(state["model"])
+    model.eval()
+    model.fuse_model(is_qat=False)
+    model.qconfig = get_default_qconfig(cfg.backend)
+    prepare(model, inplace=True)
+    predict(model, calibration, transform, cfg.batch_size)
+    return convert(model, inplace=False)
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    return float((predictions == labels).mean()) if len(labels) else 0.0
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_images(meta: dict[str, Any], split: str, storage: StorageConfig, limit: int | None):
+    """(JPEG bytes, labels) of a split of the data set the run trained on."""
+    manifest = read_manifest(meta["data_uri"], storage)
+    if manifest is None:
+        raise ExportError(f"{meta['data_uri']}: the training data is gone")
+    table = read_shards(
+        split_uris(meta["data_uri"], manifest, split), storage, columns=["image", "label"]
+    )
+    if limit is not None:
+        table = table.slice(0, limit)
+    return table["image"].to_pylist(), np.asarray(table["label"].to_pylist(), dtype=np.int64)
+
+
+def run_export(cfg: ExportConfig) -> dict[str, Any]:
+    """Write model.pt and model.json; returns model.json's content."""
+    with deprecations_silenced():
+        return export_model(cfg)
+
+
+def export_model(cfg: ExportConfig) -> dict[str, Any]:
+    state, meta = load_checkpoint(best_checkpoint(cfg.run_uri, cfg.storage))
+    classes = meta["classes"]
+    transform = eval_transform(meta["input_size"], meta["mean"], meta["std"])
+    calibration, _ = read_images(meta, TRAIN, cfg.storage, cfg.export.calibration_images)
+    test_images, test_labels = read_images(meta, TEST, cfg.storage, None)
+    int8 = quantize(state, len(classes), calibration, transform, cfg.export)
+    out = Path(cfg.model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(int8), str(out / MODEL_FILE))
+    reloaded = torch.jit.load(str(out / MODEL_FILE))
+    fp32_pred = predict(
+        model_from_state(state, len(classes)), test_images, transform, cfg.export.batch_size
+    )
+    int8_pred = predict(reloaded, test_images, transform, cfg.export.batch_size)
+    info = {
+        "classes": classes,
+        "input_size": meta["input_size"],
+        "mean": meta["mean"],
+        "std": meta["std"],
+        "pad": "mean colour (common.preprocess)",
+        "fp32_test_accuracy": accuracy(fp32_pred, test_labels),
+        "int8_test_accuracy": accuracy(int8_pred, test_labels),
+        "int8_fp32_agreement": accuracy(int8_pred, fp32_pred),
+        "test_images": len(test_labels),
+        "trained_epochs": state["epoch"],
+        "backend": cfg.export.backend,
+        "file": MODEL_FILE,
+        "bytes": (out / MODEL_FILE).stat().st_size,
+        "sha256": sha256(out / MODEL_FILE),
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+        "data_uri": meta["data_uri"],
+        "data_run_id": meta.get("data_run_id"),
+    }
+    (out / MODEL_JSON).write_text(json.dumps(info, indent=2))
+    drop = (info["fp32_test_accuracy"] - info["int8_test_accuracy"]) * PERCENT
+    if drop > cfg.export.max_int8_drop:
+        raise ExportError(
+            f"int8 loses {drop:.1f} accuracy points (> {cfg.export.max_int8_drop}): "
+            f"fp32 {info['fp32_test_accuracy']:.3f}, int8 {info['int8_test_accuracy']:.3f}"
+        )
+    return info

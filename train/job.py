@@ -1,0 +1,167 @@
+"""`fit`: read the cleaning job's manifest, build the Ray datasets, run the TorchTrainer,
+then write the reports into RUN_URI."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from common.config import to_dict
+from common.storage import StorageConfig, filesystem, join
+from pipeline.output import read_manifest
+from train import data
+from train.config import ScalingSection, TrainConfig
+from train.loop import TEST, TRAIN, train_loop_per_worker
+from train.presets import eval_transform
+
+log = logging.getLogger(__name__)
+RUN_NAME = "ray"  # Ray Train's run folder inside RUN_URI
+SCORE = "test_accuracy"
+
+
+class FitError(Exception):
+    """The job as a whole cannot run: one-line message, exit status 2."""
+
+
+@dataclass
+class FitResult:
+    run_uri: str
+    metrics: dict[str, Any]
+    report: dict[str, Any]
+
+
+def ensure_ray(scaling: ScalingSection) -> None:
+    """Join the configured cluster, or start a local Ray if none runs in this process."""
+    if ray.is_initialized():
+        return
+    address = scaling.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=scaling.num_cpus, include_dashboard=False)
+
+
+def run_storage(run_uri: str, storage: StorageConfig) -> tuple[str, Any]:
+    """RunConfig's storage_path and filesystem: the job's fsspec settings (endpoint...)
+    wrapped for pyarrow, so S3-compatible endpoints work for checkpoints too."""
+    fs, path = filesystem(run_uri, storage)
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+def run_exists(run_uri: str, storage: StorageConfig) -> bool:
+    fs, path = filesystem(join(run_uri, RUN_NAME), storage)
+    return fs.exists(path)
+
+
+def check_run_state(cfg: TrainConfig) -> None:
+    """A new run never mixes into an old one; --resume needs one to continue."""
+    exists = run_exists(cfg.run_uri, cfg.storage)
+    if exists and not cfg.run.resume:
+        raise FitError(f"{cfg.run_uri} already holds a run: pass --resume or another RUN_URI")
+    if cfg.run.resume and not exists:
+        raise FitError(f"--resume: no run in {cfg.run_uri} to continue")
+
+
+def load_dataset_manifest(cfg: TrainConfig) -> dict[str, Any]:
+    manifest = read_manifest(cfg.data_uri, cfg.storage)
+    if manifest is None:
+        raise FitError(f"{cfg.data_uri} has no published cleaning output (_manifest.json)")
+    if not data.split_uris(cfg.data_uri, manifest, TRAIN):
+        raise FitError(f"{cfg.data_uri} has no train split")
+    if not data.split_uris(cfg.data_uri, manifest, TEST):
+        raise FitError(f"{cfg.data_uri} has no test split")
+    return manifest
+
+
+def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, ray.data.Dataset]:
+    stats = manifest["channel_stats"]
+    train_uris = data.split_uris(cfg.data_uri, manifest, TRAIN)
+    rates = None
+    if cfg.data.balanced:
+        counts = data.class_counts(train_uris, cfg.storage)
+        rates = data.balance_rates(counts, cfg.data.samples_per_class)
+        log.info("balanced sampling: train counts %s, repeats per row %s", counts, rates)
+    train = data.train_dataset(
+        train_uris,
+        cfg.storage,
+        rates,
+        cfg.model.input_size,
+        stats["mean"],
+        stats["std"],
+        cfg.data,
+    )
+    transform = eval_transform(cfg.model.input_size, stats["mean"], stats["std"])
+    test = data.eval_dataset(
+        data.split_uris(cfg.data_uri, manifest, TEST),
+        cfg.storage,
+        transform,
+        cfg.data.augment_batch_size,
+    )
+    return {TRAIN: train, TEST: test}
+
+
+def make_trainer(
+    cfg: TrainConfig, manifest: dict[str, Any], datasets: dict[str, ray.data.Dataset]
+) -> TorchTrainer:
+    storage_path, storage_fs = run_storage(cfg.run_uri, cfg.storage)
+    meta = {
+        "classes": manifest["classes"],
+        "input_size": cfg.model.input_size,
+        "mean": manifest["channel_stats"]["mean"],
+        "std": manifest["channel_stats"]["std"],
+        "data_uri": cfg.data_uri,
+        "data_run_id": manifest.get("run_id"),
+        "config": to_dict(cfg),
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "classes": manifest["classes"], "meta": meta},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.workers,
+            use_gpu=cfg.scaling.gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.run.checkpoints_to_keep,
+                checkpoint_score_attribute=SCORE,
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[TRAIN]),
+    )
+
+
+def best_checkpoint(result: ray.train.Result) -> ray.train.Checkpoint:
+    """The kept checkpoint with the highest test accuracy (the latest if none scored)."""
+    scored = result.best_checkpoints or []
+    if not scored:
+        return result.checkpoint
+    return max(scored, key=lambda pair: pair[1].get(SCORE, 0.0))[0]
+
+
+def run_fit(cfg: TrainConfig) -> FitResult:
+    """The whole job; raises FitError when it cannot run."""
+    from train.reports import write_reports  # matplotlib & co: only once training ran
+
+    check_run_state(cfg)
+    manifest = load_dataset_manifest(cfg)
+    ensure_ray(cfg.scaling)
+    trainer = make_trainer(cfg, manifest, build_datasets(cfg, manifest))
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    report = write_reports(cfg, manifest, latest=result.checkpoint, best=best_checkpoint(result))
+    return FitResult(cfg.run_uri, dict(result.metrics or {}), report)

@@ -1,0 +1,245 @@
+"""The per-worker training loop, in the shape of Ray Train's PyTorch examples.
+
+Each epoch: train on this worker's share of the (balanced, augmented) train split,
+sum the counts over all workers, evaluate the whole test split on rank 0, and report
+once with a checkpoint written by rank 0. The label histogram of the batches every
+worker saw is part of the metrics, so the sampler can be checked from outside.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from train.config import OptimSection, TrainConfig
+from train.model import build_model
+
+CHECKPOINT_FILE = "checkpoint.pt"
+META_FILE = "meta.json"
+TRAIN, TEST = "train", "test"
+
+
+@dataclass
+class EpochStats:
+    """Sums over every worker's batches of one pass."""
+
+    loss: float
+    correct: int
+    seen: int
+    label_counts: list[int]
+    batch_losses: list[float]
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / self.seen if self.seen else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.seen if self.seen else 0.0
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimSection
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The configured per-epoch schedule ('constant' keeps the seed's fixed lr)."""
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=cfg.lr_step_epochs, gamma=cfg.lr_step_gamma
+        )
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a vector over all workers (identity with a single process)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def reduce_stats(
+    loss: float, correct: int, seen: int, counts: torch.Tensor, device: torch.device
+) -> tuple[float, int, int, list[int]]:
+    summed = all_sum([loss, correct, seen, *counts.tolist()], device)
+    return summed[0], int(summed[1]), int(summed[2]), [int(c) for c in summed[3:]]
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Any,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    num_classes: int,
+    device: torch.device,
+) -> EpochStats:
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    batch_losses: list[float] = []
+    for batch in batches:
+        images, labels = batch["image"].to(device), batch["label"].to(device)
+        with torch.autocast(device.type, enabled=scaler.is_enabled()):
+            logits = model(images)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        batch_losses.append(loss.item())
+        loss_sum += loss.item() * len(labels)
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        seen += len(labels)
+        counts += torch.bincount(labels.cpu(), minlength=num_classes)
+    totals = reduce_stats(loss_sum, correct, seen, counts, device)
+    return EpochStats(*totals, batch_losses)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Any, criterion: nn.Module, num_classes: int, device: torch.device
+) -> EpochStats:
+    """Local evaluation of the whole test split (no collectives: rank 0 only)."""
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    for batch in batches:
+        images, labels = batch["image"].to(device), batch["label"].to(device)
+        logits = model(images)
+        loss_sum += criterion(logits, labels).item() * len(labels)
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        seen += len(labels)
+        counts += torch.bincount(labels.cpu(), minlength=num_classes)
+    return EpochStats(loss_sum, correct, seen, counts.tolist(), [])
+
+
+def evaluate_on_rank0(
+    rank: int,
+    model: nn.Module,
+    test_data: Any,
+    criterion: nn.Module,
+    cfg: TrainConfig,
+    classes: list[str],
+    device: torch.device,
+) -> EpochStats:
+    """The test split is not split across workers (Ray Train's split drops rows to
+    make shards equal, which would bias test metrics): rank 0 evaluates all of it."""
+    if rank != 0:
+        return EpochStats(0.0, 0, 0, [0] * len(classes), [])
+    batches = test_data.iter_torch_batches(batch_size=cfg.optim.batch_size)
+    return evaluate(model, batches, criterion, len(classes), device)
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
+    torch.save(state, directory / CHECKPOINT_FILE)
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_state(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel, for a portable state dict."""
+    return model.module if hasattr(model, "module") else model
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point; `config`: cfg (TrainConfig), classes, meta (for reports)."""
+    cfg: TrainConfig = config["cfg"]
+    classes: list[str] = config["classes"]
+    torch.manual_seed(cfg.run.seed)
+    model, _ = build_model(len(classes), cfg.model)
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
+    scheduler = make_scheduler(optimizer, cfg.optim)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.scaling.gpu)
+    start_epoch, history = 0, []
+    state = load_state(ray.train.get_checkpoint())
+    if state is not None:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+    rank = ray.train.get_context().get_world_rank()
+    train_shard = ray.train.get_dataset_shard(TRAIN)
+    test_shard = ray.train.get_dataset_shard(TEST)
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        started = time.perf_counter()
+        train_batches = train_shard.iter_torch_batches(
+            batch_size=cfg.optim.batch_size,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer,
+        )
+        lr = optimizer.param_groups[0]["lr"]
+        train = train_epoch(
+            model, train_batches, criterion, optimizer, scaler, len(classes), device
+        )
+        scheduler.step()
+        test = evaluate_on_rank0(rank, unwrap(model), test_shard, criterion, cfg, classes, device)
+        seconds = time.perf_counter() - started
+        metrics = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train.mean_loss,
+            "train_accuracy": train.accuracy,
+            "test_loss": test.mean_loss,
+            "test_accuracy": test.accuracy,
+            "train_images": train.seen,
+            "train_label_counts": train.label_counts,
+            "seconds": seconds,
+            "images_per_second": train.seen / seconds if seconds else 0.0,
+        }
+        history.append({**metrics, "batch_losses_rank0": train.batch_losses})
+        report_epoch(rank, metrics, model, optimizer, scheduler, history, config["meta"])
+        if rank == 0:
+            print(
+                f"epoch {epoch + 1}/{cfg.optim.epochs}  train loss {train.mean_loss:.4f} "
+                f"acc {train.accuracy:.3f}  test loss {test.mean_loss:.4f} "
+                f"acc {test.accuracy:.3f}  {metrics['images_per_second']:.1f} img/s",
+                flush=True,
+            )
+
+
+def report_epoch(
+    rank: int,
+    metrics: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    history: list[dict[str, Any]],
+    meta: dict[str, Any],
+) -> None:
+    """Every worker reports (it is a barrier); only rank 0 writes the checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            state = {
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": metrics["epoch"],
+                "history": history,
+            }
+            save_checkpoint(Path(tmp), state, meta)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)

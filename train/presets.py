@@ -1,0 +1,73 @@
+"""The image transforms of training, after torchvision's references/classification/presets.
+
+Training: the seed's augmentations with albumentations. Evaluation: the one function
+the Lambda handler also uses (`common.preprocess.EvalTransform`), never a copy.
+
+Every constant fill (padding, the area a rotation uncovers, Cutout holes) is the data
+set's mean colour, as in the evaluation transform, so it normalises to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from common.preprocess import EvalTransform, pad_colour
+
+FLIP_PROBABILITY = 0.5
+ROTATE_PROBABILITY = 0.5
+CUTOUT_PROBABILITY = 0.5
+CUTOUT_MIN_FRACTION = 0.05
+
+
+def train_transform(
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    rotate_degrees: float,
+    cutout_fraction: float,
+) -> A.Compose:
+    """HWC uint8 RGB -> CHW float32 (numpy: Ray Data batches carry arrays, not tensors)."""
+    fill = pad_colour(mean)
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=FLIP_PROBABILITY),
+            A.LongestMaxSize(max_size=input_size, area_for_downscale="image"),
+            A.PadIfNeeded(
+                min_height=input_size,
+                min_width=input_size,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=fill,
+            ),
+            A.Resize(input_size, input_size),  # a no-op after the two above; the seed's step
+            A.Rotate(
+                limit=rotate_degrees,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=fill,
+                p=ROTATE_PROBABILITY,
+            ),
+            A.CoarseDropout(
+                num_holes_range=(1, 1),
+                hole_height_range=(CUTOUT_MIN_FRACTION, cutout_fraction),
+                hole_width_range=(CUTOUT_MIN_FRACTION, cutout_fraction),
+                fill=fill,
+                p=CUTOUT_PROBABILITY,
+            ),
+            A.Normalize(mean=tuple(mean), std=tuple(std)),
+        ]
+    )
+
+
+def augment(transform: A.Compose, pixels: np.ndarray) -> np.ndarray:
+    """One fresh random draw of the training transform, as CHW float32 (ToTensorV2's
+    layout, kept numpy because Ray Data batches carry arrays)."""
+    out = transform(image=pixels)["image"]
+    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+
+
+def eval_transform(input_size: int, mean: Sequence[float], std: Sequence[float]) -> EvalTransform:
+    m, s = tuple(float(x) for x in mean), tuple(float(x) for x in std)
+    return EvalTransform(input_size, (m[0], m[1], m[2]), (s[0], s[1], s[2]))

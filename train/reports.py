@@ -1,0 +1,257 @@
+"""The seed's reports, written to RUN_URI at the end of `fit`.
+
+TensorBoard curves come from the history stored in the latest checkpoint (so a
+resumed run's curves are complete); the classification report, metrics, confusion
+matrix and misclassified grid evaluate the best checkpoint on the test split with the
+evaluation transform the Lambda uses.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import numpy as np  # noqa: E402
+import ray.train  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    accuracy_score,
+    balanced_accuracy_score,
+    classification_report,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from torchvision.models import mobilenet_v2  # noqa: E402
+
+from common.preprocess import EvalTransform, decode_rgb  # noqa: E402
+from common.storage import filesystem, join  # noqa: E402
+from pipeline.output import read_shards  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.data import split_uris  # noqa: E402
+from train.loop import CHECKPOINT_FILE, META_FILE, TEST, TRAIN  # noqa: E402
+from train.model import replace_head  # noqa: E402
+from train.presets import augment, eval_transform, train_transform  # noqa: E402
+
+TENSORBOARD_DIR = "tensorboard"
+FIGURE_INCHES = 2.0
+DPI = 100
+
+
+def load_checkpoint(checkpoint: ray.train.Checkpoint) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training state, meta) of a checkpoint written by `train.loop`."""
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu")
+        meta = json.loads((Path(directory) / META_FILE).read_text())
+    return state, meta
+
+
+def model_from_state(state: dict[str, Any], num_classes: int) -> torch.nn.Module:
+    """The fp32 network of a checkpoint, in eval mode."""
+    model = mobilenet_v2(weights=None)
+    replace_head(model, num_classes, dropout=0.0)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, images: list[bytes], transform: EvalTransform, batch_size: int
+) -> np.ndarray:
+    """Top class per image."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([transform.from_bytes(b) for b in images[start : start + batch_size]])
+        out.append(model(batch).argmax(dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def write_tensorboard(history: list[dict[str, Any]], directory: Path) -> None:
+    """The seed's curves: per-batch train loss (rank 0's batches), per-epoch loss/accuracy."""
+    with SummaryWriter(log_dir=str(directory)) as writer:
+        step = 0
+        for row in history:
+            for loss in row["batch_losses_rank0"]:
+                writer.add_scalar("batch/train_loss", loss, step)
+                step += 1
+            for split in (TRAIN, TEST):
+                writer.add_scalar(f"epoch/{split}_loss", row[f"{split}_loss"], row["epoch"])
+                writer.add_scalar(f"epoch/{split}_accuracy", row[f"{split}_accuracy"], row["epoch"])
+            writer.add_scalar("epoch/lr", row["lr"], row["epoch"])
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "test_images": int(len(y_true)),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        },
+    }
+
+
+def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], path: Path) -> None:
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
+    size = FIGURE_INCHES * max(3, len(classes))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
+        ax=ax, xticks_rotation=45, colorbar=False
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def image_grid(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], path: Path) -> None:
+    """A grid, one row per (row title, [(HWC image, caption)]); empty rows say so."""
+    columns = max([len(items) for _, items in rows] + [1])
+    fig, axes = plt.subplots(
+        len(rows),
+        columns,
+        figsize=(FIGURE_INCHES * columns, FIGURE_INCHES * len(rows)),
+        squeeze=False,
+    )
+    for r, (title, items) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(items):
+                ax.imshow(items[c][0])
+                ax.set_title(items[c][1], fontsize=8)
+        axes[r][0].text(
+            -0.1, 0.5, title, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=9
+        )
+        if not items:
+            axes[r][0].set_title("(none)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def misclassified_grid(
+    images: list[bytes],
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    classes: list[str],
+    per_class: int,
+    path: Path,
+) -> None:
+    """Per true class, its misclassified test images captioned with the prediction."""
+    rows = []
+    for label, name in enumerate(classes):
+        wrong = np.flatnonzero((y_true == label) & (y_pred != label))[:per_class]
+        rows.append(
+            (
+                f"true: {name}",
+                [(decode_rgb(images[i]), f"pred: {classes[y_pred[i]]}") for i in wrong],
+            )
+        )
+    image_grid(rows, path)
+
+
+def denormalize(chw: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """A normalised CHW array back to a displayable HWC image in [0, 1]."""
+    hwc = chw.transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
+    return np.clip(hwc, 0.0, 1.0)
+
+
+def augmentation_grids(
+    cfg: TrainConfig, images: list[bytes], labels: list[int], meta: dict[str, Any], out: Path
+) -> None:
+    """A sample batch before (decoded) and after the training augmentation."""
+    transform = train_transform(
+        cfg.model.input_size,
+        meta["mean"],
+        meta["std"],
+        cfg.data.rotate_degrees,
+        cfg.data.cutout_fraction,
+    )
+    classes = meta["classes"]
+    sample = list(zip(images, labels, strict=True))[: cfg.run.report_images]
+    before = [(decode_rgb(b), classes[y]) for b, y in sample]
+    after = [
+        (denormalize(augment(transform, decode_rgb(b)), meta["mean"], meta["std"]), classes[y])
+        for b, y in sample
+    ]
+    image_grid([("decoded", before)], out / "samples_before_augmentation.png")
+    image_grid([("augmented", after)], out / "samples_after_augmentation.png")
+
+
+def write_reports(
+    cfg: TrainConfig,
+    manifest: dict[str, Any],
+    latest: ray.train.Checkpoint,
+    best: ray.train.Checkpoint,
+) -> dict[str, Any]:
+    """Write every report into RUN_URI; returns metrics.json's content."""
+    latest_state, meta = load_checkpoint(latest)
+    best_state, _ = load_checkpoint(best)
+    classes = meta["classes"]
+    test = read_shards(
+        split_uris(cfg.data_uri, manifest, TEST), cfg.storage, columns=["image", "label"]
+    )
+    images, y_true = test["image"].to_pylist(), np.asarray(test["label"].to_pylist())
+    transform = eval_transform(meta["input_size"], meta["mean"], meta["std"])
+    y_pred = predict(
+        model_from_state(best_state, len(classes)), images, transform, cfg.optim.batch_size
+    )
+    metrics = {
+        **classification_metrics(y_true, y_pred, classes),
+        "best_epoch": best_state["epoch"],
+        "epochs": latest_state["epoch"],
+        "classes": classes,
+    }
+    train = read_shards(
+        split_uris(cfg.data_uri, manifest, TRAIN)[:1], cfg.storage, columns=["image", "label"]
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        write_tensorboard(latest_state["history"], out / TENSORBOARD_DIR)
+        (out / "history.json").write_text(json.dumps(latest_state["history"], indent=2))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (out / "classification_report.txt").write_text(
+            classification_report(
+                y_true,
+                y_pred,
+                labels=list(range(len(classes))),
+                target_names=classes,
+                zero_division=0,
+            )
+        )
+        plot_confusion(y_true, y_pred, classes, out / "confusion_matrix.png")
+        misclassified_grid(
+            images, y_true, y_pred, classes, cfg.run.report_images, out / "misclassified.png"
+        )
+        augmentation_grids(cfg, train["image"].to_pylist(), train["label"].to_pylist(), meta, out)
+        upload(out, cfg.run_uri, cfg)
+    return metrics
+
+
+def upload(folder: Path, run_uri: str, cfg: TrainConfig) -> None:
+    """Copy the local report folder into RUN_URI (any fsspec target)."""
+    fs, root = filesystem(run_uri, cfg.storage)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        target = join(root, str(path.relative_to(folder)))
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(path), target)
