@@ -9,7 +9,6 @@ Each stage lives in its own module; this one only wires them together.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -20,9 +19,10 @@ import pyarrow.compute as pc
 import ray
 
 from common.config import to_dict
+from common.ray_runtime import ensure_ray
 from common.storage import join
 from pipeline import dedup
-from pipeline.config import CleanConfig, ExecutionConfig
+from pipeline.config import CleanConfig
 from pipeline.finalize import finalize_stage, work_items
 from pipeline.incremental import carry_over, plan_run, previous_state
 from pipeline.listing import list_lake
@@ -52,17 +52,6 @@ class CleanResult:
     report: dict[str, Any]
     seconds: float
     up_to_date: bool = False
-
-
-def ensure_ray(execution: ExecutionConfig) -> None:
-    """Join the configured cluster, or start a local Ray if none is running in this process."""
-    if ray.is_initialized():
-        return
-    address = execution.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=execution.num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def stable_classes(previous: dict[str, Any] | None, snapshot: pa.Table) -> list[str]:
@@ -214,7 +203,7 @@ def run_clean(cfg: CleanConfig) -> CleanResult:
     check_writable(cfg.output_uri, run_id, cfg.storage)
     stage = staging_uri(cfg.output_uri, run_id)
     write_snapshot(snapshot, join(stage, "snapshot.parquet"), cfg.storage)
-    ensure_ray(cfg.execution)
+    ensure_ray(cfg.execution.ray_address, cfg.execution.num_cpus)
     ray.data.DataContext.get_current().enable_progress_bars = cfg.execution.progress
 
     first_seen = previous.get("next_seen_order", 0) if previous else 0

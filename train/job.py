@@ -4,7 +4,6 @@ then write the reports into RUN_URI."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +13,11 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from common.config import to_dict
+from common.ray_runtime import ensure_ray
 from common.storage import StorageConfig, filesystem, join
 from pipeline.output import read_manifest
 from train import data
-from train.config import ScalingSection, TrainConfig
+from train.config import TrainConfig
 from train.loop import TEST, TRAIN, train_loop_per_worker
 from train.presets import eval_transform
 
@@ -35,17 +35,6 @@ class FitResult:
     run_uri: str
     metrics: dict[str, Any]
     report: dict[str, Any]
-
-
-def ensure_ray(scaling: ScalingSection) -> None:
-    """Join the configured cluster, or start a local Ray if none runs in this process."""
-    if ray.is_initialized():
-        return
-    address = scaling.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=scaling.num_cpus, include_dashboard=False)
 
 
 def run_storage(run_uri: str, storage: StorageConfig) -> tuple[str, Any]:
@@ -158,7 +147,7 @@ def run_fit(cfg: TrainConfig) -> FitResult:
 
     check_run_state(cfg)
     manifest = load_dataset_manifest(cfg)
-    ensure_ray(cfg.scaling)
+    ensure_ray(cfg.scaling.ray_address, cfg.scaling.num_cpus, log_to_driver=True)
     trainer = make_trainer(cfg, manifest, build_datasets(cfg, manifest))
     result = trainer.fit()
     if result.error is not None:
