@@ -211,23 +211,9 @@ def run_clean(cfg: CleanConfig) -> CleanResult:
     normalised = normalise_stage(work, cfg, stage)
     carried, rewritten = carry_over(cfg.output_uri, previous, plan.removed, stage, cfg.storage)
 
-    existing = _existing_index(
-        cfg, carried, [join(stage, r) for r in rewritten if r.startswith(INDEX + "/")]
+    final, decision_stats = deduplicate_and_finalize(
+        normalised, carried, rewritten, stage, run_id, cfg
     )
-    candidates = read_shards(
-        normalised.uris(CANDIDATES),
-        cfg.storage,
-        [c for c in INDEX_COLUMNS if c not in ("cluster_id", "split")],
-        with_shard=True,
-    )
-    decisions, decision_stats = (
-        decide(existing, candidates, cfg) if candidates.num_rows else (None, {})
-    )
-    final = Shards()
-    if decisions is not None:
-        final = finalize_stage(work_items(candidates, decisions), stage, cfg.storage)
-        final.writes += index_shard(candidates, decisions, stage, run_id, cfg).writes
-    final.writes += [ShardWrite(rel.split("/", 1)[0], join(stage, rel), 0, 0) for rel in rewritten]
     normalised.writes = [w for w in normalised.writes if w.folder != CANDIDATES]
     staged = Shards(normalised.writes + final.writes)
 
@@ -259,6 +245,33 @@ def run_clean(cfg: CleanConfig) -> CleanResult:
         cfg.storage,
     )
     return CleanResult(cfg.output_uri, manifest, report, time.perf_counter() - started)
+
+
+def deduplicate_and_finalize(
+    normalised: Shards,
+    carried: dict[str, list[str]],
+    rewritten: list[str],
+    stage: str,
+    run_id: str,
+    cfg: CleanConfig,
+) -> tuple[Shards, dict[str, Any]]:
+    """Decide on this run's candidates from their metadata, then apply the decisions to
+    their pixels in Ray tasks; carried-over shards that had to be rewritten come along."""
+    index_rewrites = [join(stage, r) for r in rewritten if r.startswith(INDEX + "/")]
+    existing = _existing_index(cfg, carried, index_rewrites)
+    candidates = read_shards(
+        normalised.uris(CANDIDATES),
+        cfg.storage,
+        [c for c in INDEX_COLUMNS if c not in ("cluster_id", "split")],
+        with_shard=True,
+    )
+    final, stats = Shards(), {}
+    if candidates.num_rows:
+        decisions, stats = decide(existing, candidates, cfg)
+        final = finalize_stage(work_items(candidates, decisions), stage, cfg.storage)
+        final.writes += index_shard(candidates, decisions, stage, run_id, cfg).writes
+    final.writes += [ShardWrite(rel.split("/", 1)[0], join(stage, rel), 0, 0) for rel in rewritten]
+    return final, stats
 
 
 def _existing_index(
