@@ -9,10 +9,20 @@ from common.config import _leaf_fields
 from pipeline.config import CleanConfig
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
+
+
+def test_installed_package_runs_from_any_directory(tmp_path):
+    # Not only from the checkout's root: every package the jobs import is installed.
+    out = run_cli("clean", "--help", cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
 
 
 def test_help_documents_every_option():
