@@ -106,6 +106,23 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
             )
 
 
+def add_config_command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    cls: type,
+    positionals: dict[str, str],
+    help: str,  # noqa: A002 - argparse's word
+    description: str,
+) -> argparse.ArgumentParser:
+    """A subcommand whose positionals ({field: help}, e.g. the URIs) and --flags all map
+    onto fields of one config dataclass."""
+    command = commands.add_parser(name, help=help, description=description)
+    for field, text in positionals.items():
+        command.add_argument(field, metavar=field.upper(), help=text)
+    add_config_args(command, cls, skip=tuple(positionals))
+    return command
+
+
 def _build(cls: type[T], values: dict[str, Any], overrides: dict[str, Any]) -> T:
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from common.config import add_config_args, config_from_args
+from common.config import add_config_command, config_from_args
 from common.storage import join
 from pipeline.config import CleanConfig
 from pipeline.listing import LakeError
@@ -21,16 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline", description="Clean a scraped image lake into Parquet shards."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    clean = commands.add_parser(
+    add_config_command(
+        commands,
         "clean",
+        CleanConfig,
+        {
+            "input_uri": "lake: s3://bucket/raw/, a folder...",
+            "output_uri": "where the cleaned set goes",
+        },
         help="normalise every file of a lake into images/ or rejected/",
         description="List INPUT_URI once (one sub-prefix per class), normalise every file "
         "through Ray Data, and publish images/, rejected/, report.json and _manifest.json "
         "under OUTPUT_URI. Exit status 2 only when the job as a whole cannot run.",
     )
-    clean.add_argument("input_uri", metavar="INPUT_URI", help="lake: s3://bucket/raw/, a folder...")
-    clean.add_argument("output_uri", metavar="OUTPUT_URI", help="where the cleaned set goes")
-    add_config_args(clean, CleanConfig, skip=("input_uri", "output_uri"))
     return parser
 
 

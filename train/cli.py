@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from common.config import add_config_args, config_from_args
+from common.config import add_config_command, config_from_args
 from common.storage import join
 from train.config import ExportConfig, TrainConfig
 
@@ -19,26 +19,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train", description="Fine-tune MobileNetV2 on a cleaned data set."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser(
+    add_config_command(
+        commands,
         "fit",
+        TrainConfig,
+        {"data_uri": "the cleaning job's OUTPUT_URI", "run_uri": "checkpoints, logs and reports"},
         help="train with Ray Train; checkpoints, TensorBoard logs and reports go to RUN_URI",
         description="Read DATA_URI (the cleaning job's output) through Ray Data, train "
         "MobileNetV2 with Ray Train's TorchTrainer, checkpoint every epoch and write the "
         "reports to RUN_URI. Exit status 2 when the job cannot run.",
     )
-    fit.add_argument("data_uri", metavar="DATA_URI", help="the cleaning job's OUTPUT_URI")
-    fit.add_argument("run_uri", metavar="RUN_URI", help="checkpoints, logs and reports")
-    add_config_args(fit, TrainConfig, skip=("data_uri", "run_uri"))
-    export = commands.add_parser(
+    add_config_command(
+        commands,
         "export",
+        ExportConfig,
+        {"run_uri": "a `fit` run", "model_dir": "local output folder"},
         help="int8 TorchScript model.pt + model.json from a run's best checkpoint",
         description="Quantize the best checkpoint of RUN_URI (static int8, calibrated on "
         "train images), script it, and write model.pt and model.json to MODEL_DIR. Exit "
         "status 2 when int8 loses more than --max-int8-drop accuracy points.",
     )
-    export.add_argument("run_uri", metavar="RUN_URI", help="a `fit` run")
-    export.add_argument("model_dir", metavar="MODEL_DIR", help="local output folder")
-    add_config_args(export, ExportConfig, skip=("run_uri", "model_dir"))
     return parser
 
 
