@@ -52,8 +52,3 @@ def join(uri: str, *parts: str) -> str:
     for part in parts:
         out += "/" + part.strip("/")
     return out
-
-
-def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """A full URI (with protocol) for a path `fs` returned, e.g. from `find`."""
-    return fs.unstrip_protocol(path)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 # moto accepts any credentials; real ones must never be sent to a local endpoint.
 DUMMY_CREDENTIALS = {
@@ -104,10 +103,3 @@ def upload_files(fs, prefix: str, files: dict[str, bytes]) -> None:  # noqa: ANN
     """Write {relative path: bytes} under `prefix` (s3://bucket/key or a local folder)."""
     for relative, data in files.items():
         fs.pipe_file(f"{prefix.rstrip('/')}/{relative}", data)
-
-
-def read_tree(root: Path) -> dict[str, bytes]:
-    """{relative path: bytes} for every file under a local folder."""
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }

@@ -182,20 +182,38 @@ def compute_hashes(image: Image.Image, kind: str = "phash") -> str:
     return str(functions[kind](image, hash_size=8))
 
 
-def hash_stability(image: Image.Image) -> float:
-    """How firmly pHash's bits are set: the median distance of the 8x8 low-frequency DCT
-    coefficients (DC excluded) from the median that thresholds them, computed as
-    imagehash.phash computes them. Photos score in the thousands; a small bird against
-    a plain sky scores a few hundred, and its bits flip with the sky's gradient."""
+def _phash_dct(image: Image.Image) -> np.ndarray:
+    """The 8x8 low-frequency DCT block pHash thresholds, computed as imagehash.phash does."""
     from PIL import Image as PILImage
     from scipy.fftpack import dct
 
     pixels = np.asarray(
         image.convert("L").resize((32, 32), PILImage.Resampling.LANCZOS), dtype=np.float64
     )
-    low = dct(dct(pixels, axis=0), axis=1)[:8, :8]
-    deviation = np.abs(low - np.median(low)).ravel()[1:]
+    return dct(dct(pixels, axis=0), axis=1)[:8, :8]
+
+
+def _stability(low: np.ndarray) -> float:
+    deviation = np.abs(low - np.median(low)).ravel()[1:]  # DC excluded
     return float(np.median(deviation))
+
+
+def hash_stability(image: Image.Image) -> float:
+    """How firmly pHash's bits are set: the median distance of the 8x8 low-frequency DCT
+    coefficients (DC excluded) from the median that thresholds them. Photos score in the
+    thousands; a small bird against a plain sky scores a few hundred, and its bits flip
+    with the sky's gradient."""
+    return _stability(_phash_dct(image))
+
+
+def hash_signals(image: Image.Image, kind: str = "phash") -> tuple[str, float]:
+    """The hash and its stability; for pHash both come from one DCT (the per-image path)."""
+    if kind != "phash":
+        return compute_hashes(image, kind), hash_stability(image)
+    import imagehash
+
+    low = _phash_dct(image)
+    return str(imagehash.ImageHash(low > np.median(low))), _stability(low)
 
 
 def hashes_to_uint64(hex_hashes: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,13 +31,13 @@ from pipeline.output import (
     check_writable,
     new_run_id,
     publish,
+    read_json,
     read_manifest,
     read_shards,
-    read_table,
     staging_uri,
     write_snapshot,
 )
-from pipeline.report import build_report, review_page
+from pipeline.report import build_report, read_version, review_page
 from pipeline.sink import Shards, ShardSink, ShardWrite, write_parquet
 from pipeline.split import assign_splits, group_of, load_group_manifest
 from pipeline.tables import CANDIDATES, INDEX, INDEX_COLUMNS, route_normalized
@@ -223,9 +223,10 @@ def run_clean(cfg: CleanConfig) -> CleanResult:
         "removed": len(plan.removed),
         **decision_stats,
     }
-    report = build_report(cfg, run_id, snapshot, classes, staged, carried, decision_stats)
+    tables = read_version(cfg, staged, carried)
+    report = build_report(cfg, run_id, snapshot, classes, tables, decision_stats)
     report["seconds"] = round(time.perf_counter() - started, 2)
-    html = review_page(cfg, report, staged, carried)
+    html = review_page(cfg, report, tables)
     manifest = publish(
         cfg.output_uri,
         run_id,
@@ -283,9 +284,4 @@ def _existing_index(
 
 
 def read_json_report(cfg: CleanConfig, manifest: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.output import read_json
-
     return read_json(join(cfg.output_uri, manifest["files"]["report"]), cfg.storage) or {}
-
-
-__all__ = ["CleanResult", "run_clean", "read_table"]

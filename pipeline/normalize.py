@@ -25,7 +25,7 @@ from common.decode import DecodeLimits, decode_image
 from common.reasons import Reason, Rejected
 from common.storage import filesystem
 from pipeline.config import CleanConfig, NormalizeConfig
-from pipeline.dedup import compute_hashes, hash_stability
+from pipeline.dedup import hash_signals
 from pipeline.junk import is_low_detail, registered_checks, score_column, score_image, verdict
 from pipeline.tables import KEPT, REJECTED, work_schema
 
@@ -116,9 +116,10 @@ def signals(normalised: Normalised, cfg: CleanConfig) -> dict[str, Any]:
     fields = normalised.fields
     meta = {k: fields[k] for k in ("source_width", "source_height", "source_format")}
     scores = score_image(normalised.image, meta, cfg.junk)
+    phash, stability = hash_signals(normalised.image, cfg.dedup.hash_kind)
     return {
-        "phash": compute_hashes(normalised.image, cfg.dedup.hash_kind),
-        "hash_stability": hash_stability(normalised.image),
+        "phash": phash,
+        "hash_stability": stability,
         "low_detail": is_low_detail(scores, cfg.junk),
         **scores,  # junk_<check> columns
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -180,21 +181,40 @@ def _total(table: pa.Table, column: str) -> int:
     return int(pc.sum(table[column]).as_py() or 0) if table.num_rows else 0
 
 
+@dataclass
+class VersionTables:
+    """The version's metadata (no pixels), read once for report.json and report.html;
+    `_shard` names each row's file, so the page can go back for just its thumbnails."""
+
+    images: pa.Table
+    rejected: pa.Table
+
+
+def read_version(cfg: CleanConfig, staged: Shards, carried: dict[str, list[str]]) -> VersionTables:
+    images = read_shards(
+        current_uris(cfg, IMAGES, staged, carried), cfg.storage, _IMAGE_STATS, with_shard=True
+    )
+    rejected = read_shards(
+        current_uris(cfg, REJECTED_DIR, staged, carried),
+        cfg.storage,
+        _REJECTED_STATS,
+        with_shard=True,
+    )
+    return VersionTables(
+        images if images.num_rows else _empty([*_IMAGE_STATS, "_shard"]),
+        rejected if rejected.num_rows else _empty([*_REJECTED_STATS, "_shard"]),
+    )
+
+
 def build_report(
     cfg: CleanConfig,
     run_id: str,
     snapshot: pa.Table,
     classes: list[str],
-    staged: Shards,
-    carried: dict[str, list[str]],
+    tables: VersionTables,
     decision_stats: dict[str, Any],
 ) -> dict[str, Any]:
-    images = read_shards(current_uris(cfg, IMAGES, staged, carried), cfg.storage, _IMAGE_STATS)
-    rejected = read_shards(
-        current_uris(cfg, REJECTED_DIR, staged, carried), cfg.storage, _REJECTED_STATS
-    )
-    images = images if images.num_rows else _empty(_IMAGE_STATS)
-    rejected = rejected if rejected.num_rows else _empty(_REJECTED_STATS)
+    images, rejected = tables.images, tables.rejected
     formats = pa.table(
         {
             "f": pc.fill_null(
@@ -279,17 +299,10 @@ def _thumbnails(uris_by_shard: dict[str, set[str]], cfg: CleanConfig) -> dict[st
     return found
 
 
-def review_page(
-    cfg: CleanConfig, report: dict[str, Any], staged: Shards, carried: dict[str, list[str]]
-) -> str:
+def review_page(cfg: CleanConfig, report: dict[str, Any], tables: VersionTables) -> str:
     """report.html: galleries of dropped files (duplicates beside their kept copy)."""
     limit = cfg.report.gallery_per_reason
-    rejected = read_shards(
-        current_uris(cfg, REJECTED_DIR, staged, carried),
-        cfg.storage,
-        _REJECTED_STATS,
-        with_shard=True,
-    )
+    rejected, images = tables.rejected, tables.images
     sample = _sample_per_reason(rejected, limit).to_pylist() if rejected.num_rows else []
     wanted: dict[str, set[str]] = defaultdict(set)
     for r in sample:
@@ -298,9 +311,6 @@ def review_page(
     keepers = {r["duplicate_of"] for r in sample if r.get("duplicate_of")}
     kept_thumbs: dict[str, bytes] = {}
     if keepers:
-        images = read_shards(
-            current_uris(cfg, IMAGES, staged, carried), cfg.storage, ["source_uri"], with_shard=True
-        )
         by_shard: dict[str, set[str]] = defaultdict(set)
         for uri, shard in zip(
             images["source_uri"].to_pylist(), images["_shard"].to_pylist(), strict=True

@@ -45,9 +45,6 @@ class Shards:
             if w.folder == folder_prefix or w.folder.startswith(folder_prefix + "/")
         )
 
-    def total_bytes(self) -> int:
-        return sum(w.bytes for w in self.writes)
-
 
 def shard_name(source_uris: list[str], prefix: str = "part") -> str:
     digest = hashlib.sha256("\n".join(sorted(source_uris)).encode()).hexdigest()[:20]

@@ -27,6 +27,7 @@ from pipeline.dedup import (
     deduplicate,
     degenerate_hashes,
     find_near_pairs,
+    hash_signals,
     hash_stability,
     hashes_to_uint64,
 )
@@ -279,6 +280,8 @@ def test_hash_stability_separates_structure_from_plain_sky():
     sky = Image.new("L", (256, 256))
     sky.putdata([120 + y // 16 for y in range(256) for _ in range(256)])
     assert hash_stability(photo) > DedupConfig().min_hash_stability > hash_stability(sky)
+    for image in (photo, sky.convert("RGB")):  # one DCT gives what the two calls give
+        assert hash_signals(image) == (compute_hashes(image), hash_stability(image))
 
 
 def test_low_detail_rows_do_not_swallow_others():

@@ -260,18 +260,19 @@ def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
     reason, _ = verdict(scores, junk)
     if reason:
         sample.filtered = reason
+    phash, stability = dedup.hash_signals(normalised.image, dedup.DedupConfig().hash_kind)
     sample.row = {
         "source_uri": sample.uri,
         "class_name": CLASS,
         "sha256": fields["sha256"],
-        "phash": dedup.compute_hashes(normalised.image, dedup.DedupConfig().hash_kind),
+        "phash": phash,
         # As the job passes them: the source's size (the keep policy's resolution).
         "width": fields["source_width"],
         "height": fields["source_height"],
         "source_format": fields["source_format"],
         "seen_order": seen_order,
         "low_detail": is_low_detail(scores, junk),
-        "hash_stability": dedup.hash_stability(normalised.image),
+        "hash_stability": stability,
     }
 
 
