@@ -25,6 +25,11 @@ class ScalingSection:
         None, "Ray cluster to join ('auto' inside one); default: RAY_ADDRESS, else a local Ray"
     )
     num_cpus: int | None = option(None, "CPUs for a local Ray started by this job")
+    torch_threads: int | None = option(
+        None,
+        "Intra-op threads per worker (default: what Ray sets from --cpus-per-worker, "
+        "at least 1); more than the reserved CPUs can pay off when decoding is light",
+    )
 
 
 @dataclass

@@ -163,6 +163,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point; `config`: cfg (TrainConfig), classes, meta (for reports)."""
     cfg: TrainConfig = config["cfg"]
     classes: list[str] = config["classes"]
+    if cfg.scaling.torch_threads:
+        torch.set_num_threads(cfg.scaling.torch_threads)
     torch.manual_seed(cfg.run.seed)
     model, _ = build_model(len(classes), cfg.model)
     model = ray.train.torch.prepare_model(model)
