@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -28,6 +32,9 @@ WORKERS, SIZE = 2, 64
 EPOCHS_DRAWN = 3
 NOISE_SDS = 4
 ANY_DROP = 100  # accuracy points: a 2-epoch random-init model is not the point here
+KILL_EPOCHS = 4  # the kill lands in epoch 2 or 3; epochs after it prove the restart
+KILL_POLL_S = 0.2
+KILL_TIMEOUT_S = 300
 MOST = 0.5  # share of test images where int8 and fp32 agree on the top class
 TINY = [
     "--workers", str(WORKERS), "--cpus-per-worker", "0.5",
@@ -164,3 +171,47 @@ def test_sampler_balances_only_when_asked(s3, dataset):
     assert label_histogram(dataset, balanced=False) == raw
     for _ in range(EPOCHS_DRAWN):  # fresh draws every epoch
         assert_balanced(label_histogram(dataset, balanced=True), raw, dropped=0)
+
+
+def alive_train_worker_pids() -> list[int]:
+    """From the GCS actor table of this test's Ray (the state API needs the dashboard,
+    which the session's Ray does not start; psutil would also see other Ray instances)."""
+    from ray._private import state
+
+    actors = state.actors().values()
+    return [
+        a["Pid"]
+        for a in actors
+        if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE" and a["Pid"]
+    ]
+
+
+def kill_a_worker_after_first_checkpoint(s3, run_uri: str, timeout_s: float) -> int:
+    """SIGKILL one Ray Train worker once epoch 1 is checkpointed (what a lost node does)."""
+    fs = s3.filesystem()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        checkpoints = fs.glob(f"{run_uri.removeprefix('s3://')}/ray/checkpoint_*")
+        pids = alive_train_worker_pids() if checkpoints else []
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            return pids[0]
+        time.sleep(KILL_POLL_S)
+    raise AssertionError("no checkpoint and live worker to kill in time")
+
+
+def test_a_killed_worker_is_survived(s3, dataset):
+    run = "s3://train-data/runs/killed"
+    outcome: dict[str, int] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault("rc", fit(dataset, run, "--epochs", str(KILL_EPOCHS)))
+    )
+    thread.start()
+    killed = kill_a_worker_after_first_checkpoint(s3, run, timeout_s=KILL_TIMEOUT_S)
+    thread.join(timeout=KILL_TIMEOUT_S)
+    assert outcome.get("rc") == 0
+    history = read_json(s3, f"{run}/history.json")
+    assert [row["epoch"] for row in history] == list(range(1, KILL_EPOCHS + 1))
+    processes = [row["rank0_process"] for row in history]
+    assert len(set(processes)) > 1, processes  # a new worker group took over mid-run
+    assert all(not p.endswith(f":{killed}") for p in processes[-1:])

@@ -9,6 +9,8 @@ worker saw is part of the metrics, so the sampler can be checked from outside.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -210,6 +212,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train_label_counts": train.label_counts,
             "seconds": seconds,
             "images_per_second": train.seen / seconds if seconds else 0.0,
+            # Shows where rank 0 ran, and that a restarted worker group continued the run.
+            "rank0_process": f"{socket.gethostname()}:{os.getpid()}",
         }
         history.append({**metrics, "batch_losses_rank0": train.batch_losses})
         report_epoch(rank, metrics, model, optimizer, scheduler, history, config["meta"])
