@@ -79,6 +79,15 @@ def best_checkpoint(run_uri: str, storage: StorageConfig):  # noqa: ANN201 - ray
     return max(scored, key=lambda pair: pair[1].get(SCORE, 0.0))[0]
 
 
+def quantizable_from_state(state: dict[str, Any], num_classes: int) -> torch.nn.Module:
+    """torchvision's quantizable MobileNetV2 (ReLU where the trained one has ReLU6, so
+    activations fuse into convolutions) holding the trained fp32 weights."""
+    model = quantizable_mobilenet_v2(weights=None, quantize=False)
+    replace_head(model, num_classes, dropout=0.0)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 def quantize(
     state: dict[str, Any],
     num_classes: int,
@@ -88,10 +97,7 @@ def quantize(
 ) -> torch.nn.Module:
     """Static int8: fuse, observe the calibration images, convert."""
     torch.backends.quantized.engine = cfg.backend
-    model = quantizable_mobilenet_v2(weights=None, quantize=False)
-    replace_head(model, num_classes, dropout=0.0)
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = quantizable_from_state(state, num_classes)
     model.fuse_model(is_qat=False)
     model.qconfig = get_default_qconfig(cfg.backend)
     prepare(model, inplace=True)
@@ -101,6 +107,14 @@ def quantize(
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float((predictions == labels).mean()) if len(labels) else 0.0
+
+
+def recall_per_class(predictions: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """Each class's recall: the seed's weak spot (Small_QuadCopters) shows here first."""
+    return {
+        name: float((predictions[labels == k] == k).mean()) if (labels == k).any() else 0.0
+        for k, name in enumerate(classes)
+    }
 
 
 def sha256(path: Path) -> str:
@@ -145,6 +159,9 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
         model_from_state(state, len(classes)), test_images, transform, cfg.export.batch_size
     )
     int8_pred = predict(reloaded, test_images, transform, cfg.export.batch_size)
+    relu_pred = predict(  # what the ReLU6 -> ReLU swap alone costs, before int8
+        quantizable_from_state(state, len(classes)), test_images, transform, cfg.export.batch_size
+    )
     info = {
         "classes": classes,
         "input_size": meta["input_size"],
@@ -152,8 +169,11 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
         "std": meta["std"],
         "pad": "mean colour (common.preprocess)",
         "fp32_test_accuracy": accuracy(fp32_pred, test_labels),
+        "fp32_relu_test_accuracy": accuracy(relu_pred, test_labels),
         "int8_test_accuracy": accuracy(int8_pred, test_labels),
         "int8_fp32_agreement": accuracy(int8_pred, fp32_pred),
+        "fp32_recall": recall_per_class(fp32_pred, test_labels, classes),
+        "int8_recall": recall_per_class(int8_pred, test_labels, classes),
         "test_images": len(test_labels),
         "trained_epochs": state["epoch"],
         "backend": cfg.export.backend,
