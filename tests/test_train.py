@@ -148,15 +148,28 @@ def assert_balanced(counts: list[int], raw: list[int], dropped: int) -> None:
         assert abs(count - target) <= dropped + NOISE_SDS * sd, (counts, raw)
 
 
-def label_histogram(dataset: str, balanced: bool) -> list[int]:
-    """The labels one epoch's draw yields (what the workers share, before decoding)."""
+def drawn_labels(dataset: str, balanced: bool, shuffle: str = "global") -> np.ndarray:
+    """The labels of one epoch's draw, in order (what the workers share, before decoding)."""
     storage = StorageConfig()
     manifest = read_manifest(dataset, storage)
     uris = split_uris(dataset, manifest, TRAIN)
     rates = balance_rates(class_counts(uris, storage), None) if balanced else None
-    ds = epoch_draw(read_split(uris, storage), rates)
-    labels = np.concatenate([b["label"] for b in ds.iter_batches(batch_size=None)])
-    return np.bincount(labels, minlength=len(manifest["classes"])).tolist()
+    ds = epoch_draw(read_split(uris, storage), rates, shuffle)
+    return np.concatenate([b["label"] for b in ds.iter_batches(batch_size=None)])
+
+
+def label_histogram(dataset: str, balanced: bool) -> list[int]:
+    return np.bincount(drawn_labels(dataset, balanced), minlength=len(DEMO_CLASSES)).tolist()
+
+
+def test_global_shuffle_mixes_the_one_class_shards(dataset):
+    """The cleaning job writes shards by class: shuffling blocks alone leaves one-class
+    runs (one-class batches: unstable SGD and skewed BatchNorm statistics)."""
+    changes = {
+        shuffle: int((np.diff(drawn_labels(dataset, True, shuffle)) != 0).sum())
+        for shuffle in ("blocks", "global")
+    }
+    assert changes["global"] > 2 * changes["blocks"], changes
 
 
 def test_balanced_fit_saw_every_class_equally(s3, dataset, balanced_run):

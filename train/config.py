@@ -10,6 +10,7 @@ from common.storage import StorageConfig
 DEFAULT_WEIGHTS = "default"
 NO_WEIGHTS = "none"
 SCHEDULES = ("constant", "cosine", "step")
+SHUFFLES = ("global", "blocks")
 
 
 @dataclass
@@ -69,6 +70,13 @@ class DataSection:
     )
     samples_per_class: int | None = option(
         None, "With --balanced: draws per class and epoch (default: the largest class's size)"
+    )
+    shuffle: str = option(
+        "global",
+        "Per-epoch order of the train rows: 'global' shuffles the (still compressed) rows "
+        "across all shards, 'blocks' only randomises shard order (cheaper on huge data "
+        "sets, but the cleaning job writes shards by class, so batches come out one-class)",
+        choices=SHUFFLES,
     )
     shuffle_buffer: int = option(256, "Rows in each worker's local shuffle buffer")
     augment_batch_size: int = option(32, "Rows per Ray Data decode/augment task batch")

@@ -90,13 +90,15 @@ def eval_batch(batch: dict[str, np.ndarray], transform: EvalTransform) -> dict[s
     return {"image": np.stack(images), "label": batch["label"].astype(np.int64)}
 
 
-def epoch_draw(ds: ray.data.Dataset, rates: dict[int, float] | None) -> ray.data.Dataset:
-    """One epoch's draw of rows (all of them, once, when `rates` is None), blocks in
-    random order; workers shuffle rows further in their local buffers."""
-    ds = ds.randomize_block_order()
-    if rates is None:
-        return ds
-    return ds.map_batches(repeat_rows, fn_kwargs={"rates": rates}, batch_format="numpy")
+def epoch_draw(
+    ds: ray.data.Dataset, rates: dict[int, float] | None, shuffle: str = "global"
+) -> ray.data.Dataset:
+    """One epoch's draw of rows (all of them, once, when `rates` is None), in a fresh
+    random order. The shuffle moves compressed rows, before decoding, and comes after
+    the repeats so a minority image's copies land in different batches."""
+    if rates is not None:
+        ds = ds.map_batches(repeat_rows, fn_kwargs={"rates": rates}, batch_format="numpy")
+    return ds.random_shuffle() if shuffle == "global" else ds.randomize_block_order()
 
 
 def train_dataset(
@@ -109,7 +111,7 @@ def train_dataset(
     data: DataSection,
 ) -> ray.data.Dataset:
     """The train split, balanced when `rates` is given, augmented per draw."""
-    return epoch_draw(read_split(uris, storage), rates).map_batches(
+    return epoch_draw(read_split(uris, storage), rates, data.shuffle).map_batches(
         augment_batch,
         fn_kwargs={"input_size": input_size, "mean": mean, "std": std, "data": data},
         batch_size=data.augment_batch_size,
