@@ -16,6 +16,7 @@ import pytest
 from devkit.local_s3 import upload_files
 from devkit.messy_lake import KEPT, encode, photo
 from devkit.planted import DUPLICATE_OF, planted_cases
+from devkit.weights import embedding_args
 from pipeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -48,6 +49,7 @@ def cleaned(s3, tmp_path_factory):
         "--no-progress",
         "--files-per-task",
         "8",
+        *embedding_args(),
     ]
     assert main(args) == 0
     return bucket, cases, args, read_version(fs, f"{bucket}/out")
