@@ -21,6 +21,11 @@ How, top-down (`deduplicate` runs these steps):
    order and claim every unclaimed copy within the threshold *of the keeper*, so a
    chain A~B~C never merges A and C through B. The verified pairs are small (a few per
    duplicate), which is why this pass needs no cluster.
+   With verification on (the default, `embedding_weights`), the search radius is the
+   looser `verify_hash_distance` and a keeper claims a candidate only if their
+   MobileNetV2 embeddings and colour layouts (`pipeline.embed`) agree too (`_Verifier`):
+   the looser radius catches slight crops, the second signal rejects unrelated images
+   whose hashes collide (low-structure images: a small object against plain sky).
 5. Label conflicts: a cluster whose copies carry two classes is reported and, by
    default, dropped entirely.
 
