@@ -19,6 +19,7 @@ from pathlib import Path
 
 from devkit.local_s3 import LocalS3, upload_files
 from devkit.sample_lake import demo_lake
+from devkit.weights import embedding_args
 
 BUCKET = "lake"
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"s3://{BUCKET}/clean",
                 "--endpoint-url",
                 s3.endpoint_url,
+                *embedding_args(),
             ]
         )
         if code:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from common.backbone import WeightsUnavailable
 from common.config import add_config_command, config_from_args
 from common.storage import join
 from pipeline.config import CleanConfig
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = run_clean(cfg)
-    except (LakeError, OutputError) as exc:
+    except (LakeError, OutputError, WeightsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_JOB_FAILED
     for line in summary_lines(result.report):

@@ -21,6 +21,11 @@ How, top-down (`deduplicate` runs these steps):
    order and claim every unclaimed copy within the threshold *of the keeper*, so a
    chain A~B~C never merges A and C through B. The verified pairs are small (a few per
    duplicate), which is why this pass needs no cluster.
+   With verification on (the default, `embedding_weights`), the search radius is the
+   looser `verify_hash_distance` and a keeper claims a candidate only if their
+   MobileNetV2 embeddings and colour layouts (`pipeline.embed`) agree too (`_Verifier`):
+   the looser radius catches slight crops, the second signal rejects unrelated images
+   whose hashes collide (low-structure images: a small object against plain sky).
 5. Label conflicts: a cluster whose copies carry two classes is reported and, by
    default, dropped entirely.
 
@@ -54,6 +59,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common.backbone import NO_WEIGHTS
 from common.config import option
 
 if TYPE_CHECKING:  # Ray and imagehash load lazily: the CLI imports this module for --help
@@ -70,7 +76,9 @@ HASH_KINDS = ("phash", "dhash", "whash", "ahash")
 KEEP_KEYS = ("resolution", "lossless", "earliest")
 HASH_BITS = 64
 
-# Optional: hash_stability (float; null or absent counts as stable).
+# Optional: hash_stability (float; null or absent counts as stable); with verification
+# (cfg.verified) also embedding (list of floats, L2-normalised: `pipeline.embed`) and
+# colour_layout (list of floats): a row without them is matched exactly only.
 REQUIRED_COLUMNS = (
     "source_uri",
     "class_name",
@@ -105,8 +113,33 @@ class DedupConfig:
     )
     max_hash_distance: int = option(
         8,
-        "Near duplicate: hashes differ in at most this many of 64 bits; every dropped copy "
-        "is within it of the image kept in its place",
+        "Without embedding verification (--embedding-weights none): a near duplicate's "
+        "hash differs in at most this many of 64 bits from the image kept in its place",
+    )
+    embedding_weights: str = option(
+        "default",
+        "MobileNetV2 weights that embed each image to verify near-duplicate candidates: "
+        "'default' = torchvision's IMAGENET1K_V2 (downloaded once into the torch cache; "
+        "the job stops with an error when it cannot be), a local state-dict path (a "
+        "backbone-only `features.*` dict is fine), or 'none' = no verification (pHash "
+        "alone, within max_hash_distance)",
+    )
+    embedding_side: int = option(
+        112, "Side of the square the image is squashed to before it is embedded"
+    )
+    verify_hash_distance: int = option(
+        12,
+        "With verification: hashes within this many bits are candidates, and a candidate "
+        "is a near duplicate only if it also passes both checks below against the image "
+        "kept in its place",
+    )
+    min_embedding_similarity: float = option(
+        0.9, "Verification: cosine similarity of the two images' embeddings at least this"
+    )
+    max_colour_angle: float = option(
+        3.0,
+        "Verification: angle in degrees between the two images' colour layouts (mean RGB "
+        "of a 4x4 grid; a brightness change does not move it) at most this",
     )
     keep_policy: list[str] = option(
         ["resolution", "lossless", "earliest"],
@@ -126,7 +159,14 @@ class DedupConfig:
         "strict_hash_distance",
     )
     strict_hash_distance: int = option(
-        2, "The stricter near-duplicate distance for images of low hash stability"
+        2,
+        "Without verification: the stricter near-duplicate distance for images of low "
+        "hash stability",
+    )
+    strict_colour_angle: float = option(
+        0.5,
+        "With verification: the stricter colour-layout angle (degrees) for images of low "
+        "hash stability: on plain sky the colours are most of what tells two clips apart",
     )
     conflict_matching: str = option(
         "exact",
@@ -162,6 +202,16 @@ class DedupConfig:
     hashes_per_task: int = option(
         131_072, "Distinct hashes whose near neighbours one Ray search task looks up"
     )
+
+    @property
+    def verified(self) -> bool:
+        """Candidates are verified with the embedding and colour layout."""
+        return self.embedding_weights != NO_WEIGHTS
+
+    @property
+    def search_distance(self) -> int:
+        """The Hamming radius the candidate search uses."""
+        return self.verify_hash_distance if self.verified else self.max_hash_distance
 
 
 # --- Hashing (called by the normalise stage) ---------------------------------------------
@@ -614,8 +664,15 @@ _INPUT_SCHEMA = pa.schema(
         ("seen_order", pa.int64()),
         ("low_detail", pa.bool_()),
         ("hash_stability", pa.float64()),
+        ("embedding", pa.list_(pa.float16())),
+        ("colour_layout", pa.list_(pa.float32())),
     ]
 )
+OPTIONAL_COLUMNS = {
+    "hash_stability": pa.float64(),
+    "embedding": pa.list_(pa.float16()),
+    "colour_layout": pa.list_(pa.float32()),
+}
 
 
 @dataclass
@@ -634,6 +691,8 @@ class _Rows:
     searchable: np.ndarray  # takes part in the near-duplicate search
     rank: np.ndarray  # position in keep-policy order, 0 = best
     cluster_id: np.ndarray  # object: the id a cluster kept by this row gets
+    embedding: np.ndarray | None  # (rows, dim) float16, L2-normalised; None: no verification
+    colour: np.ndarray | None  # (rows, cells) float32, L2-normalised
 
     @property
     def count(self) -> int:
@@ -644,9 +703,10 @@ def _checked(table: pa.Table, what: str) -> pa.Table:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{what} table lacks column(s): {', '.join(missing)}")
-    if "hash_stability" not in table.column_names:
-        table = table.append_column("hash_stability", pa.nulls(table.num_rows, pa.float64()))
-    out = table.select([*REQUIRED_COLUMNS, "hash_stability"]).cast(_INPUT_SCHEMA)
+    for name, kind in OPTIONAL_COLUMNS.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, kind))
+    out = table.select([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS]).cast(_INPUT_SCHEMA)
     if out["sha256"].null_count or out["source_uri"].null_count:
         raise ValueError(f"{what} table has rows without source_uri or sha256")
     return out
@@ -679,6 +739,12 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 
 
 def _rows(existing: pa.Table | None, new: pa.Table, cfg: DedupConfig) -> _Rows:
+    missing = {"embedding", "colour_layout"} - set(new.column_names)
+    if cfg.verified and missing:
+        raise ValueError(
+            f"verification is on (embedding_weights {cfg.embedding_weights!r}) but the new "
+            f"rows lack {', '.join(sorted(missing))}; embedding_weights 'none' turns it off"
+        )
     tables = [_checked(new, "new")]
     if existing is not None:
         tables.insert(0, _checked(existing, "existing"))
@@ -695,6 +761,12 @@ def _rows(existing: pa.Table | None, new: pa.Table, cfg: DedupConfig) -> _Rows:
         hashes, cfg.min_hash_bits, sha_code, cfg.max_hash_collisions
     )
     searchable = has_hash & ~low_detail & ~degenerate
+    embedding = colour = None
+    if cfg.verified:
+        embedding, has_embedding = vectors(table["embedding"], np.float16)
+        colour, has_colour = vectors(table["colour_layout"], np.float32)
+        colour /= np.maximum(np.linalg.norm(colour, axis=1, keepdims=True), 1e-12)
+        searchable &= has_embedding & has_colour
     # A unit (the new rows of one sha256) is searched only if all its rows can be.
     new_codes = sha_code[n_existing:]
     blocked = np.bincount(new_codes, weights=~searchable[n_existing:], minlength=1) > 0
@@ -719,7 +791,23 @@ def _rows(existing: pa.Table | None, new: pa.Table, cfg: DedupConfig) -> _Rows:
         searchable=searchable,
         rank=policy_rank(table, cfg.keep_policy, cfg.lossless_formats),
         cluster_id=cluster_id,
+        embedding=embedding,
+        colour=colour,
     )
+
+
+def vectors(column: pa.ChunkedArray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as a (rows, dim) matrix (zeros where null), and the non-null mask."""
+    lists = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    valid = np.asarray(lists.is_valid(), dtype=bool)
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(lists), 0))
+    dim = int(lengths.max(initial=0))
+    if (lengths[valid] != dim).any():
+        raise ValueError(f"rows hold vectors of different lengths: {sorted(set(lengths))}")
+    out = np.zeros((len(lists), dim), dtype=dtype)
+    flat = np.asarray(pc.list_flatten(lists.filter(pa.array(valid))), dtype=dtype)
+    out[valid] = flat.reshape(-1, dim)
+    return out, valid & (lengths > 0)
 
 
 # --- Clustering: greedy keepers, bounded by the distance to the keeper ----------------------
@@ -731,6 +819,40 @@ def _csr(keys: np.ndarray, values: np.ndarray, size: int) -> tuple[list[int], li
     ptr = np.zeros(size + 1, dtype=np.int64)
     np.cumsum(np.bincount(keys, minlength=size), out=ptr[1:])
     return ptr.tolist(), values[order].tolist()
+
+
+class _Verifier:
+    """The second check of a near-duplicate candidate, against the keeper itself.
+
+    A hash collision says little on low-structure images, so a keeper claims a
+    candidate unit only if their embeddings (what is in the picture) and their colour
+    layouts (where the colours are) agree too. Rows of one unit share their pixels and
+    so their signals: one row per unit stands for it.
+    """
+
+    def __init__(self, rows: _Rows, cfg: DedupConfig):
+        assert rows.embedding is not None and rows.colour is not None
+        self.embedding, self.colour = rows.embedding, rows.colour
+        self.min_similarity = cfg.min_embedding_similarity
+        self.min_colour_cosine = math.cos(math.radians(cfg.max_colour_angle))
+        self.strict_colour_cosine = math.cos(math.radians(cfg.strict_colour_angle))
+        self.strict = rows.strict
+        self.unit_row = np.zeros(int(rows.sha_code.max(initial=-1)) + 1, dtype=np.int64)
+        self.unit_row[rows.sha_code[::-1]] = np.arange(rows.count)[::-1]  # first row wins
+        self.rejected = 0
+
+    def __call__(self, row: int, units: list[int]) -> list[int]:
+        """The candidate units that pass both checks against `row`."""
+        others = self.unit_row[units]
+        similarity = self.embedding[others].astype(np.float32) @ self.embedding[row].astype(
+            np.float32
+        )
+        colour = self.colour[others] @ self.colour[row]
+        strict = self.strict[others] | self.strict[row]
+        min_colour = np.where(strict, self.strict_colour_cosine, self.min_colour_cosine)
+        passed = (similarity >= self.min_similarity) & (colour >= min_colour)
+        self.rejected += int(passed.size - passed.sum())
+        return [u for u, ok in zip(units, passed.tolist(), strict=True) if ok]
 
 
 class _Clusterer:
@@ -749,8 +871,10 @@ class _Clusterer:
         pairs: NearPairs,
         n_nodes: int,
         near_across_classes: bool,
+        verifier: _Verifier | None = None,
     ):
         self.rows = rows
+        self.verifier = verifier
         self.node_of = node_of
         self.near_across_classes = near_across_classes
         self.unit_class = _unit_classes(rows)
@@ -798,16 +922,17 @@ class _Clusterer:
         if node < 0:
             return
         own_unit, own_class = self.row_unit[row], self.row_class[row]
+        found = []
         for near in [node, *self.nbrs[self.nbr_ptr[node] : self.nbr_ptr[node + 1]]]:
             for unit in self.units[self.unit_ptr[near] : self.unit_ptr[near + 1]]:
-                if keeper[unit] >= 0:
+                if keeper[unit] >= 0 or unit == own_unit:  # own unit: claimed by the caller
                     continue
-                if (
-                    self.near_across_classes
-                    or unit == own_unit
-                    or self.unit_class[unit] == own_class
-                ):
-                    keeper[unit] = row
+                if self.near_across_classes or self.unit_class[unit] == own_class:
+                    found.append(unit)
+        if self.verifier is not None and found:
+            found = self.verifier(row, found)
+        for unit in found:
+            keeper[unit] = row
 
     def _touches_new(self, rows: np.ndarray) -> np.ndarray:
         """Existing rows whose node could reach a new unit (the others claim nothing)."""
@@ -865,14 +990,19 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
         is_query[node_of_row[rows.n_existing :][rows.searchable[rows.n_existing :]]] = True
     pairs = find_near_pairs(
         nodes,
-        cfg.max_hash_distance,
+        cfg.search_distance,
         is_query=is_query,
         bands=cfg.hash_bands,
         max_bucket_hashes=cfg.max_bucket_hashes,
         hashes_per_task=cfg.hashes_per_task,
     )
-    pairs = _apply_strict_distance(pairs, rows, node_of_row, nodes.size, cfg)
-    keeper = _Clusterer(rows, node_of_row, pairs, nodes.size, cfg.conflict_matching == "near").run()
+    verifier = None
+    if cfg.verified:
+        verifier = _Verifier(rows, cfg)
+    else:
+        pairs = _apply_strict_distance(pairs, rows, node_of_row, nodes.size, cfg)
+    near_across = cfg.conflict_matching == "near"
+    keeper = _Clusterer(rows, node_of_row, pairs, nodes.size, near_across, verifier).run()
     decisions, summary = _decisions(rows, keeper, cfg)
     summary["search"] = {
         "distinct_hashes": int(nodes.size),
@@ -880,6 +1010,8 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
         "band_radius": pairs.plan.radius,
         "candidate_pairs": int(pairs.candidates),
         "near_pairs": int(pairs.i.size),
+        "verified": cfg.verified,
+        "failed_verification": verifier.rejected if verifier else 0,
         "crowded_buckets": int(pairs.giant_buckets),
         "seconds": round(pairs.seconds, 3),
     }
@@ -970,7 +1102,7 @@ def _summary(
         "degenerate_hash_rows": int(rows.degenerate[new].sum()),
         "label_conflicts": _conflicts(rows, keeper, conflicts),
         "hash_kind": cfg.hash_kind,
-        "max_hash_distance": cfg.max_hash_distance,
+        "max_hash_distance": cfg.search_distance,
     }
 
 

@@ -23,6 +23,7 @@ from common.ray_runtime import ensure_ray
 from common.storage import join
 from pipeline import dedup
 from pipeline.config import CleanConfig
+from pipeline.embed import embedder
 from pipeline.finalize import finalize_stage, work_items
 from pipeline.incremental import carry_over, plan_run, previous_state
 from pipeline.listing import list_lake
@@ -126,11 +127,11 @@ def decide(
     )
     units = pa.concat_tables(
         [
-            _split_input(existing.to_pylist() if existing.num_rows else []),
+            _split_input(_split_rows(existing)),
             _split_input(
                 [
                     {**r, "cluster_id": by_uri[r["source_uri"]]["cluster_id"], "split": None}
-                    for r in kept_new.to_pylist()
+                    for r in _split_rows(kept_new)
                 ]
             ),
         ]
@@ -150,11 +151,18 @@ def decide(
     return decisions, {**summary, **split_stats}
 
 
+SPLIT_COLUMNS = ["source_uri", "class_name", "cluster_id", "group", "split"]
+
+
+def _split_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """The split's columns only: the rows also carry 1280-float embeddings."""
+    return table.select([c for c in SPLIT_COLUMNS if c in table.column_names]).to_pylist()
+
+
 def _split_input(rows: list[dict[str, Any]]) -> pa.Table:
-    columns = ["source_uri", "class_name", "cluster_id", "group", "split"]
     return pa.Table.from_pylist(
-        [{c: r.get(c) for c in columns} for r in rows],
-        schema=pa.schema([(c, pa.string()) for c in columns]),
+        [{c: r.get(c) for c in SPLIT_COLUMNS} for r in rows],
+        schema=pa.schema([(c, pa.string()) for c in SPLIT_COLUMNS]),
     )
 
 
@@ -165,17 +173,14 @@ def index_shard(
     kept = decisions.filter(decisions["keep"])
     if kept.num_rows == 0:
         return Shards()
-    outcome = {d["source_uri"]: d for d in kept.to_pylist()}
-    rows = [
-        {
-            **{c: r.get(c) for c in INDEX_COLUMNS},
-            "cluster_id": outcome[u]["cluster_id"],
-            "split": outcome[u]["split"],
-        }
-        for r in candidates.to_pylist()
-        if (u := r["source_uri"]) in outcome
-    ]
-    table = pa.Table.from_pylist(rows).select(INDEX_COLUMNS)
+    rows = candidates.filter(pc.is_in(candidates["source_uri"], value_set=kept["source_uri"]))
+    outcome = pc.index_in(rows["source_uri"], value_set=kept["source_uri"])
+    table = (
+        rows.drop_columns([c for c in ("cluster_id", "split") if c in rows.column_names])
+        .append_column("cluster_id", pc.take(kept["cluster_id"], outcome))
+        .append_column("split", pc.take(kept["split"], outcome))
+        .select(INDEX_COLUMNS)
+    )
     uri = join(stage, INDEX, f"index-{run_id}.parquet")
     return Shards([ShardWrite(INDEX, uri, table.num_rows, write_parquet(table, uri, cfg.storage))])
 
@@ -201,6 +206,8 @@ def run_clean(cfg: CleanConfig) -> CleanResult:
         return CleanResult(cfg.output_uri, previous, report, time.perf_counter() - started, True)
 
     check_writable(cfg.output_uri, run_id, cfg.storage)
+    if cfg.dedup.verified:
+        embedder(cfg.dedup.embedding_weights)  # fails here, before any work, if unavailable
     stage = staging_uri(cfg.output_uri, run_id)
     write_snapshot(snapshot, join(stage, "snapshot.parquet"), cfg.storage)
     ensure_ray(cfg.execution.ray_address, cfg.execution.num_cpus)

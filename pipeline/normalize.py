@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 from PIL import Image, ImageStat
@@ -26,12 +27,15 @@ from common.reasons import Reason, Rejected
 from common.storage import filesystem
 from pipeline.config import CleanConfig, NormalizeConfig
 from pipeline.dedup import hash_signals
+from pipeline.embed import colour_layout, embedder, embedding_input
 from pipeline.junk import is_low_detail, registered_checks, score_column, score_image, verdict
 from pipeline.tables import KEPT, REJECTED, work_schema
 
 log = logging.getLogger(__name__)
 
 THUMBNAIL_QUALITY = 80
+# Set by `signals` and consumed by `normalise_batch`, which embeds a batch at once.
+EMBEDDING_INPUT = "_embedding_input"
 
 
 def decode_limits(cfg: NormalizeConfig) -> DecodeLimits:
@@ -117,11 +121,18 @@ def signals(normalised: Normalised, cfg: CleanConfig) -> dict[str, Any]:
     meta = {k: fields[k] for k in ("source_width", "source_height", "source_format")}
     scores = score_image(normalised.image, meta, cfg.junk)
     phash, stability = hash_signals(normalised.image, cfg.dedup.hash_kind)
+    verification = {}
+    if cfg.dedup.verified:
+        verification = {
+            "colour_layout": colour_layout(normalised.image),
+            EMBEDDING_INPUT: embedding_input(normalised.image, cfg.dedup.embedding_side),
+        }
     return {
         "phash": phash,
         "hash_stability": stability,
         "low_detail": is_low_detail(scores, cfg.junk),
         **scores,  # junk_<check> columns
+        **verification,
     }
 
 
@@ -186,6 +197,7 @@ def normalise_item(item: dict[str, Any], data: bytes | Exception, cfg: CleanConf
     junk_reason, junk_score = verdict(row, cfg.junk)
     if junk_reason:
         row = {**row, "score": junk_score}
+        row.pop(EMBEDDING_INPUT, None)  # rejected: never compared
         return _rejection(row, junk_reason, f"score {junk_score:.4g}")
     return {**row, "status": KEPT}
 
@@ -208,7 +220,29 @@ def normalise_batch(batch: pa.Table, cfg: CleanConfig) -> pa.Table:
             fetched = pool.map(lambda item: _fetch(fs, item["source_uri"]), window)
             for item, data in zip(window, fetched, strict=True):
                 out.append(normalise_item(item, data, cfg))
-    return pa.Table.from_pylist(out, schema=work_schema(score_columns(cfg)))
+    inputs = [row.pop(EMBEDDING_INPUT, None) for row in out]
+    table = pa.Table.from_pylist(out, schema=work_schema(score_columns(cfg)))
+    if cfg.dedup.verified:
+        table = with_embeddings(table, inputs, cfg.dedup.embedding_weights)
+    return table
+
+
+def with_embeddings(table: pa.Table, inputs: list[np.ndarray | None], weights: str) -> pa.Table:
+    """Fill the `embedding` column of the rows that have an input, in one batched pass:
+    a CNN costs far less per image in batches than one image at a time."""
+    todo = [i for i, x in enumerate(inputs) if x is not None]
+    if not todo:
+        return table
+    vectors = embedder(weights)([inputs[i] for i in todo])
+    dim = vectors.shape[1]
+    offsets = np.zeros(len(inputs) + 1, dtype=np.int32)
+    lengths = np.zeros(len(inputs), dtype=np.int32)
+    lengths[todo] = dim
+    np.cumsum(lengths, out=offsets[1:])
+    mask = pa.array(lengths == 0)
+    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(vectors.ravel()), mask=mask)
+    index = table.schema.get_field_index("embedding")
+    return table.set_column(index, table.schema.field(index), column)
 
 
 def score_columns(cfg: CleanConfig) -> list[str]:

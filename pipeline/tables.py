@@ -47,6 +47,9 @@ _PIXELS = [
     ("channel_sqmean", pa.list_(pa.float32(), 3)),
     ("low_detail", pa.bool_()),
     ("hash_stability", pa.float32()),
+    # The near-duplicate verification's signals (`pipeline.embed`); null when it is off.
+    ("embedding", pa.list_(pa.float16())),
+    ("colour_layout", pa.list_(pa.float32())),
 ]
 
 
@@ -76,7 +79,8 @@ REJECTED_COLUMNS = [
 INDEX_COLUMNS = [
     "source_uri", "class_name", "label", "sha256", "phash", "width", "height",
     "source_width", "source_height", "source_format", "seen_order", "low_detail",
-    "hash_stability", "cluster_id", "group", "split", "source_etag",
+    "hash_stability", "embedding", "colour_layout", "cluster_id", "group", "split",
+    "source_etag",
 ]  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from common.storage import StorageConfig
 from devkit.local_s3 import upload_files
 from devkit.messy_lake import KEPT, as_files, encode, messy_cases, photo
+from devkit.weights import embedding_args
 from pipeline import job
 from pipeline.cli import main
 from pipeline.output import read_manifest, read_table
@@ -52,6 +53,7 @@ def test_every_file_once_with_its_outcome(s3, bucket, messy_lake):
             "--files-per-task",
             "8",
             "--no-progress",
+            *embedding_args(),
         ]
     )
     assert code == 0
@@ -114,7 +116,8 @@ def test_snapshot_isolates_the_run_from_files_arriving_and_changing(s3, bucket, 
 
     monkeypatch.setattr(job, "list_lake", list_then_mutate)
     storage = StorageConfig(endpoint_url=s3.endpoint_url)
-    assert main(["clean", f"s3://{bucket}/raw", f"s3://{bucket}/out", "--no-progress"]) == 0
+    args = ["clean", f"s3://{bucket}/raw", f"s3://{bucket}/out", "--no-progress"]
+    assert main([*args, *embedding_args()]) == 0
     images = read_table(f"s3://{bucket}/out", "images", storage, ["source_uri"])
     rejected = read_table(f"s3://{bucket}/out", "rejected", storage).to_pylist()
     assert f"s3://{bucket}/raw/birds/new.png" not in images["source_uri"].to_pylist()
@@ -131,6 +134,7 @@ def test_rerun_publishes_a_new_version_and_leaves_no_strays(s3, bucket):
     )
     fs.pipe_file(f"{bucket}/out/images/part-crashed-run.parquet", b"leftover of a dead run")
     args = ["clean", f"s3://{bucket}/raw", f"s3://{bucket}/out", "--no-progress"]
+    args += embedding_args()
     assert main(args) == 0
     first = read_manifest(f"s3://{bucket}/out", StorageConfig())
     fs.pipe_file(f"{bucket}/raw/a/extra.png", encode(photo(64, 64, 7), "PNG"))
@@ -150,7 +154,9 @@ def test_local_folder_lake(tmp_path):
     }.items():
         (lake / name).parent.mkdir(parents=True, exist_ok=True)
         (lake / name).write_bytes(data)
-    assert main(["clean", str(lake), str(tmp_path / "out"), "--no-progress"]) == 0
+    assert (
+        main(["clean", str(lake), str(tmp_path / "out"), "--no-progress", *embedding_args()]) == 0
+    )
     manifest = read_manifest(str(tmp_path / "out"), StorageConfig())
     assert manifest["classes"] == ["cats", "dogs"]
     assert manifest["totals"] == {"listed": 3, "kept": 2, "rejected": 1}

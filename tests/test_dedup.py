@@ -15,7 +15,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from common.backbone import NO_WEIGHTS, WeightsUnavailable, mobilenet_v2_backbone
 from common.config import add_config_args, load_config
+from devkit.weights import local_embedding_weights
 from pipeline.dedup import (
     DECISION_SCHEMA,
     EXACT_DUPLICATE,
@@ -31,6 +33,7 @@ from pipeline.dedup import (
     hash_stability,
     hashes_to_uint64,
 )
+from pipeline.embed import Embedder, colour_layout, embedder, embedding_input
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -62,6 +65,7 @@ def row(uri: str, phash: int | None, **kw) -> dict:
 def run(rows: list[dict], existing: list[dict] | None = None, **cfg) -> tuple[dict, dict]:
     """Decisions by source_uri, and the summary."""
     old = pa.Table.from_pylist(existing) if existing is not None else None
+    cfg.setdefault("embedding_weights", NO_WEIGHTS)  # pHash alone unless a test verifies
     result = deduplicate(pa.Table.from_pylist(rows), DedupConfig(**cfg), old)
     assert result.decisions.schema == DECISION_SCHEMA
     assert result.decisions["source_uri"].to_pylist() == [r["source_uri"] for r in rows]
@@ -357,8 +361,81 @@ def test_nothing_to_search_still_decides_every_row():
     assert all(d["keep"] for d in out.values())
     assert summary["search"]["distinct_hashes"] == 0
     empty = pa.Table.from_pylist([row("a", A)]).slice(0, 0)
-    result = deduplicate(empty, DedupConfig())
+    result = deduplicate(empty, DedupConfig(embedding_weights=NO_WEIGHTS))
     assert result.decisions.num_rows == 0 and result.summary["clusters"] == 0
+
+
+# --- Verification: a second signal for every candidate ---------------------------------------
+
+VERIFIED = {"embedding_weights": "any-weights"}  # deduplicate() only checks it is not 'none'
+
+
+def unit(v: np.ndarray) -> list[float]:
+    return (v / np.linalg.norm(v)).tolist()
+
+
+def signals(seed: int, nudge: int = 0, sky: tuple[float, float, float] = (0.5, 0.6, 0.8)) -> dict:
+    """An embedding (16-d stands in for 1280) and a uniform 4x4 colour layout; `nudge`
+    moves the embedding a little (a re-encode or a slight crop of the same picture)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=16)
+    if nudge:
+        base += 0.1 * np.random.default_rng(1000 + nudge).normal(size=16)
+    return {"embedding": unit(base), "colour_layout": list(sky) * 16}
+
+
+def test_a_hash_collision_with_another_picture_is_not_merged():
+    same_hash = [row("a", A) | signals(1), row("b", A, seen=1) | signals(2)]
+    out, summary = run(same_hash, **VERIFIED)
+    assert out["a"]["keep"] and out["b"]["keep"]
+    assert summary["search"]["failed_verification"] == 1
+    out, _ = run([row("a", A) | signals(1), row("b", A, seen=1) | signals(1, nudge=1)], **VERIFIED)
+    assert out["b"]["reason"] == NEAR_DUPLICATE and out["b"]["distance"] == 0
+
+
+def test_verification_reaches_past_the_unverified_distance():
+    far = flip(A, range(T + 2))  # beyond max_hash_distance, within verify_hash_distance
+    assert T < T + 2 <= DedupConfig().verify_hash_distance
+    rows = [row("a", A) | signals(1), row("b", far, seen=1) | signals(1, nudge=1)]
+    out, _ = run(rows, **VERIFIED)
+    assert out["b"]["reason"] == NEAR_DUPLICATE and out["b"]["distance"] == T + 2
+    out, _ = run(
+        [{k: v for k, v in r.items() if k not in ("embedding", "colour_layout")} for r in rows]
+    )
+    assert out["b"]["keep"]  # pHash alone stops at max_hash_distance
+
+
+def test_colours_must_agree_and_more_so_on_plain_sky():
+    blue, greyer = (0.50, 0.60, 0.80), (0.52, 0.60, 0.78)  # about 1.6 degrees apart
+    rows = [row("a", A) | signals(1, sky=blue), row("b", A, seen=1) | signals(1, 1, sky=greyer)]
+    out, _ = run(rows, **VERIFIED)
+    assert out["b"]["reason"] == NEAR_DUPLICATE
+    out, _ = run(rows, **VERIFIED, max_colour_angle=1.0)
+    assert out["b"]["keep"]
+    low = [r | {"hash_stability": 100.0} for r in rows]  # low structure: strict_colour_angle
+    out, _ = run(low, **VERIFIED)
+    assert out["b"]["keep"]
+
+
+def test_rows_without_signals_are_matched_exactly_only():
+    bare = row("c", A, seen=2) | {"embedding": None, "colour_layout": None}
+    copy = row("d", A, sha="sha-a", seen=3) | {"embedding": None, "colour_layout": None}
+    out, _ = run([row("a", A) | signals(1), bare, copy], **VERIFIED)
+    assert out["c"]["keep"]
+    assert out["d"]["reason"] == EXACT_DUPLICATE
+    with pytest.raises(ValueError, match="lack"):
+        run([row("a", A)], **VERIFIED)
+
+
+def test_incremental_runs_verify_against_the_kept_rows():
+    old = [row("old", A, w=500, h=500) | signals(1)]
+    new = [
+        row("copy", flip(A, [1, 2]), seen=5) | signals(1, 1),
+        row("other", A, seen=6) | signals(7),
+    ]
+    out, _ = run(new, existing=old, **VERIFIED)
+    assert out["copy"]["duplicate_of"] == "old"
+    assert out["other"]["keep"]
 
 
 # --- Real perceptual hashes -------------------------------------------------------------------
@@ -403,6 +480,64 @@ def test_real_copies_of_an_image_are_near_duplicates():
     for name in ("reencoded.jpg", "half.jpg", "cropped.jpg"):
         assert out[name]["reason"] == NEAR_DUPLICATE
         assert out[name]["duplicate_of"] == "original.png"
+
+
+def real_row(name: str, image: Image.Image, weights: str, **kw) -> dict:
+    """A row with the signals the normalise stage computes for `image`."""
+    phash, stability = hash_signals(image)
+    side = DedupConfig().embedding_side
+    vector = embedder(weights)([embedding_input(image, side)])[0]
+    return row(name, int(phash, 16), w=image.width, h=image.height, **kw) | {
+        "hash_stability": stability,
+        "embedding": vector.astype(np.float32).tolist(),
+        "colour_layout": colour_layout(image),
+    }
+
+
+@pytest.mark.skipif(local_embedding_weights() == NO_WEIGHTS, reason="no local MobileNetV2 weights")
+def test_a_slight_crop_is_found_and_a_colliding_picture_is_not():
+    weights = local_embedding_weights()
+    original = blobs(4)
+    w, h = original.size
+    dx, dy = round(w * 0.025), round(h * 0.025)
+    cropped = original.crop((dx, dy, w - dx, h - dy))  # 5% of each side cut off
+    rows = [
+        real_row("original.png", original, weights, fmt="PNG"),
+        real_row("cropped.jpg", reencoded(cropped), weights, seen=1),
+        real_row("other.jpg", blobs(103), weights, seen=2),
+    ]
+    rows[2]["phash"] = rows[0]["phash"]  # a hash collision: pHash alone would merge it
+    out, _ = run(rows, embedding_weights=weights)
+    assert out["cropped.jpg"]["reason"] == NEAR_DUPLICATE
+    assert out["cropped.jpg"]["duplicate_of"] == "original.png"
+    assert out["cropped.jpg"]["distance"] > T  # beyond what pHash alone accepts
+    assert out["other.jpg"]["keep"]
+
+
+def test_embedder_mechanics_on_random_weights():
+    from torchvision.models import mobilenet_v2
+
+    embed = Embedder(mobilenet_v2(weights=None).features.eval())
+    a, b = (embedding_input(blobs(seed), 64) for seed in (1, 2))
+    vectors = embed([a, a, b]).astype(np.float32)
+    assert vectors.shape == (3, 1280)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-2)
+    assert np.array_equal(vectors[0], vectors[1]) and not np.array_equal(vectors[0], vectors[2])
+    assert len(colour_layout(blobs(1))) == 3 * 16
+
+
+def test_weights_load_from_a_local_file_or_fail_clearly(tmp_path):
+    import torch
+    from torchvision.models import mobilenet_v2
+
+    with pytest.raises(WeightsUnavailable, match="local state-dict path"):
+        mobilenet_v2_backbone(str(tmp_path / "missing.pth"))
+    state = mobilenet_v2(weights=None).state_dict()
+    torch.save({k: v for k, v in state.items() if k.startswith("features.")}, tmp_path / "w.pth")
+    _, report = mobilenet_v2_backbone(str(tmp_path / "w.pth"))
+    assert report.missing == [] and report.unexpected == []
+    with pytest.raises(ValueError, match="off"):
+        embedder(NO_WEIGHTS)
 
 
 def test_hash_helpers():

@@ -18,6 +18,7 @@ from common.config import _leaf_fields
 from common.storage import StorageConfig
 from devkit.local_s3 import upload_files
 from devkit.sample_lake import COMMITTED_CROPS, DEMO_CLASSES
+from devkit.weights import embedding_args
 from pipeline.cli import main as clean_main
 from pipeline.output import read_manifest
 from train.cli import main as train_main
@@ -53,6 +54,7 @@ def dataset(s3) -> str:
     upload_files(s3.filesystem(), f"{bucket}/raw", files)
     out = f"s3://{bucket}/clean"
     args = ["clean", f"s3://{bucket}/raw", out, "--endpoint-url", s3.endpoint_url, "--no-progress"]
+    args += embedding_args()
     assert clean_main(args) == 0
     return out
 

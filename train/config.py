@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.backbone import DEFAULT_WEIGHTS
 from common.config import option, section
 from common.storage import StorageConfig
 
-DEFAULT_WEIGHTS = "default"
-NO_WEIGHTS = "none"
 SCHEDULES = ("constant", "cosine", "step")
 SHUFFLES = ("global", "blocks")
 

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from devkit.local_s3 import LocalS3  # noqa: E402
+from devkit.weights import embedding_args  # noqa: E402
 
 CROPS_DIR = REPO.parent / "shared" / "data" / "halmstad-crops"
 BUCKET = "lake"
@@ -211,6 +212,7 @@ def job_command(endpoint_url: str) -> list[str]:
         "--num-cpus",
         str(NUM_CPUS),
         "--no-progress",
+        *embedding_args(),
     ]
 
 

@@ -61,10 +61,13 @@ from PIL import Image, ImageEnhance, ImageOps
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from common.backbone import NO_WEIGHTS  # noqa: E402
 from common.reasons import Rejected  # noqa: E402
 from common.storage import StorageConfig  # noqa: E402
+from devkit.weights import local_embedding_weights  # noqa: E402
 from pipeline import dedup  # noqa: E402
 from pipeline.config import NormalizeConfig  # noqa: E402
+from pipeline.embed import colour_layout, embedder, embedding_input  # noqa: E402
 from pipeline.junk import JunkConfig, is_low_detail, score_image, verdict  # noqa: E402
 from pipeline.normalize import normalise  # noqa: E402
 
@@ -164,6 +167,7 @@ class Sample:
     kind: str  # ORIGINAL or a key of VARIANTS
     filtered: str | None = None  # rejection reason before de-duplication
     row: dict[str, Any] = field(default_factory=dict)  # deduplicate()'s input columns
+    embedding_input: np.ndarray | None = None  # embedded in batches after normalising
 
 
 def _rgb(data: bytes) -> Image.Image:
@@ -260,7 +264,9 @@ def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
     reason, _ = verdict(scores, junk)
     if reason:
         sample.filtered = reason
-    phash, stability = dedup.hash_signals(normalised.image, dedup.DedupConfig().hash_kind)
+    cfg = dedup.DedupConfig()
+    phash, stability = dedup.hash_signals(normalised.image, cfg.hash_kind)
+    sample.embedding_input = embedding_input(normalised.image, cfg.embedding_side)
     sample.row = {
         "source_uri": sample.uri,
         "class_name": CLASS,
@@ -273,7 +279,19 @@ def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
         "seen_order": seen_order,
         "low_detail": is_low_detail(scores, junk),
         "hash_stability": stability,
+        "colour_layout": colour_layout(normalised.image),
     }
+
+
+def add_embeddings(samples: list[Sample], weights: str) -> float:
+    """The embedding column, computed in batches as the normalise tasks do; seconds."""
+    todo = [s for s in samples if s.row and not s.filtered]
+    started = time.perf_counter()
+    if weights != NO_WEIGHTS:
+        vectors = embedder(weights)([s.embedding_input for s in todo])
+        for sample, vector in zip(todo, vectors, strict=True):
+            sample.row["embedding"] = vector.astype(np.float32).tolist()
+    return time.perf_counter() - started
 
 
 def build_samples(originals: list[Original]) -> list[Sample]:
@@ -380,11 +398,18 @@ def _without_5(outcomes: list[Outcome]) -> list[Outcome]:
     return [o for o in outcomes if o.sample.kind not in FIVE_PERCENT]
 
 
-def run_dedup(samples: list[Sample], threshold: int) -> tuple[pa.Table, dict[str, Any]]:
-    rows = [s.row for s in samples if s.row and not s.filtered]
-    result = dedup.deduplicate(
-        pa.Table.from_pylist(rows), dedup.DedupConfig(max_hash_distance=threshold)
+def config(threshold: int, weights: str) -> dedup.DedupConfig:
+    """Defaults, with the search radius at `threshold`: the verified candidates' radius
+    when weights are given, else pHash's own."""
+    return dedup.DedupConfig(
+        max_hash_distance=threshold, verify_hash_distance=threshold, embedding_weights=weights
     )
+
+
+def run_dedup(samples: list[Sample], threshold: int, weights: str) -> tuple[pa.Table, dict]:
+    rows = [s.row for s in samples if s.row and not s.filtered]
+    table = pa.Table.from_pylist(rows)
+    result = dedup.deduplicate(table, config(threshold, weights))
     return result.decisions, result.summary
 
 
@@ -418,9 +443,12 @@ def _prr(outcomes: list[Outcome]) -> str:
     return f"{s.precision:.3f} {s.recall:.3f} {w.recall:.3f}"
 
 
-def print_sweep(samples: list[Sample], thresholds: Iterable[int]) -> dict[int, list[Outcome]]:
+def print_sweep(
+    samples: list[Sample], thresholds: Iterable[int], weights: str
+) -> dict[int, list[Outcome]]:
+    how = "pHash alone" if weights == NO_WEIGHTS else "pHash candidates verified (embedding)"
     print(
-        "\nthreshold sweep: P, R, R without the 5% crops (crop_c5, crop_e5); "
+        f"\nthreshold sweep, {how}: P, R, R without the 5% crops (crop_c5, crop_e5); "
         "photos = skimage + pillow"
     )
     names = ("all", "photos", "halmstad")
@@ -431,7 +459,7 @@ def print_sweep(samples: list[Sample], thresholds: Iterable[int]) -> dict[int, l
     )
     results = {}
     for t in thresholds:
-        decisions, summary = run_dedup(samples, t)
+        decisions, summary = run_dedup(samples, t, weights)
         outcomes = evaluate(samples, decisions)
         results[t] = outcomes
         total = score(outcomes)
@@ -494,10 +522,10 @@ def print_per_source(outcomes: list[Outcome], threshold: int) -> None:
         )
 
 
-def print_false_drops(samples: list[Sample], threshold: int, listed: int = 8) -> None:
+def print_false_drops(samples: list[Sample], threshold: int, weights: str, listed: int = 8) -> None:
     """Wrong drops counted by (dropped file's source, kept file's source); every wrong
     drop of a photo is listed, and the first few of the others."""
-    decisions, _ = run_dedup(samples, threshold)
+    decisions, _ = run_dedup(samples, threshold, weights)
     by_uri = {s.uri: s for s in samples}
     wrong = [
         d
@@ -553,23 +581,29 @@ def nearest_unrelated(samples: list[Sample]) -> None:
         )
 
 
-def part_a(crops_dir: Path, thresholds: list[int]) -> None:
-    default = dedup.DedupConfig().max_hash_distance
+def part_a(crops_dir: Path, thresholds: list[int], weights: str) -> None:
+    default = dedup.DedupConfig(embedding_weights=weights).search_distance
     started = time.perf_counter()
     originals = load_originals(crops_dir)
     samples = build_samples(originals)
+    built = time.perf_counter() - started
+    embedded = sum(bool(s.row) and not s.filtered for s in samples)
+    seconds = add_embeddings(samples, weights)
     print(
         f"== A. planted near duplicates: {len(originals)} originals x {len(VARIANTS)} variant "
-        f"kinds = {len(samples)} files, built and normalised in "
-        f"{time.perf_counter() - started:.0f} s"
+        f"kinds = {len(samples)} files, built and normalised in {built:.0f} s; "
+        f"{embedded} embedded ({weights}) in {seconds:.1f} s"
     )
     print("pillow photos used: " + ", ".join(PILLOW_PHOTOS))
     print_inputs(samples)
-    results = print_sweep(samples, sorted({*thresholds, default}))
+    if weights != NO_WEIGHTS:
+        unverified = dedup.DedupConfig(embedding_weights=NO_WEIGHTS).search_distance
+        print_sweep(samples, sorted({*thresholds, unverified}), NO_WEIGHTS)
+    results = print_sweep(samples, sorted({*thresholds, default}), weights)
     outcomes = results[default]
     print_per_kind(outcomes, default)
     print_per_source(outcomes, default)
-    print_false_drops(samples, default)
+    print_false_drops(samples, default, weights)
     print_keepers(outcomes, default)
     nearest_unrelated(samples)
     for name in ("photos", "halmstad", "all"):
@@ -762,7 +796,88 @@ def report_job(
     )
 
 
-def part_b(lake: Path, out_root: Path, seed: int, grouped: bool, thresholds: list[int]) -> None:
+def similar_pairs(vectors: np.ndarray, min_similarity: float, block: int = 2048) -> np.ndarray:
+    """(i, j) with i < j of every pair of rows whose cosine is at least min_similarity."""
+    found = []
+    for start in range(0, len(vectors), block):
+        sims = vectors[start : start + block] @ vectors.T
+        i, j = np.nonzero(sims >= min_similarity)
+        i += start
+        found.append(np.stack([i[i < j], j[i < j]], axis=1))
+    return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+
+
+def print_similarity_links(out: Path, job: JobOutput, similarities: list[float]) -> None:
+    """Would linking kept images with very close embeddings (split groups, not drops)
+    find the videos without the group key? The split is redone with the job's own
+    `assign_splits` plus these links; printed: leak, units and the largest, class balance."""
+    from pipeline.output import read_table
+    from pipeline.split import SplitConfig, assign_splits
+
+    index = read_table(
+        str(out),
+        "index",
+        StorageConfig(),
+        columns=["source_uri", "class_name", "cluster_id", "group", "embedding"],
+    )
+    if index["embedding"].null_count:
+        print("  similarity links: no embeddings in the index (verification off)")
+        return
+    vectors = np.stack(index["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    uris = index["source_uri"].to_pylist()
+    units = index.select(["source_uri", "class_name", "cluster_id", "group"]).append_column(
+        "split", pa.nulls(index.num_rows, pa.string())
+    )
+    print("  similarity links (embedding cosine >= s joins two kept images' split units):")
+    for s in similarities:
+        pairs = similar_pairs(vectors, s)
+        links = [(uris[i], uris[j]) for i, j in pairs.tolist()]
+        splits, stats = assign_splits(units, SplitConfig(), links)
+        split_of = dict(zip(uris, splits, strict=True))
+        leak = leak_share(job.kept, lambda r, split_of=split_of: split_of[r["source_uri"]])
+        sizes = Counter(_unit_roots(uris, index["cluster_id"].to_pylist(), links).values())
+        shares = _train_shares(job.kept, split_of)
+        print(
+            f"    s={s}: links {len(links)}, units {stats['units']}, largest "
+            f"{max(sizes.values())}, leak {100 * leak:.1f} % (random split: see above), "
+            f"train share per class {min(shares):.1f}-{max(shares):.1f} %"
+        )
+
+
+def _unit_roots(uris: list[str], clusters: list[str], links: list[tuple[str, str]]) -> dict:
+    """uri -> unit root, joining rows by cluster_id and by the links (for unit sizes)."""
+    parent = {u: u for u in uris}
+
+    def find(u: str) -> str:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    first: dict[str, str] = {}
+    for u, c in zip(uris, clusters, strict=True):
+        parent[find(u)] = find(first.setdefault(c, u))
+    for a, b in links:
+        parent[find(a)] = find(b)
+    return {u: find(u) for u in uris}
+
+
+def _train_shares(kept: list[dict[str, Any]], split_of: dict[str, str]) -> list[float]:
+    per_class: dict[str, Counter] = defaultdict(Counter)
+    for r in kept:
+        per_class[r["class_name"]][split_of[r["source_uri"]]] += 1
+    return [100 * c["train"] / sum(c.values()) for c in per_class.values()]
+
+
+def part_b(
+    lake: Path,
+    out_root: Path,
+    seed: int,
+    grouped: bool,
+    thresholds: list[int],
+    weights: str,
+    links: list[float],
+) -> None:
     manifest = read_manifest(lake)
     video_of = {r["file"]: r["video"] for r in manifest}
     listed = sum(1 for p in lake.rglob("*") if p.is_file())
@@ -784,12 +899,17 @@ def part_b(lake: Path, out_root: Path, seed: int, grouped: bool, thresholds: lis
                 ],
             )
         )
-    runs += [(f"--max-hash-distance {t}", ["--max-hash-distance", str(t)]) for t in thresholds]
+    runs += [
+        (f"hash distance {t}", ["--max-hash-distance", str(t), "--verify-hash-distance", str(t)])
+        for t in thresholds
+    ]
     for i, (title, extra) in enumerate(runs):
         out = out_root / f"{stamp}-{i}"
-        seconds = run_job(lake, out, extra)
+        seconds = run_job(lake, out, [*extra, "--embedding-weights", weights])
         job = load_output(out, lake, video_of)
         report_job(f"{title}: {out} ({seconds:.0f} s)", job, manifest, listed, seed)
+        if i == 0 and links:
+            print_similarity_links(out, job, links)
 
 
 def main() -> None:
@@ -808,6 +928,19 @@ def main() -> None:
         help="extra job runs (part B) with --max-hash-distance set to each of these",
     )
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument(
+        "--embedding-weights",
+        default=local_embedding_weights(),
+        help="MobileNetV2 weights for the verification ('none': pHash alone); default: the "
+        "shared state dict next to the checkout when present",
+    )
+    parser.add_argument(
+        "--link-similarities",
+        type=float,
+        nargs="*",
+        default=[0.98, 0.95, 0.9],
+        help="part B: redo the default run's split with embedding links at these cosines",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -815,7 +948,7 @@ def main() -> None:
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     if args.part in ("a", "both"):
-        part_a(args.crops.resolve(), args.thresholds)
+        part_a(args.crops.resolve(), args.thresholds, args.embedding_weights)
     if args.part in ("b", "both"):
         part_b(
             args.crops.resolve(),
@@ -823,6 +956,8 @@ def main() -> None:
             args.seed,
             not args.no_grouped,
             args.job_thresholds,
+            args.embedding_weights,
+            args.link_similarities,
         )
     ray.shutdown()
 

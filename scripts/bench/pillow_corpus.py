@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 from common.reasons import Rejected  # noqa: E402
 from common.storage import StorageConfig  # noqa: E402
 from common.svg import looks_like_svg  # noqa: E402
+from devkit.weights import embedding_args  # noqa: E402
 from pipeline.config import NormalizeConfig  # noqa: E402
 from pipeline.normalize import normalise_bytes  # noqa: E402
 
@@ -222,7 +223,15 @@ def run_job(lake: Path, out: Path) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from pipeline.cli import main as pipeline_main
 
-    argv = ["clean", str(lake), str(out), "--num-cpus", str(NUM_CPUS), "--no-progress"]
+    argv = [
+        "clean",
+        str(lake),
+        str(out),
+        "--num-cpus",
+        str(NUM_CPUS),
+        "--no-progress",
+        *embedding_args(),
+    ]
     return pipeline_main(argv)
 
 

@@ -1,0 +1,84 @@
+"""The second near-duplicate signal: what `pipeline.dedup` verifies pHash candidates with.
+
+Why: a 64-bit pHash cannot tell unrelated low-structure images apart (small objects
+against plain sky collide at distance 0), and a slight crop moves it past any strict
+threshold. So the search takes pHash candidates within a looser distance, and every
+candidate pair must also agree on two signals computed once per image here, in the
+normalise stage's Ray tasks, and stored in the work rows and the hash index (so
+incremental runs verify new images against already-kept ones):
+
+- `embedding`: the MobileNetV2 ImageNet backbone's globally pooled `features` output
+  (1280 floats, L2-normalised, float16) of the image squashed to a small square: what
+  is in the picture, robust to crops, re-encodes and brightness.
+- `colour_layout`: the mean colour of each cell of a coarse grid: where the colours
+  are. CNN features barely see colour, yet two clips of the same kind of drone differ
+  mostly in their sky.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from common.backbone import NO_WEIGHTS, mobilenet_v2_backbone
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torchvision's ImageNet statistics: what the backbone's weights were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_PIXEL_VALUE = 255.0
+# Images embedded per forward pass: large enough to amortise the per-call overhead,
+# small enough to keep a task's activations in tens of MiB at 128 px.
+BATCH_SIZE = 64
+COLOUR_GRID = 4
+
+
+def embedding_input(image: Image.Image, side: int) -> np.ndarray:
+    """The image squashed to side x side RGB (uint8 HWC): near copies share an aspect
+    ratio, so squashing loses nothing a letterbox would keep, and wastes no pixels."""
+    return np.asarray(image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR))
+
+
+def colour_layout(image: Image.Image, grid: int = COLOUR_GRID) -> list[float]:
+    """Mean RGB of each cell of a grid x grid layout, in [0, 1] (3 * grid**2 floats)."""
+    cells = image.convert("RGB").resize((grid, grid), Image.Resampling.BOX)
+    return (np.asarray(cells, np.float32).ravel() / MAX_PIXEL_VALUE).tolist()
+
+
+@dataclass
+class Embedder:
+    """The backbone in eval mode; call it with `embedding_input` arrays."""
+
+    features: nn.Module
+
+    def __call__(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """(n, 1280) float16, each row L2-normalised (cosine = dot product)."""
+        import torch
+
+        out = []
+        mean = np.asarray(IMAGENET_MEAN, np.float32)
+        std = np.asarray(IMAGENET_STD, np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(inputs), BATCH_SIZE):
+                batch = np.stack(inputs[start : start + BATCH_SIZE]).astype(np.float32)
+                batch = (batch / MAX_PIXEL_VALUE - mean) / std
+                x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+                pooled = self.features(x).mean(dim=(2, 3))
+                out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
+        return np.concatenate(out).astype(np.float16) if out else np.zeros((0, 0), np.float16)
+
+
+@cache
+def embedder(weights: str) -> Embedder:
+    """One backbone per process (Ray reuses worker processes across tasks), loaded once.
+    Raises common.backbone.WeightsUnavailable when `weights` cannot be loaded."""
+    if weights == NO_WEIGHTS:
+        raise ValueError("embedding is off (weights 'none'): nothing to embed with")
+    model, _ = mobilenet_v2_backbone(weights)
+    return Embedder(model.features.eval())
