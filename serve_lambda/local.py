@@ -54,9 +54,11 @@ class LocalError(Exception):
 
 
 def find_rie(explicit: str = "") -> Path:
-    """The RIE binary: `explicit`, else next to this python (.venv/bin), else PATH."""
-    candidates = [explicit] if explicit else [str(Path(sys.executable).parent / RIE_BINARY)]
-    candidates.append(shutil.which(RIE_BINARY) or "")
+    """The RIE binary: `explicit`, else next to this python (.venv/bin), else on PATH."""
+    if explicit:
+        candidates = [explicit]
+    else:
+        candidates = [str(Path(sys.executable).parent / RIE_BINARY), shutil.which(RIE_BINARY)]
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return Path(candidate)
