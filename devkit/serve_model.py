@@ -82,3 +82,17 @@ def save_fp32(out: Path, num_classes: int = len(DEMO_CLASSES)) -> Path:
         scripted = torch.jit.freeze(scripted)
         torch.jit.save(scripted, str(path))
     return path
+
+
+BENCH_INPUT_SIZE = 224
+BENCH_MODEL_DIR = Path(__file__).resolve().parent.parent / "out" / "bench" / "serve-model-224"
+
+
+def bench_model(model_dir: str | None) -> Path:
+    """`model_dir` (a real `train export`) when given, else a generated 224 px model,
+    built once into out/bench/ (latency and size do not depend on the weights)."""
+    if model_dir:
+        return Path(model_dir)
+    if not (BENCH_MODEL_DIR / "model.json").exists():
+        build_model(BENCH_MODEL_DIR, BENCH_INPUT_SIZE)
+    return BENCH_MODEL_DIR

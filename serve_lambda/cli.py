@@ -30,7 +30,7 @@ def run_local(cfg: LocalConfig) -> int:
     stop_on_sigterm()
     env = {**threads_env(cfg.torch_threads), **max_body_env(cfg.max_body_bytes)}
     function = LocalFunction(cfg.model_dir, cfg.rie, cfg.rie_port, env)
-    with function, HttpFront(function, cfg.host, cfg.port) as front:
+    with function, HttpFront(function, cfg.host, cfg.port, log_requests=True) as front:
         print(f"web page and API: {front.url}/  (emulator: {function.url})", flush=True)
         print(f"  curl --data-binary @photo.jpg {front.url}/predict", flush=True)
         with contextlib.suppress(KeyboardInterrupt):

@@ -237,7 +237,7 @@ def proxy(function: LocalFunction, lock: threading.Lock, event: dict[str, Any]):
     return int(answer["statusCode"]), dict(answer.get("headers") or {}), data
 
 
-def front_handler(function: LocalFunction) -> type[BaseHTTPRequestHandler]:
+def front_handler(function: LocalFunction, log_requests: bool) -> type[BaseHTTPRequestHandler]:
     lock = threading.Lock()
 
     class Front(BaseHTTPRequestHandler):
@@ -289,7 +289,8 @@ def front_handler(function: LocalFunction) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _forward
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-            sys.stderr.write(f"front: {format % args}\n")
+            if log_requests:
+                sys.stderr.write(f"front: {format % args}\n")
 
     return Front
 
@@ -297,8 +298,15 @@ def front_handler(function: LocalFunction) -> type[BaseHTTPRequestHandler]:
 class HttpFront:
     """A threaded HTTP server in front of a LocalFunction (what API Gateway does)."""
 
-    def __init__(self, function: LocalFunction, host: str = LOOPBACK, port: int = 0) -> None:
-        self.server = ThreadingHTTPServer((host, port), front_handler(function))
+    def __init__(
+        self,
+        function: LocalFunction,
+        host: str = LOOPBACK,
+        port: int = 0,
+        log_requests: bool = False,
+    ) -> None:
+        handler = front_handler(function, log_requests)
+        self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
