@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import statistics
 import sys
 import tempfile
@@ -113,6 +114,7 @@ def main() -> None:
     int8 = load_model(ServeSettings(model_dir=str(model_dir), torch_threads=1))
     print(f"model {model_dir}: {int8.info['input_size']} px, {len(int8.classes)} classes")
     print(f"torch threads: {torch.get_num_threads()}, engine {torch.backends.quantized.engine}")
+    print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = fp32_twin(int8, Path(scratch))
         fp32_bytes = (Path(scratch) / "model_fp32.pt").stat().st_size
@@ -136,6 +138,7 @@ def main() -> None:
                     f"| {percentile(parts['decode'], 50):.2f} "
                     f"| {percentile(parts['inference'], 50):.2f} |"
                 )
+    print(f"load average after: {os.getloadavg()}")
     print("\nmodel files")
     print(f"  int8 model.pt: {(model_dir / 'model.pt').stat().st_size / MB:.2f} MB")
     print(f"  fp32 TorchScript (same network, frozen): {fp32_bytes / MB:.2f} MB")
