@@ -19,8 +19,28 @@ from devkit import browser
 from devkit.messy_lake import bomb_png, corrupt_png, encode, exif_rotated_jpeg, photo, svg
 from devkit.sample_lake import COMMITTED_CROPS, DEMO_CLASSES
 from serve_lambda.config import API_GATEWAY_PAYLOAD_LIMIT, ServeSettings
-from serve_lambda.local import HttpFront, LocalFunction, max_body_env, threads_env
+from serve_lambda.local import (
+    HttpFront,
+    LocalError,
+    LocalFunction,
+    find_rie,
+    max_body_env,
+    threads_env,
+)
 from serve_lambda.model import ServedModel, load_model
+
+
+def rie_installed() -> bool:
+    try:
+        find_rie()
+    except LocalError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(
+    not rie_installed(), reason="aws-lambda-rie not installed (scripts/setup.sh extracts it)"
+)
 
 # The function's own body limit, lowered so a direct invoke (capped at 6 MB by Lambda
 # and the emulator) can exceed it.
