@@ -3,6 +3,9 @@
 resvg never fetches URLs, but it does read absolute `href` paths from disk, so every
 reference that is not inside the document (`#id`) or inline (`data:`) is removed
 before rendering. Documents with a DTD are refused outright (entity expansion).
+
+resvg is imported only when an SVG is rendered: the Lambda image refuses SVG and does
+not ship it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import io
 import re
 import xml.etree.ElementTree as ET
 
-import resvg_py
 from PIL import Image
 
 from common.reasons import Reason, Rejected
@@ -98,6 +100,8 @@ def rasterize_svg(data: bytes, max_side: int, max_bytes: int) -> Image.Image:
     width, height = _intrinsic_size(root)
     scale = min(1.0, max_side / max(width, height))
     target_w, target_h = max(1, round(width * scale)), max(1, round(height * scale))
+    import resvg_py  # here, not at the top: only SVG rendering needs it
+
     try:
         png = resvg_py.svg_to_bytes(
             svg_string=ET.tostring(root, encoding="unicode"), width=target_w, height=target_h

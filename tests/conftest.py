@@ -57,3 +57,18 @@ def bucket(s3: LocalS3) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(name)
     return name
+
+
+# The serving tests' model: small so it builds in seconds, exported for real.
+SERVE_INPUT_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def serve_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """An int8 TorchScript model.pt + model.json written by train/export.py's own
+    functions, from a seeded random-init MobileNetV2 (no training run needed)."""
+    from devkit.serve_model import build_model
+
+    out = tmp_path_factory.mktemp("serve-model")
+    build_model(out, SERVE_INPUT_SIZE)
+    return out

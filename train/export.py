@@ -138,6 +138,33 @@ def read_images(meta: dict[str, Any], split: str, storage: StorageConfig, limit:
     return table["image"].to_pylist(), np.asarray(table["label"].to_pylist(), dtype=np.int64)
 
 
+def save_torchscript(model: torch.nn.Module, out: Path) -> Path:
+    """Script and save `model` as `out/model.pt` (what the Lambda loads)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / MODEL_FILE
+    torch.jit.save(torch.jit.script(model), str(path))
+    return path
+
+
+def write_model_json(out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """`out/model.json`: `info` plus the saved file's name, size and sha256 (the Lambda
+    checks it before serving) and the library versions; returns what it wrote."""
+    path = out / MODEL_FILE
+    full = {
+        **info,
+        "file": MODEL_FILE,
+        "bytes": path.stat().st_size,
+        "sha256": sha256(path),
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    (out / MODEL_JSON).write_text(json.dumps(full, indent=2))
+    return full
+
+
 def run_export(cfg: ExportConfig) -> dict[str, Any]:
     """Write model.pt and model.json; returns model.json's content."""
     with deprecations_silenced():
@@ -152,9 +179,7 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
     test_images, test_labels = read_images(meta, TEST, cfg.storage, None)
     int8 = quantize(state, len(classes), calibration, transform, cfg.export)
     out = Path(cfg.model_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(torch.jit.script(int8), str(out / MODEL_FILE))
-    reloaded = torch.jit.load(str(out / MODEL_FILE))
+    reloaded = torch.jit.load(str(save_torchscript(int8, out)))
     fp32_pred = predict(
         model_from_state(state, len(classes)), test_images, transform, cfg.export.batch_size
     )
@@ -162,33 +187,27 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
     relu_pred = predict(  # what the ReLU6 -> ReLU swap alone costs, before int8
         quantizable_from_state(state, len(classes)), test_images, transform, cfg.export.batch_size
     )
-    info = {
-        "classes": classes,
-        "input_size": meta["input_size"],
-        "mean": meta["mean"],
-        "std": meta["std"],
-        "pad": "mean colour (common.preprocess)",
-        "fp32_test_accuracy": accuracy(fp32_pred, test_labels),
-        "fp32_relu_test_accuracy": accuracy(relu_pred, test_labels),
-        "int8_test_accuracy": accuracy(int8_pred, test_labels),
-        "int8_fp32_agreement": accuracy(int8_pred, fp32_pred),
-        "fp32_recall": recall_per_class(fp32_pred, test_labels, classes),
-        "int8_recall": recall_per_class(int8_pred, test_labels, classes),
-        "test_images": len(test_labels),
-        "trained_epochs": state["epoch"],
-        "backend": cfg.export.backend,
-        "file": MODEL_FILE,
-        "bytes": (out / MODEL_FILE).stat().st_size,
-        "sha256": sha256(out / MODEL_FILE),
-        "versions": {
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "python": platform.python_version(),
+    info = write_model_json(
+        out,
+        {
+            "classes": classes,
+            "input_size": meta["input_size"],
+            "mean": meta["mean"],
+            "std": meta["std"],
+            "pad": "mean colour (common.preprocess)",
+            "fp32_test_accuracy": accuracy(fp32_pred, test_labels),
+            "fp32_relu_test_accuracy": accuracy(relu_pred, test_labels),
+            "int8_test_accuracy": accuracy(int8_pred, test_labels),
+            "int8_fp32_agreement": accuracy(int8_pred, fp32_pred),
+            "fp32_recall": recall_per_class(fp32_pred, test_labels, classes),
+            "int8_recall": recall_per_class(int8_pred, test_labels, classes),
+            "test_images": len(test_labels),
+            "trained_epochs": state["epoch"],
+            "backend": cfg.export.backend,
+            "data_uri": meta["data_uri"],
+            "data_run_id": meta.get("data_run_id"),
         },
-        "data_uri": meta["data_uri"],
-        "data_run_id": meta.get("data_run_id"),
-    }
-    (out / MODEL_JSON).write_text(json.dumps(info, indent=2))
+    )
     drop = (info["fp32_test_accuracy"] - info["int8_test_accuracy"]) * PERCENT
     if drop > cfg.export.max_int8_drop:
         raise ExportError(

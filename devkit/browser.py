@@ -1,0 +1,145 @@
+"""Headless Chromium driven over the DevTools protocol, for page tests that interact.
+
+The protocol runs over `--remote-debugging-pipe` (fd 3: commands in, fd 4: answers
+out, NUL-separated JSON), so no WebSocket client and no debugging port are needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = "chromium"
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-pipe",
+)
+ANSWER_TIMEOUT_S = 60.0
+POLL_S = 0.1
+READ_BYTES = 2**16
+
+
+class BrowserError(Exception):
+    pass
+
+
+def available() -> bool:
+    return shutil.which(CHROMIUM) is not None
+
+
+class Chromium:
+    """One headless browser with one page; `call` sends a command to that page."""
+
+    def __init__(self, profile: Path) -> None:
+        self.commands_read, self.commands = os.pipe()
+        self.answers, self.answers_write = os.pipe()
+        script = (
+            f'exec "$0" "$@" 3<&{self.commands_read} 4>&{self.answers_write} '
+            f"{self.commands_read}<&- {self.answers_write}>&-"
+        )
+        self.process = subprocess.Popen(
+            ["bash", "-c", script, CHROMIUM, *FLAGS, f"--user-data-dir={profile}"],
+            pass_fds=(self.commands_read, self.answers_write),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(self.commands_read)
+        os.close(self.answers_write)
+        self.buffer = b""
+        self.next_id = 0
+        self.session: str | None = None
+
+    def _send(self, method: str, params: dict[str, Any], session: str | None) -> int:
+        self.next_id += 1
+        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self.commands, json.dumps(message).encode() + b"\0")
+        return self.next_id
+
+    def _read_message(self, deadline: float) -> dict[str, Any]:
+        while b"\0" not in self.buffer:
+            ready, _, _ = select.select([self.answers], [], [], max(0.0, deadline - time.time()))
+            if not ready:
+                raise BrowserError("no answer from chromium in time")
+            chunk = os.read(self.answers, READ_BYTES)
+            if not chunk:
+                raise BrowserError("chromium closed the pipe")
+            self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def call(self, method: str, page: bool = True, **params: Any) -> dict[str, Any]:
+        """Send a command and wait for its answer (events in between are dropped)."""
+        wanted = self._send(method, params, self.session if page else None)
+        deadline = time.time() + ANSWER_TIMEOUT_S
+        while True:
+            message = self._read_message(deadline)
+            if message.get("id") == wanted:
+                if "error" in message:
+                    raise BrowserError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def open(self, url: str) -> None:
+        target = self.call("Target.createTarget", page=False, url="about:blank")["targetId"]
+        attached = self.call("Target.attachToTarget", page=False, targetId=target, flatten=True)
+        self.session = attached["sessionId"]
+        self.call("Page.navigate", url=url)
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise BrowserError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout_s: float = ANSWER_TIMEOUT_S) -> Any:
+        """Poll until `expression` is truthy (a page still loading may throw: poll on);
+        returns its value."""
+        deadline = time.time() + timeout_s
+        last = "false"
+        while time.time() < deadline:
+            try:
+                value = self.evaluate(expression)
+            except BrowserError as exc:
+                value, last = None, str(exc)
+            if value:
+                return value
+            time.sleep(POLL_S)
+        raise BrowserError(f"still {last} after {timeout_s} s: {expression}")
+
+    def upload(self, selector: str, path: Path) -> None:
+        """Choose `path` in a file input, as a user would (fires its change event)."""
+        root = self.call("DOM.getDocument")["root"]["nodeId"]
+        node = self.call("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        self.call("DOM.setFileInputFiles", nodeId=node, files=[str(path)])
+
+    def close(self) -> None:
+        with contextlib.suppress(BrowserError, OSError):
+            self.call("Browser.close", page=False)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.commands)
+        os.close(self.answers)
+
+    def __enter__(self) -> Chromium:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,5 @@
+import sys
+
+from serve_lambda.cli import main
+
+sys.exit(main())
