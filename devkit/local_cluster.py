@@ -93,6 +93,9 @@ class LocalCluster:
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_AUTH_MODE": "disabled",
             **FAST_FAILURE_DETECTION,
+            # Ray code that looks for "the" local cluster (Train's state API calls) must
+            # find this one, not another Ray running on the same machine.
+            "RAY_ADDRESS": self.address,
             **self.env,
         }
 
@@ -111,6 +114,8 @@ class LocalCluster:
                 args = ["--address", self.address, "--num-cpus", str(spec.get("num_cpus", 1))]
                 if spec.get("resources"):
                     args += ["--resources", json.dumps(spec["resources"])]
+                # The head's log monitor already reads the one shared log folder.
+                args += ["--include-log-monitor", "false"]
                 self._start_node(f"worker{i + 1}", args)
             if self.dashboard:
                 self._wait_for_dashboard()

@@ -37,6 +37,7 @@ WORKER = {"num_cpus": 2, "resources": {"trainer": 1}}
 FILES_PER_TASK = "2"  # many small tasks: both nodes get some, a kill lands mid-stage
 NORMALISE_TASK = "normalise_batch"
 JOB_TIMEOUT_S = 400
+LAKE_PER_CLASS = 8  # real crops per class, plus 33 messy files
 
 TASK_EVENTS = """
 import json, ray
@@ -61,10 +62,10 @@ def cluster(s3):
 
 @pytest.fixture(scope="module")
 def lake(s3) -> str:
-    """81 files: 48 real crops in 4 classes plus every messy case (corrupt, SVG, ...)."""
+    """Real crops in 4 classes plus every messy case (corrupt, SVG, ...): 65 files."""
     bucket = "cluster-lake"
     s3.create_bucket(bucket)
-    upload_files(s3.filesystem(), f"{bucket}/raw", demo_lake(per_class=12, mess=0))
+    upload_files(s3.filesystem(), f"{bucket}/raw", demo_lake(per_class=LAKE_PER_CLASS, mess=0))
     return f"s3://{bucket}"
 
 
@@ -141,7 +142,7 @@ def test_clean_spreads_over_nodes_and_equals_a_single_node_run(
 ):
     kept, dropped = outcome(cluster_clean)
     assert (kept, dropped) == single_node  # same kept files, same content, same split
-    listed = {f"{lake}/raw/{name}" for name in demo_lake(per_class=12, mess=0)}
+    listed = {f"{lake}/raw/{name}" for name in demo_lake(per_class=LAKE_PER_CLASS, mess=0)}
     assert kept.keys() | dropped.keys() == listed
     assert {split for _, split in kept.values()} == {"train", "test"}
 
