@@ -12,6 +12,7 @@ stays last in this module.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -52,10 +53,19 @@ print("EVENTS" + json.dumps(rows))
 """
 
 
+def dashboard_missing() -> str | None:
+    """Why `ray job submit` cannot run here (its HTTP API needs ray[default])."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    error = get_dashboard_dependency_error()
+    return f"ray job submit needs ray[default]: {error}" if error else None
+
+
 @pytest.fixture(scope="module")
 def cluster(s3):
-    env = {"PYTHONPATH": str(REPO), **s3.env()}
-    with LocalCluster(head_cpus=0, env=env) as c:
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {"PYTHONPATH": path, **s3.env()}
+    with LocalCluster(head_cpus=0, env=env, dashboard=dashboard_missing() is None) as c:
         c.start([WORKER] * WORKER_NODES)
         yield c
 
@@ -151,6 +161,21 @@ def test_clean_spreads_over_nodes_and_equals_a_single_node_run(
     assert len(ran_on) == 1, ran_on  # one cleaning job so far
     (nodes,) = ran_on.values()
     assert nodes == workers, (nodes, workers)
+
+
+def test_ray_job_submit_runs_the_clean_job_unchanged(cluster, lake, single_node):
+    if reason := dashboard_missing():
+        pytest.skip(reason)
+    command = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address",
+               cluster.dashboard_url, "--", sys.executable, "-m", "pipeline", "clean",
+               *clean_args(lake, "clean-submitted")]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO, env=cluster.node_env(), capture_output=True, text=True,
+        timeout=JOB_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout
+    assert outcome(f"{lake}/clean-submitted") == single_node
 
 
 def test_training_runs_one_worker_per_node(cluster, s3, cluster_clean):
