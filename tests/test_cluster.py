@@ -45,10 +45,10 @@ import json, ray
 from ray._private.state import state
 ray.init(log_to_driver=False)
 rows = []
-for event in state._get_all_task_events():
-    nodes = {u.node_id.hex() for u in [event.state_updates] if u.node_id}
+for event in state._get_all_task_events():  # the GCS's store; no dashboard needed
+    node = event.state_updates.node_id
     rows.append({"job": event.job_id.hex(), "name": event.task_info.name,
-                 "attempt": event.attempt_number, "nodes": sorted(nodes)})
+                 "attempt": event.attempt_number, "nodes": [node.hex()] if node else []})
 print("EVENTS" + json.dumps(rows))
 """
 
@@ -199,7 +199,7 @@ def test_training_runs_one_worker_per_node(cluster, s3, cluster_clean):
     assert nodes == workers, (nodes, workers)
 
 
-def wait_until_running(cluster: LocalCluster, node: str, task: str, job) -> None:  # noqa: ANN001
+def wait_until_running(cluster: LocalCluster, node: str, task: str, job: subprocess.Popen) -> None:
     """Until one of `node`'s worker processes executes `task` (its title: ray::<task>)."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline and job.poll() is None:
