@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
-_START_TIMEOUT_S = 90.0
+_START_TIMEOUT_S = 180.0
+_START_ATTEMPTS = 2
 # Detect a dead node within ~3 s instead of Ray's default ~15-30 s.
 FAST_FAILURE_DETECTION = {
     "RAY_health_check_initial_delay_ms": "1000",
@@ -33,6 +34,10 @@ FAST_FAILURE_DETECTION = {
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
+
+
+class NodeStartError(RuntimeError):
+    """A node's `ray start` exited or its raylet never registered."""
 
 
 def _free_ports(count: int) -> list[int]:
@@ -125,6 +130,23 @@ class LocalCluster:
         return self
 
     def _start_node(self, name: str, args: list[str]) -> Node:
+        """Start one node; once more if `ray start` gave up (it allows a raylet 30 s to
+        register, which a heavily loaded machine can exceed)."""
+        for attempt in range(_START_ATTEMPTS):
+            try:
+                return self._start_node_once(name, args)
+            except NodeStartError:
+                failed = self.nodes.pop()
+                for pid in _descendants(failed.process.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                _kill_group(failed.process, signal.SIGKILL)
+                failed.process.wait()
+                if attempt + 1 == _START_ATTEMPTS or name == "head":
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_node_once(self, name: str, args: list[str]) -> Node:
         manager, objects, agent, agent_grpc, metrics, runtime_env = _free_ports(6)
         command = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", *args]
         command += ["--node-manager-port", str(manager), "--object-manager-port", str(objects)]
@@ -136,7 +158,7 @@ class LocalCluster:
         command += ["--object-store-memory", str(self.object_store_bytes)]
         command += ["--disable-usage-stats"]
         log = self.root / f"{name}.log"
-        with log.open("wb") as out:
+        with log.open("ab") as out:
             process = subprocess.Popen(
                 command,
                 env=self.node_env(),
@@ -153,12 +175,16 @@ class LocalCluster:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             if not node.alive:
-                raise RuntimeError(f"{node.name} exited: {node.log.read_text()[-2000:]}")
-            for info in self.alive_nodes():
+                raise NodeStartError(f"{node.name} exited: {node.log.read_text()[-2000:]}")
+            try:
+                alive = self.alive_nodes()
+            except Exception:  # noqa: BLE001 - a GCS still starting or overloaded: ask again
+                alive = []
+            for info in alive:
                 if info["node_manager_port"] == node.node_manager_port:
                     return info["node_id"]
             time.sleep(0.3)
-        raise RuntimeError(f"{node.name} did not register: {node.log.read_text()[-2000:]}")
+        raise NodeStartError(f"{node.name} did not register: {node.log.read_text()[-2000:]}")
 
     def alive_nodes(self) -> list[dict]:
         """The GCS's view of the alive nodes: node_id, node_manager_port, resources."""
