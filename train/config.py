@@ -21,6 +21,11 @@ class ScalingSection:
         "augmentation tasks on small machines",
     )
     gpu: bool = option(False, "Train on GPUs (nccl, mixed precision)")
+    worker_resource: str | None = option(
+        None,
+        "Custom Ray resource each worker also takes one unit of, so workers land only on "
+        "nodes that advertise it (cluster.yaml's GPU nodes: 'trainer')",
+    )
     ray_address: str | None = option(
         None, "Ray cluster to join ('auto' inside one); default: RAY_ADDRESS, else a local Ray"
     )

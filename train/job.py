@@ -96,6 +96,14 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, ray.
     return {TRAIN: train, TEST: test}
 
 
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """What each Ray Train worker reserves (GPUs come from use_gpu)."""
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.worker_resource:
+        resources[cfg.scaling.worker_resource] = 1.0
+    return resources
+
+
 def make_trainer(
     cfg: TrainConfig, manifest: dict[str, Any], datasets: dict[str, ray.data.Dataset]
 ) -> TorchTrainer:
@@ -115,7 +123,7 @@ def make_trainer(
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.workers,
             use_gpu=cfg.scaling.gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+            resources_per_worker=worker_resources(cfg),
         ),
         run_config=RunConfig(
             name=RUN_NAME,
