@@ -10,6 +10,7 @@ from common.storage import StorageConfig
 
 SCHEDULES = ("constant", "cosine", "step")
 SHUFFLES = ("global", "blocks")
+ACTIVATIONS = ("relu6", "relu")
 
 
 @dataclass
@@ -46,6 +47,12 @@ class ModelSection:
         "backbone-only `features.*` dict is fine)",
     )
     input_size: int = option(224, "Side of the square network input, in pixels")
+    activation: str = option(
+        "relu6",
+        "Activation of the backbone: torchvision's 'relu6', or 'relu', what the int8 export's "
+        "quantizable MobileNetV2 runs (so the export swaps nothing)",
+        choices=ACTIVATIONS,
+    )
     freeze_backbone: bool = option(False, "Train only the new classifier head")
     dropout: float = option(0.2, "Dropout before the classifier head (torchvision's default)")
 
@@ -116,7 +123,16 @@ class TrainConfig:
 @dataclass
 class ExportSection:
     backend: str = option("x86", "Quantized engine (x86 = fbgemm with AVX-512 VNNI paths)")
-    calibration_images: int = option(256, "Train images the observers see")
+    calibration_images: int = option(
+        256, "Train images the observers see (a seeded random sample across classes)"
+    )
+    seed: int = option(0, "Seed of the calibration sample")
+    reduce_range: bool = option(
+        False,
+        "7-bit activations: set it to serve on x86 CPUs without AVX-512 VNNI (fbgemm's "
+        "int16 accumulation can saturate there); off, int8 keeps more accuracy on CPUs "
+        "with VNNI (docs/benchmarks.md, training section)",
+    )
     batch_size: int = option(32, "Images per inference batch while calibrating and testing")
     max_int8_drop: float = option(
         1.5, "Fail when int8 test accuracy is lower than fp32's by more than these points"

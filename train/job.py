@@ -111,6 +111,7 @@ def make_trainer(
     meta = {
         "classes": manifest["classes"],
         "input_size": cfg.model.input_size,
+        "activation": cfg.model.activation,
         "mean": manifest["channel_stats"]["mean"],
         "std": manifest["channel_stats"]["std"],
         "data_uri": cfg.data_uri,

@@ -38,7 +38,7 @@ from pipeline.output import read_shards  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.data import split_uris  # noqa: E402
 from train.loop import CHECKPOINT_FILE, META_FILE, TEST, TRAIN  # noqa: E402
-from train.model import replace_head  # noqa: E402
+from train.model import replace_head, use_activation  # noqa: E402
 from train.presets import augment, eval_transform, train_transform  # noqa: E402
 
 TENSORBOARD_DIR = "tensorboard"
@@ -54,9 +54,11 @@ def load_checkpoint(checkpoint: ray.train.Checkpoint) -> tuple[dict[str, Any], d
     return state, meta
 
 
-def model_from_state(state: dict[str, Any], num_classes: int) -> torch.nn.Module:
-    """The fp32 network of a checkpoint, in eval mode."""
-    model = mobilenet_v2(weights=None)
+def model_from_state(
+    state: dict[str, Any], num_classes: int, activation: str = "relu6"
+) -> torch.nn.Module:
+    """The fp32 network of a checkpoint (as trained: see `meta["activation"]`), in eval mode."""
+    model = use_activation(mobilenet_v2(weights=None), activation)
     replace_head(model, num_classes, dropout=0.0)
     model.load_state_dict(state["model"])
     return model.eval()
@@ -214,7 +216,10 @@ def write_reports(
     images, y_true = test["image"].to_pylist(), np.asarray(test["label"].to_pylist())
     transform = eval_transform(meta["input_size"], meta["mean"], meta["std"])
     y_pred = predict(
-        model_from_state(best_state, len(classes)), images, transform, cfg.optim.batch_size
+        model_from_state(best_state, len(classes), meta.get("activation", "relu6")),
+        images,
+        transform,
+        cfg.optim.batch_size,
     )
     metrics = {
         **classification_metrics(y_true, y_pred, classes),
