@@ -26,8 +26,9 @@ FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--remote-debugging-pipe",
 )
+PIPE_FLAG = "--remote-debugging-pipe"
+DUMP_TIMEOUT_S = 120
 ANSWER_TIMEOUT_S = 60.0
 POLL_S = 0.1
 READ_BYTES = 2**16
@@ -41,6 +42,14 @@ def available() -> bool:
     return shutil.which(CHROMIUM) is not None
 
 
+def dump_dom(url: str, profile: Path, virtual_time_ms: int = 3000) -> str:
+    """The page's DOM after its scripts ran (no interaction needed: no protocol)."""
+    argv = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}"]
+    argv += [f"--virtual-time-budget={virtual_time_ms}", "--dump-dom", url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=DUMP_TIMEOUT_S, check=True)
+    return done.stdout
+
+
 class Chromium:
     """One headless browser with one page; `call` sends a command to that page."""
 
@@ -52,7 +61,7 @@ class Chromium:
             f"{self.commands_read}<&- {self.answers_write}>&-"
         )
         self.process = subprocess.Popen(
-            ["bash", "-c", script, CHROMIUM, *FLAGS, f"--user-data-dir={profile}"],
+            ["bash", "-c", script, CHROMIUM, *FLAGS, PIPE_FLAG, f"--user-data-dir={profile}"],
             pass_fds=(self.commands_read, self.answers_write),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -7,13 +7,13 @@ import itertools
 import json
 import re
 import shutil
-import subprocess
 
 import imagehash
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from devkit.browser import dump_dom
 from devkit.local_s3 import upload_files
 from devkit.messy_lake import KEPT, encode, photo
 from devkit.planted import DUPLICATE_OF, planted_cases
@@ -153,27 +153,7 @@ def test_review_page_renders_in_headless_chromium(cleaned, s3, tmp_path):
     bucket, _, _, (_, tables, report) = cleaned
     page = tmp_path / "report.html"
     page.write_bytes(s3.filesystem().cat_file(f"{bucket}/out/report.html"))
-    dom = subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    dom = dump_dom(page.as_uri(), tmp_path / "profile")
     assert 'id="balance"' in dom and 'id="balance-chart"' in dom
     for reason in report["rejected_by_reason"]:
         assert f'id="reason-{reason}"' in dom
