@@ -25,6 +25,7 @@ from common.storage import StorageConfig
 from devkit.local_cluster import LocalCluster
 from devkit.local_s3 import upload_files
 from devkit.sample_lake import demo_lake
+from devkit.weights import embedding_args
 from pipeline.cli import main as clean_main
 from pipeline.output import read_table
 
@@ -99,7 +100,10 @@ def finish(process: subprocess.Popen, timeout: float = JOB_TIMEOUT_S) -> str:
 
 
 def clean_args(lake: str, output: str) -> list[str]:
-    return [f"{lake}/raw", f"{lake}/{output}", "--files-per-task", FILES_PER_TASK, "--no-progress"]
+    return [
+        f"{lake}/raw", f"{lake}/{output}", "--files-per-task", FILES_PER_TASK, "--no-progress",
+        *embedding_args(),
+    ]  # fmt: skip
 
 
 def task_events(cluster: LocalCluster) -> list[dict]:

@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 from devkit.local_cluster import LocalCluster, _process_table  # noqa: E402
 from devkit.local_s3 import LocalS3  # noqa: E402
 from devkit.sample_lake import COMMITTED_CROPS, SHARED_DATA  # noqa: E402
+from devkit.weights import embedding_args  # noqa: E402
 
 BUCKET = "lake"
 LAYOUTS = {
@@ -179,7 +180,7 @@ def run_layout(name: str, s3: LocalS3, output: str, timeout: float) -> Run:
         start_s = time.perf_counter() - started
         command = [sys.executable, "-m", "pipeline", "clean", f"s3://{BUCKET}/raw",
                    f"s3://{BUCKET}/{output}", "--files-per-task", str(FILES_PER_TASK),
-                   "--no-progress"]  # fmt: skip
+                   "--no-progress", *embedding_args()]  # fmt: skip
         t0 = time.perf_counter()
         job = subprocess.Popen(
             command,
