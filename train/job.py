@@ -4,7 +4,8 @@ then write the reports into RUN_URI."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -12,6 +13,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from common.backbone import DEFAULT_WEIGHTS, NO_WEIGHTS
 from common.config import to_dict
 from common.ray_runtime import ensure_ray
 from common.storage import StorageConfig, filesystem, join
@@ -104,9 +106,18 @@ def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     return resources
 
 
+def with_absolute_weights(cfg: TrainConfig) -> TrainConfig:
+    """A relative --weights path means the driver's cwd; workers start elsewhere."""
+    path = Path(cfg.model.weights)
+    if cfg.model.weights in (DEFAULT_WEIGHTS, NO_WEIGHTS) or not path.is_file():
+        return cfg
+    return replace(cfg, model=replace(cfg.model, weights=str(path.resolve())))
+
+
 def make_trainer(
     cfg: TrainConfig, manifest: dict[str, Any], datasets: dict[str, ray.data.Dataset]
 ) -> TorchTrainer:
+    cfg = with_absolute_weights(cfg)
     storage_path, storage_fs = run_storage(cfg.run_uri, cfg.storage)
     meta = {
         "classes": manifest["classes"],
