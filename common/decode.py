@@ -213,6 +213,15 @@ def decode_image(data: bytes, limits: DecodeLimits, target_side: int | None = No
     return Decoded(to_rgb(upright, limits.background), source_format, width, height, frames)
 
 
+def decode_within(data: bytes, limits: DecodeLimits, max_side: int) -> Decoded:
+    """Decode, then shrink (Lanczos) so the longest side is at most `max_side`: the image
+    the cleaning job stores, and what the Lambda feeds the model for the same bytes."""
+    decoded = decode_image(data, limits, target_side=max_side)
+    if max(decoded.image.size) > max_side:
+        decoded.image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return decoded
+
+
 def _decode_svg(data: bytes, limits: DecodeLimits, target_side: int | None) -> Decoded:
     if not limits.allow_svg:
         raise Rejected(Reason.UNSUPPORTED_FORMAT, "SVG is not accepted here")

@@ -51,6 +51,10 @@ class Locations:
     lake: str
     clean: str
     run: str
+    endpoint_url: str | None = None  # an S3-compatible endpoint, e.g. the local one
+
+    def storage_flags(self) -> list[str]:
+        return ["--endpoint-url", self.endpoint_url] if self.endpoint_url else []
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,13 +92,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @contextmanager
-def lake_storage(args: argparse.Namespace) -> Iterator[tuple[Locations, list[str]]]:
-    """The sample lake on a local S3 endpoint, or the user's lake; yields the URIs and
-    the storage flags every job needs."""
+def lake_storage(args: argparse.Namespace) -> Iterator[Locations]:
+    """The sample lake on a local S3 endpoint, or the user's lake; yields where each
+    job reads and writes."""
     if args.lake_uri:
         work = (args.work_uri or args.lake_uri.rstrip("/") + "-lakeclean").rstrip("/")
-        flags = ["--endpoint-url", args.endpoint_url] if args.endpoint_url else []
-        yield Locations(args.lake_uri, f"{work}/clean", f"{work}/runs/demo"), flags
+        yield Locations(args.lake_uri, f"{work}/clean", f"{work}/runs/demo", args.endpoint_url)
         return
     with LocalS3() as s3:
         os.environ.update(s3.env())  # before Ray starts, so its workers inherit it
@@ -102,10 +105,10 @@ def lake_storage(args: argparse.Namespace) -> Iterator[tuple[Locations, list[str
         files = demo_lake(args.per_class, args.mess)
         upload_files(s3.filesystem(), f"{BUCKET}/raw", files)
         say(f"uploaded {len(files)} files to s3://{BUCKET}/raw/ at {s3.endpoint_url}")
-        locations = Locations(
-            f"s3://{BUCKET}/raw", f"s3://{BUCKET}/clean", f"s3://{BUCKET}/runs/demo"
-        )
-        yield locations, ["--endpoint-url", s3.endpoint_url]
+        yield Locations(
+            f"s3://{BUCKET}/raw", f"s3://{BUCKET}/clean", f"s3://{BUCKET}/runs/demo",
+            s3.endpoint_url,
+        )  # fmt: skip
         s3.filesystem().get(f"{BUCKET}/clean", str(args.out / "clean"), recursive=True)
         s3.filesystem().get(f"{BUCKET}/runs/demo", str(args.out / "run"), recursive=True)
 
@@ -119,20 +122,19 @@ def step(name: str, code: int) -> None:
         raise SystemExit(f"demo: {name} failed (exit status {code})")
 
 
-def clean(loc: Locations, storage: list[str], weights: str, ray: list[str]) -> None:
+def clean(loc: Locations, weights: str, ray: list[str]) -> None:
     from pipeline.cli import main as pipeline_main
 
-    argv = ["clean", loc.lake, loc.clean, *storage, *ray, "--embedding-weights", weights]
+    argv = ["clean", loc.lake, loc.clean, *loc.storage_flags(), *ray]
+    argv += ["--embedding-weights", weights]
     step("clean", pipeline_main(argv))
 
 
-def train(
-    loc: Locations, storage: list[str], args: argparse.Namespace, weights: str, ray: list[str]
-) -> dict:
+def train(loc: Locations, args: argparse.Namespace, weights: str, ray: list[str]) -> dict:
     from train.cli import main as train_main
 
     fit = [
-        "fit", loc.clean, loc.run, *storage, *ray,
+        "fit", loc.clean, loc.run, *loc.storage_flags(), *ray,
         "--epochs", str(args.epochs), "--workers", str(args.workers),
         "--cpus-per-worker", str(DEMO_CPUS_PER_WORKER),
         "--input-size", str(args.input_size), "--weights", weights,
@@ -141,19 +143,18 @@ def train(
     ]  # fmt: skip
     step("train fit", train_main(fit))
     model_dir = args.out / "model"
-    export = ["export", loc.run, str(model_dir), *storage]
+    export = ["export", loc.run, str(model_dir), *loc.storage_flags()]
     step("train export", train_main([*export, "--max-int8-drop", str(DEMO_MAX_INT8_DROP)]))
     return json.loads((model_dir / "model.json").read_text())
 
 
-def test_images(loc: Locations, storage: list[str]) -> list[tuple[str, str, bytes]]:
+def test_images(loc: Locations) -> list[tuple[str, str, bytes]]:
     """(source file, true class, bytes) of a few test-split images per class."""
     from common.storage import StorageConfig
     from pipeline.output import read_table
 
-    endpoint = storage[1] if storage else None
     table = read_table(
-        loc.clean, "images", StorageConfig(endpoint_url=endpoint),
+        loc.clean, "images", StorageConfig(endpoint_url=loc.endpoint_url),
         columns=["source_uri", "class_name", "split", "image"],
     ).to_pylist()  # fmt: skip
     picked: dict[str, list] = {}
@@ -215,15 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     for sub in ("clean", "run", "model"):
         shutil.rmtree(args.out / sub, ignore_errors=True)
     started = time.perf_counter()
-    with lake_storage(args) as (loc, storage):
-        clean(loc, storage, weights, ray)
+    with lake_storage(args) as loc:
+        clean(loc, weights, ray)
         say(f"cleaned in {time.perf_counter() - started:.0f} s; training...")
-        info = train(loc, storage, args, weights, ray)
+        info = train(loc, args, weights, ray)
         say(
             f"model: fp32 test accuracy {info['fp32_test_accuracy']:.3f}, int8 "
             f"{info['int8_test_accuracy']:.3f}, {info['bytes'] / 1e6:.2f} MB"
         )
-        images = test_images(loc, storage)
+        images = test_images(loc)
     restart = serve(args, images)
     say(f"done in {time.perf_counter() - started:.0f} s")
     where = args.out if not args.lake_uri else loc.clean.rsplit("/", 1)[0]

@@ -22,7 +22,7 @@ import pyarrow as pa
 from fsspec import AbstractFileSystem
 from PIL import Image, ImageStat
 
-from common.decode import DecodeLimits, decode_image
+from common.decode import DecodeLimits, decode_within
 from common.reasons import Reason, Rejected
 from common.storage import filesystem
 from pipeline.config import CleanConfig, NormalizeConfig
@@ -85,10 +85,8 @@ def thumbnail_jpeg(image: Image.Image, side: int) -> bytes:
 
 def normalise(data: bytes, cfg: NormalizeConfig) -> Normalised:
     """The per-file format work: decode safely, shrink, re-encode; raises Rejected."""
-    decoded = decode_image(data, decode_limits(cfg), target_side=cfg.max_side)
+    decoded = decode_within(data, decode_limits(cfg), cfg.max_side)
     image = decoded.image
-    if max(image.size) > cfg.max_side:
-        image.thumbnail((cfg.max_side, cfg.max_side), Image.Resampling.LANCZOS)
     jpeg = encode_jpeg(image, cfg.jpeg_quality)
     mean, sqmean = channel_moments(image)
     return Normalised(

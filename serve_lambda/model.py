@@ -9,7 +9,6 @@ decoding rules and shrink (`common.decode`), then the shared `EvalTransform`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -19,17 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
-from common.decode import Decoded, DecodeLimits, decode_image
+from common.decode import Decoded, DecodeLimits, decode_within
+from common.model_files import MODEL_FILE, MODEL_JSON, file_sha256
 from common.preprocess import EvalTransform
 from serve_lambda.config import SOURCE_SIDE, ServeSettings
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
-MODEL_JSON = "model.json"
-HASH_CHUNK = 2**20
 MS = 1000.0
 REQUIRED_KEYS = ("classes", "input_size", "mean", "std", "sha256")
 # Shown by GET /info: what a caller may want to know, nothing about the build machine.
@@ -45,8 +41,6 @@ PUBLIC_KEYS = (
     "data_run_id",
     "versions",
 )
-# The cleaning job shrinks with Lanczos after the draft decode (pipeline/normalize.py).
-SHRINK_RESAMPLE = Image.Resampling.LANCZOS
 # TorchScript is deprecated but is what `train export` writes; only this notice is muted.
 JIT_DEPRECATION = r"`torch\.jit\.load` is deprecated"
 
@@ -63,14 +57,6 @@ class Prediction:
     decoded: Decoded
     decode_ms: float
     inference_ms: float
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_info(model_dir: Path) -> dict[str, Any]:
@@ -95,10 +81,7 @@ def read_info(model_dir: Path) -> dict[str, Any]:
 def prepare(data: bytes, limits: DecodeLimits) -> Decoded:
     """Untrusted bytes -> upright RGB at most SOURCE_SIDE on its longest side, as the
     cleaning job stores training images (raises `Rejected` with the reason)."""
-    decoded = decode_image(data, limits, target_side=SOURCE_SIDE)
-    if max(decoded.image.size) > SOURCE_SIDE:
-        decoded.image.thumbnail((SOURCE_SIDE, SOURCE_SIDE), SHRINK_RESAMPLE)
-    return decoded
+    return decode_within(data, limits, SOURCE_SIDE)
 
 
 @dataclass

@@ -11,7 +11,6 @@ replaces them so they fuse); the fp32 accuracy of both is recorded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import warnings
@@ -32,6 +31,7 @@ from torch.ao.quantization import (
 )
 from torchvision.models.quantization import mobilenet_v2 as quantizable_mobilenet_v2
 
+from common.model_files import MODEL_FILE, MODEL_JSON, file_sha256
 from common.preprocess import EvalTransform
 from common.storage import StorageConfig, join
 from pipeline.output import read_manifest, read_shards
@@ -41,12 +41,9 @@ from train.job import RUN_NAME, SCORE, run_storage
 from train.loop import TEST, TRAIN
 from train.model import replace_head
 from train.presets import eval_transform
-from train.reports import load_checkpoint, model_from_state, predict
+from train.reports import load_checkpoint, model_from_state, predict, predict_each
 
-MODEL_FILE = "model.pt"
-MODEL_JSON = "model.json"
 PERCENT = 100.0
-HASH_CHUNK = 2**20
 # Calibration draws its images from this many randomly chosen shards (each holds one
 # cleaning task's files of one class): enough to see every class, never the whole split.
 CALIBRATION_SHARDS = 64
@@ -135,14 +132,6 @@ def recall_per_class(predictions: np.ndarray, labels: np.ndarray, classes: list[
     }
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_images(
     meta: dict[str, Any],
     split: str,
@@ -182,7 +171,7 @@ def write_model_json(out: Path, info: dict[str, Any]) -> dict[str, Any]:
         **info,
         "file": MODEL_FILE,
         "bytes": path.stat().st_size,
-        "sha256": sha256(path),
+        "sha256": file_sha256(path),
         "versions": {
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
@@ -210,15 +199,16 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
     int8 = quantize(state, len(classes), calibration, transform, cfg.export)
     out = Path(cfg.model_dir)
     reloaded = torch.jit.load(str(save_torchscript(int8, out)))
-    fp32_pred = predict(
-        model_from_state(state, len(classes), meta.get("activation", "relu6")),
+    fp32_pred, int8_pred, relu_pred = predict_each(
+        [
+            model_from_state(state, len(classes), meta.get("activation", "relu6")),
+            reloaded,
+            # The quantizable network in fp32: what the ReLU6 -> ReLU swap alone costs.
+            quantizable_from_state(state, len(classes)),
+        ],
         test_images,
         transform,
         cfg.export.batch_size,
-    )
-    int8_pred = predict(reloaded, test_images, transform, cfg.export.batch_size)
-    relu_pred = predict(  # what the ReLU6 -> ReLU swap alone costs, before int8
-        quantizable_from_state(state, len(classes)), test_images, transform, cfg.export.batch_size
     )
     info = write_model_json(
         out,

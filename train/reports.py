@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,22 @@ def predict(
     model: torch.nn.Module, images: list[bytes], transform: EvalTransform, batch_size: int
 ) -> np.ndarray:
     """Top class per image."""
-    out = []
+    return predict_each([model], images, transform, batch_size)[0]
+
+
+def predict_each(
+    models: Sequence[torch.nn.Module],
+    images: list[bytes],
+    transform: EvalTransform,
+    batch_size: int,
+) -> list[np.ndarray]:
+    """Top class per image for each model, decoding every image once for all of them."""
+    out: list[list[np.ndarray]] = [[] for _ in models]
     for start in range(0, len(images), batch_size):
         batch = torch.stack([transform.from_bytes(b) for b in images[start : start + batch_size]])
-        out.append(model(batch).argmax(dim=1).numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+        for predictions, model in zip(out, models, strict=True):
+            predictions.append(model(batch).argmax(dim=1).numpy())
+    return [np.concatenate(p) if p else np.zeros(0, np.int64) for p in out]
 
 
 def write_tensorboard(history: list[dict[str, Any]], directory: Path) -> None:
