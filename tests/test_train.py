@@ -95,6 +95,8 @@ def test_fit_writes_every_report(s3, balanced_run):
     events = fs.find(f"{root}/tensorboard")
     assert any("tfevents" in p for p in events)
     assert fs.find(f"{root}/ray")  # Ray Train's checkpoints
+    for row in read_json(s3, f"{balanced_run}/history.json"):
+        assert 0.0 <= row["data_wait_seconds_rank0"] <= row["train_seconds"]
 
 
 def test_resume_continues_the_epoch_count(s3, dataset, balanced_run):
@@ -174,6 +176,19 @@ def test_global_shuffle_mixes_the_one_class_shards(dataset):
         for shuffle in ("blocks", "global")
     }
     assert changes["global"] > 2 * changes["blocks"], changes
+
+
+def test_the_draw_streams_in_small_blocks(dataset):
+    """A small split shuffles into one block; cut into blocks of the augment batch, the
+    decode tasks stream into training instead of the first batch waiting for the epoch."""
+    storage = StorageConfig()
+    uris = split_uris(dataset, read_manifest(dataset, storage), TRAIN)
+    rows = read_split(uris, storage).materialize()
+    whole = [len(b["label"]) for b in epoch_draw(rows, None).iter_batches(batch_size=None)]
+    cut = epoch_draw(rows, None, block_rows=4).iter_batches(batch_size=None)
+    sizes = [len(b["label"]) for b in cut]
+    assert max(whole) > 4 and max(sizes) <= 4
+    assert sum(sizes) == sum(whole)
 
 
 def test_balanced_fit_saw_every_class_equally(s3, dataset, balanced_run):

@@ -91,14 +91,22 @@ def eval_batch(batch: dict[str, np.ndarray], transform: EvalTransform) -> dict[s
 
 
 def epoch_draw(
-    ds: ray.data.Dataset, rates: dict[int, float] | None, shuffle: str = "global"
+    ds: ray.data.Dataset,
+    rates: dict[int, float] | None,
+    shuffle: str = "global",
+    block_rows: int | None = None,
 ) -> ray.data.Dataset:
     """One epoch's draw of rows (all of them, once, when `rates` is None), in a fresh
     random order. The shuffle moves compressed rows, before decoding, and comes after
-    the repeats so a minority image's copies land in different batches."""
+    the repeats so a minority image's copies land in different batches. With
+    `block_rows`, the draw is cut into blocks of that many rows, so decoding runs as
+    many small tasks that stream into training instead of one task per shuffled block
+    (a small split shuffles into a single block: the first batch would wait for the
+    whole epoch to be augmented)."""
     if rates is not None:
         ds = ds.map_batches(repeat_rows, fn_kwargs={"rates": rates}, batch_format="numpy")
-    return ds.random_shuffle() if shuffle == "global" else ds.randomize_block_order()
+    ds = ds.random_shuffle() if shuffle == "global" else ds.randomize_block_order()
+    return ds.repartition(target_num_rows_per_block=block_rows) if block_rows else ds
 
 
 def train_dataset(
@@ -110,8 +118,13 @@ def train_dataset(
     std: Sequence[float],
     data: DataSection,
 ) -> ray.data.Dataset:
-    """The train split, balanced when `rates` is given, augmented per draw."""
-    return epoch_draw(read_split(uris, storage), rates, data.shuffle).map_batches(
+    """The train split, balanced when `rates` is given, augmented per draw. The
+    compressed rows are read once into Ray's object store (spilled to disk when it
+    fills), not listed and read again from storage every epoch: each epoch's draw,
+    shuffle and augmentation start from there."""
+    compressed = read_split(uris, storage).materialize()
+    draw = epoch_draw(compressed, rates, data.shuffle, data.augment_batch_size)
+    return draw.map_batches(
         augment_batch,
         fn_kwargs={"input_size": input_size, "mean": mean, "std": std, "data": data},
         batch_size=data.augment_batch_size,

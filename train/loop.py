@@ -40,6 +40,9 @@ class EpochStats:
     seen: int
     label_counts: list[int]
     batch_losses: list[float]
+    # Seconds this worker waited for its next batch (torchvision's references call it
+    # "data time"): near zero when the data path keeps up with the step.
+    data_wait: float = 0.0
 
     @property
     def mean_loss(self) -> float:
@@ -91,7 +94,10 @@ def train_epoch(
     loss_sum, correct, seen = 0.0, 0, 0
     counts = torch.zeros(num_classes, dtype=torch.int64)
     batch_losses: list[float] = []
+    data_wait = 0.0
+    waited_from = time.perf_counter()
     for batch in batches:
+        data_wait += time.perf_counter() - waited_from
         images, labels = batch["image"].to(device), batch["label"].to(device)
         with torch.autocast(device.type, enabled=scaler.is_enabled()):
             logits = model(images)
@@ -105,8 +111,9 @@ def train_epoch(
         correct += int((logits.argmax(dim=1) == labels).sum())
         seen += len(labels)
         counts += torch.bincount(labels.cpu(), minlength=num_classes)
+        waited_from = time.perf_counter()
     totals = reduce_stats(loss_sum, correct, seen, counts, device)
-    return EpochStats(*totals, batch_losses)
+    return EpochStats(*totals, batch_losses, data_wait)
 
 
 @torch.no_grad()
@@ -216,6 +223,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # Training alone (data path included, test pass excluded): what the
             # throughput benchmark compares against synthetic tensors.
             "images_per_second": train.seen / train_seconds if train_seconds else 0.0,
+            "data_wait_seconds_rank0": train.data_wait,
             # Shows where rank 0 ran, and that a restarted worker group continued the run.
             "rank0_process": f"{socket.gethostname()}:{os.getpid()}",
         }
@@ -225,7 +233,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             print(
                 f"epoch {epoch + 1}/{cfg.optim.epochs}  train loss {train.mean_loss:.4f} "
                 f"acc {train.accuracy:.3f}  test loss {test.mean_loss:.4f} "
-                f"acc {test.accuracy:.3f}  {metrics['images_per_second']:.1f} img/s",
+                f"acc {test.accuracy:.3f}  {metrics['images_per_second']:.1f} img/s "
+                f"(waited {train.data_wait:.1f} of {train_seconds:.1f} s for data)",
                 flush=True,
             )
 

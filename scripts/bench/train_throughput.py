@@ -68,8 +68,11 @@ def one_run(cfg: TrainConfig, synthetic: bool, run_dir: Path) -> float:
     if result.error is not None:
         raise SystemExit(f"fit failed: {result.error}")
     figure = float(result.metrics["images_per_second"])
+    wait = float(result.metrics["data_wait_seconds_rank0"])
+    seconds = float(result.metrics["train_seconds"])
     print(f"  {'synthetic' if synthetic else 'data path':9s}  {rows} rows/epoch  "
-          f"{figure:6.1f} img/s", flush=True)  # fmt: skip
+          f"{figure:6.1f} img/s  waited {wait:.1f} of {seconds:.1f} s for data",
+          flush=True)  # fmt: skip
     return figure
 
 
