@@ -95,8 +95,24 @@ def test_fit_writes_every_report(s3, balanced_run):
     events = fs.find(f"{root}/tensorboard")
     assert any("tfevents" in p for p in events)
     assert fs.find(f"{root}/ray")  # Ray Train's checkpoints
+    assert metrics["selection_split"] == "test"  # no val split in this data set
     for row in read_json(s3, f"{balanced_run}/history.json"):
         assert 0.0 <= row["data_wait_seconds_rank0"] <= row["train_seconds"]
+
+
+def test_a_val_split_picks_the_checkpoint_and_test_is_left_for_the_reports(s3, dataset):
+    with_val = f"{dataset}_val"
+    args = ["clean", dataset.replace("/clean", "/raw"), with_val, "--val-fraction", "0.25"]
+    args += ["--endpoint-url", s3.endpoint_url, "--no-progress", *embedding_args()]
+    assert clean_main(args) == 0
+    run = "s3://train-data/runs/val"
+    assert fit(with_val, run, "--epochs", "1") == 0
+    for row in read_json(s3, f"{run}/history.json"):
+        assert row["selection_accuracy"] == row["val_accuracy"] and "test_accuracy" not in row
+    metrics = read_json(s3, f"{run}/metrics.json")
+    splits = read_json(s3, f"{with_val}/report.json")["per_class"].values()
+    assert metrics["selection_split"] == "val"
+    assert metrics["test_images"] == sum(c["splits"].get("test", 0) for c in splits) > 0
 
 
 def test_resume_continues_the_epoch_count(s3, dataset, balanced_run):

@@ -37,7 +37,7 @@ from common.storage import StorageConfig, join
 from pipeline.output import read_manifest, read_shards
 from train.config import ExportConfig, ExportSection
 from train.data import split_uris
-from train.job import RUN_NAME, SCORE, run_storage
+from train.job import RUN_NAME, checkpoint_score, run_storage
 from train.loop import TEST, TRAIN
 from train.model import replace_head
 from train.presets import eval_transform
@@ -71,7 +71,7 @@ def deprecations_silenced() -> Iterator[None]:
 
 
 def best_checkpoint(run_uri: str, storage: StorageConfig):  # noqa: ANN201 - ray.train.Checkpoint
-    """The kept checkpoint with the highest test accuracy."""
+    """The kept checkpoint with the highest selection accuracy (val, else test)."""
     from ray.train import Result
 
     path, fs = run_storage(join(run_uri, RUN_NAME), storage)
@@ -82,7 +82,7 @@ def best_checkpoint(run_uri: str, storage: StorageConfig):  # noqa: ANN201 - ray
     scored = result.best_checkpoints or []
     if not scored:
         raise ExportError(f"{run_uri}: the run has no checkpoint")
-    return max(scored, key=lambda pair: pair[1].get(SCORE, 0.0))[0]
+    return max(scored, key=lambda pair: checkpoint_score(pair[1]))[0]
 
 
 def quantizable_from_state(state: dict[str, Any], num_classes: int) -> torch.nn.Module:

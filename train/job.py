@@ -20,12 +20,13 @@ from common.storage import StorageConfig, filesystem, join
 from pipeline.output import read_manifest
 from train import data
 from train.config import TrainConfig
-from train.loop import TEST, TRAIN, train_loop_per_worker
+from train.loop import SCORE, TEST, TRAIN, VAL, train_loop_per_worker
 from train.presets import eval_transform
 
 log = logging.getLogger(__name__)
 RUN_NAME = "ray"  # Ray Train's run folder inside RUN_URI
-SCORE = "test_accuracy"
+# Runs written before checkpoints were scored on a selection split scored on test.
+LEGACY_SCORE = "test_accuracy"
 
 
 class FitError(Exception):
@@ -71,6 +72,17 @@ def load_dataset_manifest(cfg: TrainConfig) -> dict[str, Any]:
     return manifest
 
 
+def selection_split(cfg: TrainConfig, manifest: dict[str, Any]) -> str:
+    """The split that picks the best checkpoint: val when the cleaning job made one
+    (`--val-fraction`), so the test split stays unseen until the final reports and the
+    export; else test, as the seed did (its figures are then the best of many looks)."""
+    return VAL if data.split_uris(cfg.data_uri, manifest, VAL) else TEST
+
+
+def checkpoint_score(metrics: dict[str, Any]) -> float:
+    return float(metrics.get(SCORE, metrics.get(LEGACY_SCORE, 0.0)))
+
+
 def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, ray.data.Dataset]:
     stats = manifest["channel_stats"]
     train_uris = data.split_uris(cfg.data_uri, manifest, TRAIN)
@@ -89,13 +101,14 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, ray.
         cfg.data,
     )
     transform = eval_transform(cfg.model.input_size, stats["mean"], stats["std"])
-    test = data.eval_dataset(
-        data.split_uris(cfg.data_uri, manifest, TEST),
+    selection = selection_split(cfg, manifest)
+    held_out = data.eval_dataset(
+        data.split_uris(cfg.data_uri, manifest, selection),
         cfg.storage,
         transform,
         cfg.data.augment_batch_size,
     )
-    return {TRAIN: train, TEST: test}
+    return {TRAIN: train, selection: held_out}
 
 
 def worker_resources(cfg: TrainConfig) -> dict[str, float]:
@@ -127,6 +140,7 @@ def make_trainer(
         "std": manifest["channel_stats"]["std"],
         "data_uri": cfg.data_uri,
         "data_run_id": manifest.get("run_id"),
+        "selection_split": selection_split(cfg, manifest),
         "config": to_dict(cfg),
     }
     return TorchTrainer(
@@ -154,11 +168,11 @@ def make_trainer(
 
 
 def best_checkpoint(result: ray.train.Result) -> ray.train.Checkpoint:
-    """The kept checkpoint with the highest test accuracy (the latest if none scored)."""
+    """The kept checkpoint with the highest selection accuracy (the latest if none scored)."""
     scored = result.best_checkpoints or []
     if not scored:
         return result.checkpoint
-    return max(scored, key=lambda pair: pair[1].get(SCORE, 0.0))[0]
+    return max(scored, key=lambda pair: checkpoint_score(pair[1]))[0]
 
 
 def run_fit(cfg: TrainConfig) -> FitResult:

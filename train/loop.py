@@ -1,9 +1,10 @@
 """The per-worker training loop, in the shape of Ray Train's PyTorch examples.
 
 Each epoch: train on this worker's share of the (balanced, augmented) train split,
-sum the counts over all workers, evaluate the whole test split on rank 0, and report
-once with a checkpoint written by rank 0. The label histogram of the batches every
-worker saw is part of the metrics, so the sampler can be checked from outside.
+sum the counts over all workers, evaluate the whole selection split (val, else test)
+on rank 0, and report once with a checkpoint written by rank 0. The label histogram of
+the batches every worker saw is part of the metrics, so the sampler can be checked
+from outside.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from train.model import build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"
-TRAIN, TEST = "train", "test"
+TRAIN, VAL, TEST = "train", "val", "test"
+# The per-epoch metric Ray Train keeps checkpoints by: the accuracy on the selection
+# split (val when the data has one, else test).
+SCORE = "selection_accuracy"
 
 
 @dataclass
@@ -120,7 +124,7 @@ def train_epoch(
 def evaluate(
     model: nn.Module, batches: Any, criterion: nn.Module, num_classes: int, device: torch.device
 ) -> EpochStats:
-    """Local evaluation of the whole test split (no collectives: rank 0 only)."""
+    """Local evaluation of a whole split (no collectives: rank 0 only)."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     counts = torch.zeros(num_classes, dtype=torch.int64)
@@ -137,17 +141,17 @@ def evaluate(
 def evaluate_on_rank0(
     rank: int,
     model: nn.Module,
-    test_data: Any,
+    eval_data: Any,
     criterion: nn.Module,
     cfg: TrainConfig,
     classes: list[str],
     device: torch.device,
 ) -> EpochStats:
-    """The test split is not split across workers (Ray Train's split drops rows to
-    make shards equal, which would bias test metrics): rank 0 evaluates all of it."""
+    """The evaluation split is not split across workers (Ray Train's split drops rows to
+    make shards equal, which would bias the metrics): rank 0 evaluates all of it."""
     if rank != 0:
         return EpochStats(0.0, 0, 0, [0] * len(classes), [])
-    batches = test_data.iter_torch_batches(batch_size=cfg.optim.batch_size)
+    batches = eval_data.iter_torch_batches(batch_size=cfg.optim.batch_size)
     return evaluate(model, batches, criterion, len(classes), device)
 
 
@@ -169,9 +173,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point; `config`: cfg (TrainConfig), classes, meta (for reports)."""
+    """Ray Train entry point; `config`: cfg (TrainConfig), classes, meta (for reports;
+    its `selection_split` names the split evaluated every epoch)."""
     cfg: TrainConfig = config["cfg"]
     classes: list[str] = config["classes"]
+    selection = config["meta"]["selection_split"]
     if cfg.scaling.torch_threads:
         torch.set_num_threads(cfg.scaling.torch_threads)
     torch.manual_seed(cfg.run.seed)
@@ -194,7 +200,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start_epoch, history = state["epoch"], state["history"]
     rank = ray.train.get_context().get_world_rank()
     train_shard = ray.train.get_dataset_shard(TRAIN)
-    test_shard = ray.train.get_dataset_shard(TEST)
+    eval_shard = ray.train.get_dataset_shard(selection)
     for epoch in range(start_epoch, cfg.optim.epochs):
         started = time.perf_counter()
         train_batches = train_shard.iter_torch_batches(
@@ -207,20 +213,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         train_seconds = time.perf_counter() - started
         scheduler.step()
-        test = evaluate_on_rank0(rank, unwrap(model), test_shard, criterion, cfg, classes, device)
+        held = evaluate_on_rank0(rank, unwrap(model), eval_shard, criterion, cfg, classes, device)
         seconds = time.perf_counter() - started
         metrics = {
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": train.mean_loss,
             "train_accuracy": train.accuracy,
-            "test_loss": test.mean_loss,
-            "test_accuracy": test.accuracy,
+            f"{selection}_loss": held.mean_loss,
+            f"{selection}_accuracy": held.accuracy,
+            SCORE: held.accuracy,
             "train_images": train.seen,
             "train_label_counts": train.label_counts,
             "seconds": seconds,
             "train_seconds": train_seconds,
-            # Training alone (data path included, test pass excluded): what the
+            # Training alone (data path included, evaluation excluded): what the
             # throughput benchmark compares against synthetic tensors.
             "images_per_second": train.seen / train_seconds if train_seconds else 0.0,
             "data_wait_seconds_rank0": train.data_wait,
@@ -232,8 +239,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(
                 f"epoch {epoch + 1}/{cfg.optim.epochs}  train loss {train.mean_loss:.4f} "
-                f"acc {train.accuracy:.3f}  test loss {test.mean_loss:.4f} "
-                f"acc {test.accuracy:.3f}  {metrics['images_per_second']:.1f} img/s "
+                f"acc {train.accuracy:.3f}  {selection} loss {held.mean_loss:.4f} "
+                f"acc {held.accuracy:.3f}  {metrics['images_per_second']:.1f} img/s "
                 f"(waited {train.data_wait:.1f} of {train_seconds:.1f} s for data)",
                 flush=True,
             )

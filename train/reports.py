@@ -2,8 +2,8 @@
 
 TensorBoard curves come from the history stored in the latest checkpoint (so a
 resumed run's curves are complete); the classification report, metrics, confusion
-matrix and misclassified grid evaluate the best checkpoint on the test split with the
-evaluation transform the Lambda uses.
+matrix and misclassified grid evaluate the best checkpoint (picked on the val split
+when there is one) on the test split with the evaluation transform the Lambda uses.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from common.storage import filesystem, join  # noqa: E402
 from pipeline.output import read_shards  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.data import split_uris  # noqa: E402
-from train.loop import CHECKPOINT_FILE, META_FILE, TEST, TRAIN  # noqa: E402
+from train.loop import CHECKPOINT_FILE, META_FILE, TEST, TRAIN, VAL  # noqa: E402
 from train.model import replace_head, use_activation  # noqa: E402
 from train.presets import augment, eval_transform, train_transform  # noqa: E402
 
@@ -96,9 +96,12 @@ def write_tensorboard(history: list[dict[str, Any]], directory: Path) -> None:
             for loss in row["batch_losses_rank0"]:
                 writer.add_scalar("batch/train_loss", loss, step)
                 step += 1
-            for split in (TRAIN, TEST):
-                writer.add_scalar(f"epoch/{split}_loss", row[f"{split}_loss"], row["epoch"])
-                writer.add_scalar(f"epoch/{split}_accuracy", row[f"{split}_accuracy"], row["epoch"])
+            for split in (TRAIN, VAL, TEST):
+                if f"{split}_loss" in row:  # train, and the selection split (val or test)
+                    writer.add_scalar(f"epoch/{split}_loss", row[f"{split}_loss"], row["epoch"])
+                    writer.add_scalar(
+                        f"epoch/{split}_accuracy", row[f"{split}_accuracy"], row["epoch"]
+                    )
             writer.add_scalar("epoch/lr", row["lr"], row["epoch"])
 
 
@@ -236,6 +239,9 @@ def write_reports(
     metrics = {
         **classification_metrics(y_true, y_pred, classes),
         "best_epoch": best_state["epoch"],
+        # The split best_epoch was picked on: "test" means these figures are the best
+        # of several looks at the test split, not an unseen estimate.
+        "selection_split": meta.get("selection_split", TEST),
         "epochs": latest_state["epoch"],
         "classes": classes,
     }
