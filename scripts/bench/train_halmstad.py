@@ -3,10 +3,15 @@
 Steps (each the product's own CLI, in a subprocess):
 1. a lake folder with the 4 classes (Airplane stands in for Winged_Drones; Helicopter
    is left out), copied from `../shared/data/halmstad-crops`;
-2. `python -m pipeline clean` with the manifest's `video` column as the group key;
+2. `python -m pipeline clean` with the manifest's `video` column as the group key and a
+   10 % val split (whole videos too), which picks each run's best checkpoint, so the
+   test split is first read by the final reports;
 3. `python -m train fit` twice with the same draws per epoch: class-balanced
-   (`--samples-per-class` = train rows / classes) and natural (`--no-balanced`);
-4. `python -m train export` of each run (fp32 vs int8, ReLU6 -> ReLU alone, size);
+   (`--samples-per-class` = train rows / classes) and natural (`--no-balanced`), both
+   with ReLU (`--activation relu`: the network the int8 export runs);
+4. `python -m train export` of each run (fp32 vs int8, size); an export refused for
+   losing more than the margin (exit status 2) still writes model.json, and the table
+   says so;
 5. a table: accuracy, balanced accuracy, per-class recall (fp32 best checkpoint and
    int8), model size.
 
@@ -32,16 +37,22 @@ WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet_features.p
 CLASSES = ("Airplane", "Flying_Birds", "Large_QuadCopters", "Small_QuadCopters")
 FIT_FLAGS = [
     "--input-size", "128", "--epochs", "10", "--lr-schedule", "cosine",
-    "--workers", "1", "--cpus-per-worker", "1", "--num-cpus", "2",
+    "--workers", "1", "--cpus-per-worker", "1", "--num-cpus", "2", "--activation", "relu",
+    "--torch-threads", "2",  # Ray caps a 1-CPU worker at one thread otherwise
 ]  # fmt: skip
+VAL_FRACTION = "0.1"
+REFUSED = 2  # export's exit status when int8 loses more than --max-int8-drop
 RUNS = {"balanced": ["--balanced"], "natural": ["--no-balanced"]}
-TARGET_ACCURACY, TARGET_RECALL, TARGET_MB = 0.90, 0.85, 3.5
+TARGET_ACCURACY, TARGET_RECALL, TARGET_MB, MARGIN = 0.90, 0.85, 3.5, 1.5
 
 
-def run(*argv: str) -> None:
+def run(*argv: str, allowed: tuple[int, ...] = (0,)) -> int:
     print("$", " ".join(argv), flush=True)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    subprocess.run([sys.executable, *argv], check=True, cwd=REPO, env=env)
+    code = subprocess.run([sys.executable, *argv], cwd=REPO, env=env).returncode
+    if code not in allowed:
+        raise SystemExit(f"exit status {code}: {' '.join(argv)}")
+    return code
 
 
 def build_lake(root: Path) -> Path:
@@ -58,7 +69,7 @@ def clean(root: Path) -> Path:
         run(
             "-m", "pipeline", "clean", str(build_lake(root)), str(out), "--no-progress",
             "--group-manifest-uri", str(CROPS / "manifest.csv"),
-            "--embedding-weights", str(WEIGHTS),
+            "--embedding-weights", str(WEIGHTS), "--val-fraction", VAL_FRACTION,
         )  # fmt: skip
     return out
 
@@ -76,7 +87,7 @@ def fit_and_export(root: Path, data: Path, name: str, extra: list[str]) -> None:
         run("-m", "train", "fit", str(data), str(run_dir), "--weights", str(WEIGHTS),
             *FIT_FLAGS, *extra, *balanced)  # fmt: skip
     if not (model_dir / "model.json").is_file():
-        run("-m", "train", "export", str(run_dir), str(model_dir))
+        run("-m", "train", "export", str(run_dir), str(model_dir), allowed=(0, REFUSED))
 
 
 def summarize(root: Path) -> None:
@@ -95,15 +106,20 @@ def summarize(root: Path) -> None:
             f"{'':9s} int8  {info['int8_test_accuracy']:6.3f} {sum(int8) / len(int8):7.3f}  "
             f"{' '.join(f'{r:.3f}' for r in int8)}  {info['bytes'] / 1e6:.2f} MB"
         )
+        drop = (info["fp32_test_accuracy"] - info["int8_test_accuracy"]) * 100
         print(f"{'':9s} export: fp32 {info['fp32_test_accuracy']:.3f}, same weights with "
               f"ReLU {info['fp32_relu_test_accuracy']:.3f}, int8 {info['int8_test_accuracy']:.3f}, "
-              f"top-1 agreement {info['int8_fp32_agreement']:.3f}")  # fmt: skip
+              f"drop {drop:.1f} points (margin 1.5), top-1 agreement "
+              f"{info['int8_fp32_agreement']:.3f}; best epoch picked on "
+              f"{metrics.get('selection_split', 'test')}")  # fmt: skip
         met = (
-            info["int8_test_accuracy"] >= TARGET_ACCURACY
+            drop <= MARGIN
+            and info["int8_test_accuracy"] >= TARGET_ACCURACY
             and min(int8) >= TARGET_RECALL
             and info["bytes"] / 1e6 <= TARGET_MB
         )
-        print(f"{'':9s} int8 targets (acc >= 0.90, every recall >= 0.85, <= 3.5 MB): "
+        print(f"{'':9s} int8 targets (acc >= 0.90, every recall >= 0.85, <= 3.5 MB, "
+              f"drop <= {MARGIN}): "
               f"{'met' if met else 'NOT met'}")  # fmt: skip
 
 
