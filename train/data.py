@@ -135,7 +135,8 @@ def train_dataset(
 def eval_dataset(
     uris: list[str], storage: StorageConfig, transform: EvalTransform, batch_rows: int
 ) -> ray.data.Dataset:
-    """A split through the evaluation transform, for per-epoch test metrics."""
-    return read_split(uris, storage).map_batches(
+    """A split through the evaluation transform, for per-epoch metrics; its compressed
+    rows are read once, like the train split's."""
+    return read_split(uris, storage).materialize().map_batches(
         eval_batch, fn_kwargs={"transform": transform}, batch_size=batch_rows, batch_format="numpy"
     )
