@@ -137,6 +137,13 @@ def eval_dataset(
 ) -> ray.data.Dataset:
     """A split through the evaluation transform, for per-epoch metrics; its compressed
     rows are read once, like the train split's."""
-    return read_split(uris, storage).materialize().map_batches(
-        eval_batch, fn_kwargs={"transform": transform}, batch_size=batch_rows, batch_format="numpy"
+    return (
+        read_split(uris, storage)
+        .materialize()
+        .map_batches(
+            eval_batch,
+            fn_kwargs={"transform": transform},
+            batch_size=batch_rows,
+            batch_format="numpy",
+        )
     )
