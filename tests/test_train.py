@@ -23,7 +23,7 @@ from devkit.weights import embedding_args
 from pipeline.cli import main as clean_main
 from pipeline.output import read_manifest
 from train.cli import main as train_main
-from train.config import ExportConfig, TrainConfig
+from train.config import ExportConfig, ExportSection, TrainConfig
 from train.data import TRAIN, balance_rates, class_counts, epoch_draw, read_split, split_uris
 from train.loop import CHECKPOINT_FILE
 
@@ -39,6 +39,9 @@ KILL_EPOCHS = 6  # the kill lands in epoch 3-4; the epochs after it need a new g
 KILL_POLL_S = 0.2
 KILL_TIMEOUT_S = 300
 MOST = 0.5  # share of test images where int8 and fp32 agree on the top class
+STATS = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # mean, std of the random-weight checks
+# Where converted int8 convolutions live (fused conv-ReLU, and plain conv).
+QUANTIZED = ("torch.ao.nn.intrinsic.quantized.", "torch.ao.nn.quantized.modules.conv")
 TINY = [
     "--workers", str(WORKERS), "--cpus-per-worker", "0.5",
     "--input-size", str(SIZE), "--batch-size", "8", "--weights", "none",
@@ -136,6 +139,45 @@ def test_export_writes_an_int8_torchscript_model(s3, balanced_run, tmp_path):
     logits = model(torch.zeros(1, 3, SIZE, SIZE))
     assert logits.shape == (1, len(info["classes"]))
     assert {"torch", "torchvision"} <= set(info["versions"]) and len(info["sha256"]) == 64
+    assert info["float_blocks"] == ExportSection().float_blocks
+
+
+def quantized_with(float_blocks: int):
+    """A random-weight network through the export's quantization, `float_blocks` kept fp32."""
+    from dataclasses import replace
+
+    from train.config import ModelSection
+    from train.export import deprecations_silenced, quantize
+    from train.model import build_model
+    from train.presets import eval_transform
+
+    model, _ = build_model(3, ModelSection(weights="none", activation="relu"))
+    images = []
+    for seed in range(4):
+        buffer = io.BytesIO()
+        pixels = np.random.default_rng(seed).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buffer, "JPEG")
+        images.append(buffer.getvalue())
+    cfg = replace(ExportSection(), float_blocks=float_blocks)
+    with deprecations_silenced():
+        return quantize({"model": model.state_dict()}, 3, images, eval_transform(SIZE, *STATS), cfg)
+
+
+def test_the_leading_blocks_stay_float_and_the_rest_is_int8():
+    import torch
+
+    def quantized_convs(model) -> list[str]:
+        return [n for n, m in model.named_modules() if type(m).__module__.startswith(QUANTIZED)]
+
+    mixed, whole = quantized_with(2), quantized_with(0)
+    assert not any(n.startswith(("features.0.", "features.1.")) for n in quantized_convs(mixed))
+    assert any(n.startswith("features.2.") for n in quantized_convs(mixed))
+    assert any(n.startswith("features.0.") for n in quantized_convs(whole))
+    for model in (mixed, whole):
+        scripted = torch.jit.script(model)
+        assert scripted(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, 3)
+    with pytest.raises(Exception, match="float-blocks"):
+        quantized_with(19)
 
 
 def test_export_fails_loudly_beyond_the_accuracy_margin(balanced_run, tmp_path, capsys):

@@ -133,6 +133,13 @@ class ExportSection:
         "int16 accumulation can saturate there); off, int8 keeps more accuracy on CPUs "
         "with VNNI (docs/benchmarks.md, training section)",
     )
+    float_blocks: int = option(
+        4,
+        "Leading MobileNetV2 blocks (features.0 .. N-1) kept in fp32. On small objects "
+        "against plain backgrounds their activations are heavy-tailed (the object is the "
+        "tail) and 8-bit activations lose it; 0 quantizes the whole network "
+        "(docs/benchmarks.md, training section)",
+    )
     batch_size: int = option(32, "Images per inference batch while calibrating and testing")
     max_int8_drop: float = option(
         1.5, "Fail when int8 test accuracy is lower than fp32's by more than these points"

@@ -25,6 +25,7 @@ import torchvision
 from torch.ao.quantization import (
     HistogramObserver,
     QConfig,
+    QuantStub,
     convert,
     get_default_qconfig,
     prepare,
@@ -103,6 +104,19 @@ def qconfig(cfg: ExportSection) -> QConfig:
     return QConfig(activation=activation, weight=default.weight)
 
 
+def keep_leading_blocks_float(model: torch.nn.Module, blocks: int) -> None:
+    """Leave `features[:blocks]` in fp32 and quantize from their output on: the input
+    stub stays an identity and a new stub quantizes after the last float block."""
+    if blocks <= 0:
+        return
+    if blocks >= len(model.features):
+        raise ExportError(f"--float-blocks {blocks}: the network has {len(model.features)}")
+    model.quant.qconfig = None
+    for block in model.features[:blocks]:
+        block.qconfig = None
+    model.features[blocks - 1] = torch.nn.Sequential(model.features[blocks - 1], QuantStub())
+
+
 def quantize(
     state: dict[str, Any],
     num_classes: int,
@@ -110,11 +124,13 @@ def quantize(
     transform: EvalTransform,
     cfg: ExportSection,
 ) -> torch.nn.Module:
-    """Static int8: fuse, observe the calibration images, convert."""
+    """Static int8 (after `cfg.float_blocks` fp32 blocks): fuse, observe the
+    calibration images, convert."""
     torch.backends.quantized.engine = cfg.backend
     model = quantizable_from_state(state, num_classes)
     model.fuse_model(is_qat=False)
     model.qconfig = qconfig(cfg)
+    keep_leading_blocks_float(model, cfg.float_blocks)
     prepare(model, inplace=True)
     predict(model, calibration, transform, cfg.batch_size)
     return convert(model, inplace=False)
@@ -228,6 +244,7 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
             "trained_epochs": state["epoch"],
             "backend": cfg.export.backend,
             "reduce_range": cfg.export.reduce_range,
+            "float_blocks": cfg.export.float_blocks,
             "data_uri": meta["data_uri"],
             "data_run_id": meta.get("data_run_id"),
         },
