@@ -166,6 +166,8 @@ def quantized_with(float_blocks: int):
 def test_the_leading_blocks_stay_float_and_the_rest_is_int8():
     import torch
 
+    from train.export import deprecations_silenced
+
     def quantized_convs(model) -> list[str]:
         return [n for n, m in model.named_modules() if type(m).__module__.startswith(QUANTIZED)]
 
@@ -174,7 +176,8 @@ def test_the_leading_blocks_stay_float_and_the_rest_is_int8():
     assert any(n.startswith("features.2.") for n in quantized_convs(mixed))
     assert any(n.startswith("features.0.") for n in quantized_convs(whole))
     for model in (mixed, whole):
-        scripted = torch.jit.script(model)
+        with deprecations_silenced():
+            scripted = torch.jit.script(model)
         assert scripted(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, 3)
     with pytest.raises(Exception, match="float-blocks"):
         quantized_with(19)

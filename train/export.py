@@ -119,6 +119,14 @@ def keep_leading_blocks_float(model: torch.nn.Module, blocks: int) -> None:
     model.features[blocks - 1] = torch.nn.Sequential(model.features[blocks - 1], QuantStub())
 
 
+def skip_unused_adds(model: torch.nn.Module) -> None:
+    """torchvision gives every block a residual add, also the blocks that never add:
+    observing those would convert an add that saw no data (torch warns about it)."""
+    for block in model.features:
+        if hasattr(block, "skip_add") and not block.use_res_connect:
+            block.skip_add.qconfig = None
+
+
 def quantize(
     state: dict[str, Any],
     num_classes: int,
@@ -132,6 +140,7 @@ def quantize(
     model = quantizable_from_state(state, num_classes)
     model.fuse_model(is_qat=False)
     model.qconfig = qconfig(cfg)
+    skip_unused_adds(model)
     keep_leading_blocks_float(model, cfg.float_blocks)
     prepare(model, inplace=True)
     predict(model, calibration, transform, cfg.batch_size)
