@@ -16,7 +16,8 @@ How, top-down (`deduplicate` runs these steps):
    64 bits are cut into m bands; two hashes within distance t differ by at most t // m
    bits in at least one band (pigeonhole), so probing every band value within that
    radius finds every pair. Probes are table lookups, candidates are verified with an
-   exact popcount; the work grows like n * probes + candidates, not n^2.
+   exact popcount in a compiled loop (`pipeline.hamming`); the work grows like
+   n * probes + candidates, not n^2.
 4. Clustering on the driver (`_Clusterer`): keepers are picked greedily in keep-policy
    order and claim every unclaimed copy within the threshold *of the keeper*, so a
    chain A~B~C never merges A and C through B. The verified pairs are small (a few per
@@ -50,7 +51,6 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -132,6 +132,14 @@ class DedupConfig:
         "With verification: hashes within this many bits are candidates, and a candidate "
         "is a near duplicate only if it also passes both checks below against the image "
         "kept in its place",
+    )
+    embedding_hash_distance: int = option(
+        8,
+        "With verification, a second candidate source: images whose embeddings' 64-bit "
+        "SimHashes (sides of fixed random hyperplanes through the lake's mean embedding) "
+        "differ in at most this many bits are candidates too, verified the same way. It "
+        "reaches copies whose pHash moved beyond verify_hash_distance (strong JPEG or WEBP "
+        "on small images); 0 turns it off",
     )
     min_embedding_similarity: float = option(
         0.9, "Verification: cosine similarity of the two images' embeddings at least this"
@@ -305,12 +313,10 @@ def degenerate_hashes(
 
 # A band's lookup table has 2**bits entries; 24 bits keeps it at 64 MiB at most.
 MAX_BAND_BITS = 24
-# Queries probed together, and candidates held at once, inside one task.
-QUERY_CHUNK = 2048
-CANDIDATE_BUDGET = 2_000_000
 GIANT_BLOCK = (512, 8192)
-# A probe (two random reads of a table) costs about two candidate checks (measured).
-PROBE_COST = 2.0
+# A probe (one random read of a band's table, larger than the cache) costs about as much
+# as this many candidate checks (contiguous reads): scripts/bench/dedup_search.py --kernel.
+PROBE_COST = 9.0
 # Plans probing more band values than this per hash are never worth it (and never built).
 MAX_PROBES = 20_000
 
@@ -345,6 +351,14 @@ class BandPlan:
     def masks(self, band: int) -> np.ndarray:
         """Every XOR mask of at most `radius` bits within the band: the probe offsets."""
         return _probe_masks(self.widths[band], self.radius)
+
+    def band_masks(self) -> np.ndarray:
+        """Each band's bits as a uint64 mask of the whole hash."""
+        ends = np.cumsum(self.widths)
+        return np.array(
+            [((1 << w) - 1) << (HASH_BITS - e) for w, e in zip(self.widths, ends, strict=True)],
+            dtype=np.uint64,
+        )
 
 
 @cache
@@ -406,95 +420,37 @@ class NearPairs:
 
 @dataclass
 class _BandIndex:
-    """One band's table: the hashes whose band value is v are order[offsets[v]:offsets[v+1]],
-    in ascending id order."""
+    """One band's table. Bucket v holds the ids order[begin:begin + size], in ascending id
+    order, with (begin, size) = buckets[v]; a crowded bucket's size is stored negated, so
+    the search skips it in the same read. `hashes` is `order`'s hashes, so a bucket is
+    read contiguously."""
 
     order: np.ndarray
     position: np.ndarray  # where each hash sits in `order`
-    offsets: np.ndarray
+    buckets: np.ndarray  # int32 (2**width, 2): begin, size (< 0: crowded)
+    hashes: np.ndarray
     giants: np.ndarray  # band values holding more than the bucket cap
+
+    def bucket(self, value: int) -> np.ndarray:
+        begin, size = self.buckets[value]
+        return self.order[begin : begin + abs(size)]
 
 
 def _build_band_index(hashes: np.ndarray, plan: BandPlan, band: int, cap: int) -> _BandIndex:
+    if hashes.size >= 2**31:
+        raise ValueError("a band index holds fewer than 2**31 hashes; split the search")
     values = plan.values(hashes, band)
-    counts = np.bincount(values, minlength=1 << plan.widths[band])
-    offsets = np.zeros(counts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    index_type = np.int32 if hashes.size < 2**31 else np.int64
-    order = np.argsort(values, kind="stable").astype(index_type)
-    position = np.empty_like(order)
-    position[order] = np.arange(order.size, dtype=index_type)
+    counts = np.bincount(values, minlength=1 << plan.widths[band]).astype(np.int32)
+    buckets = np.empty((counts.size, 2), dtype=np.int32)
+    buckets[0, 0] = 0
+    np.cumsum(counts[:-1], out=buckets[1:, 0])
     giants = np.flatnonzero(counts > cap)
-    return _BandIndex(order, position, offsets.astype(index_type), giants)
-
-
-def _probe(
-    values: np.ndarray, index: _BandIndex, masks: np.ndarray, chunk: np.ndarray, once: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where each query's probes land in `order`: begin and count per (query, probe).
-
-    With `once` (every hash is a query), a pair would be met from both ends: only the
-    probe going up in band value is kept, and in the query's own bucket (masks[0] == 0)
-    only the hashes after it.
-    """
-    probes = values[chunk][:, None] ^ masks[None, :]
-    begin = np.take(index.offsets, probes)  # np.take: faster than fancy indexing here
-    count = np.take(index.offsets, probes + 1)
-    count -= begin
-    if once:
-        count[probes < probes[:, :1]] = 0
-        after = index.position[chunk] + 1
-        count[:, 0] -= after - begin[:, 0]
-        begin[:, 0] = after
-    if index.giants.size:
-        count[np.isin(probes, index.giants)] = 0
-    return begin, count
-
-
-def _query_groups(totals: np.ndarray, budget: int) -> Iterator[slice]:
-    """Consecutive query ranges whose candidates add up to at most ~budget each."""
-    ends = np.cumsum(totals)
-    start = 0
-    while start < totals.size:
-        base = ends[start - 1] if start else 0
-        stop = max(start + 1, int(np.searchsorted(ends, base + budget, side="right")))
-        yield slice(start, stop)
-        start = stop
-
-
-def _expand_and_verify(
-    hashes: np.ndarray,
-    queries: np.ndarray,
-    begin: np.ndarray,
-    count: np.ndarray,
-    order: np.ndarray,
-    max_distance: int,
-    is_query: np.ndarray | None,
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
-    """Check every hash in every probed bucket against its query: (pairs, candidates)."""
-    flat = count.ravel()
-    hit = np.flatnonzero(flat)
-    sizes = flat[hit]
-    ends = np.cumsum(sizes)
-    total = int(ends[-1]) if ends.size else 0
-    t = np.take(order, np.repeat(begin.ravel()[hit] - (ends - sizes), sizes) + np.arange(total))
-    query_of_hit = queries[hit // count.shape[1]]
-    if is_query is not None:
-        # Incremental: a pair of two queries is met from both ends, keep one.
-        q = np.repeat(query_of_hit, sizes)
-        keep = ((q < t) | ~is_query[t]) & (q != t)
-        q, t = q[keep], t[keep]
-        d = np.bitwise_count(hashes[q] ^ hashes[t])
-        ok = np.flatnonzero(d <= max_distance)
-        candidates = q.size
-        q = q[ok]
-    else:
-        d = np.bitwise_count(np.repeat(hashes[query_of_hit], sizes) ^ np.take(hashes, t))
-        ok = np.flatnonzero(d <= max_distance)
-        candidates = total
-        q = query_of_hit[np.searchsorted(ends, ok, side="right")]
-    t = t[ok]
-    return (np.minimum(q, t), np.maximum(q, t), d[ok].astype(np.uint8)), candidates
+    buckets[:, 1] = counts
+    buckets[giants, 1] *= -1
+    order = np.argsort(values, kind="stable").astype(np.int32)
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size, dtype=np.int32)
+    return _BandIndex(order, position, buckets, hashes[order], giants)
 
 
 def _search_range(
@@ -508,34 +464,36 @@ def _search_range(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Ray task: near pairs of the query hashes in [start, stop), from every band's table.
 
-    Each pair is found once per band it qualifies in (duplicates across bands are
-    dropped at the end); pairs touching a crowded bucket are left to `_search_giant`.
+    Each pair is reported by the first band it qualifies in; pairs touching a crowded
+    bucket are left to `_search_giant`.
     """
-    nodes = np.arange(start, stop)
+    from pipeline.hamming import scan_band  # compiles on first use, in the worker
+
+    nodes = np.arange(start, stop, dtype=np.int64)
     if is_query is not None:
         nodes = nodes[is_query[start:stop]]
+    queries = np.zeros(0, bool) if is_query is None else is_query
     found: list[tuple[np.ndarray, ...]] = []
     candidates = 0
     for band, index in enumerate(indexes):
-        values = plan.values(hashes, band)
-        masks = plan.masks(band)
-        queries = nodes[~np.isin(values[nodes], index.giants)]  # see _search_giant
-        for first in range(0, queries.size, QUERY_CHUNK):
-            chunk = queries[first : first + QUERY_CHUNK]
-            begin, count = _probe(values, index, masks, chunk, once=is_query is None)
-            for group in _query_groups(count.sum(axis=1), CANDIDATE_BUDGET):
-                pairs, checked = _expand_and_verify(
-                    hashes,
-                    chunk[group],
-                    begin[group],
-                    count[group],
-                    index.order,
-                    max_distance,
-                    is_query,
-                )
-                found.append(pairs)
-                candidates += checked
-    return (*_unique_pairs(found, hashes.size), candidates)
+        *pairs, checked = scan_band(
+            hashes,
+            plan.values(hashes, band),
+            nodes,
+            plan.masks(band),
+            index.buckets,
+            index.order,
+            index.hashes,
+            index.position,
+            queries,
+            plan.band_masks()[:band],
+            plan.radius,
+            max_distance,
+        )
+        found.append(tuple(pairs))
+        candidates += checked
+    i, j, d = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return i, j, d, candidates
 
 
 def _search_giant(
@@ -548,9 +506,8 @@ def _search_giant(
     index: _BandIndex,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Ray task: every pair with a hash in one crowded bucket, verified block by block."""
-    sources = index.order[index.offsets[value] : index.offsets[value + 1]]
-    probes = value ^ plan.masks(band)
-    targets = np.concatenate([index.order[index.offsets[p] : index.offsets[p + 1]] for p in probes])
+    sources = index.bucket(value)
+    targets = np.concatenate([index.bucket(p) for p in value ^ plan.masks(band)])
     if is_query is not None and not (is_query[sources].any() or is_query[targets].any()):
         return (*_unique_pairs([], hashes.size), 0)
     found: list[tuple[np.ndarray, ...]] = []
@@ -988,17 +945,12 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
     if existing is not None:
         is_query = np.zeros(nodes.size, dtype=bool)
         is_query[node_of_row[rows.n_existing :][rows.searchable[rows.n_existing :]]] = True
-    pairs = find_near_pairs(
-        nodes,
-        cfg.search_distance,
-        is_query=is_query,
-        bands=cfg.hash_bands,
-        max_bucket_hashes=cfg.max_bucket_hashes,
-        hashes_per_task=cfg.hashes_per_task,
-    )
+    pairs = _search(nodes, cfg.search_distance, is_query, cfg, cfg.hash_bands)
     verifier = None
     if cfg.verified:
         verifier = _Verifier(rows, cfg)
+        if cfg.embedding_hash_distance:
+            pairs = _with_embedding_candidates(pairs, rows, node_of_row, nodes, is_query, cfg)
     else:
         pairs = _apply_strict_distance(pairs, rows, node_of_row, nodes.size, cfg)
     near_across = cfg.conflict_matching == "near"
@@ -1010,6 +962,7 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
         "band_radius": pairs.plan.radius,
         "candidate_pairs": int(pairs.candidates),
         "near_pairs": int(pairs.i.size),
+        "embedding_hash_distance": cfg.embedding_hash_distance if cfg.verified else 0,
         "verified": cfg.verified,
         "failed_verification": verifier.rejected if verifier else 0,
         "crowded_buckets": int(pairs.giant_buckets),
@@ -1017,6 +970,114 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
     }
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return DedupResult(decisions, summary)
+
+
+# The SimHash hyperplanes: the same in every run, so incremental runs compare alike.
+SIMHASH_SEED = 0
+SIMHASH_CHUNK = 65_536  # embeddings projected at once (float32 copies stay small)
+# The centre is the mean shrunk towards the origin as if this many more embeddings sat
+# there: in a small set the mean falls between the copies themselves (two copies alone
+# would be centred into opposite directions).
+SIMHASH_CENTRE_PRIOR = 100
+
+
+def simhashes(embedding: np.ndarray) -> np.ndarray:
+    """Each embedding's side of 64 fixed random hyperplanes through the set's mean
+    direction, as uint64. Bits differ with probability angle / 180 degrees, so the Hamming
+    distance tracks the angle; centring spreads features that are all non-negative (and
+    all alike on plain sky), so unrelated images land far apart."""
+    chunks = [slice(a, a + SIMHASH_CHUNK) for a in range(0, len(embedding), SIMHASH_CHUNK)]
+    centre = sum(_unit_rows(embedding[c]).sum(axis=0) for c in chunks)
+    centre = centre / (len(embedding) + SIMHASH_CENTRE_PRIOR)
+    rng = np.random.default_rng(SIMHASH_SEED)
+    planes = rng.standard_normal((embedding.shape[1], HASH_BITS)).astype(np.float32)
+    out = np.empty(len(embedding), dtype=np.uint64)
+    for c in chunks:
+        out[c] = _bits_to_uint64((_unit_rows(embedding[c]) - centre) @ planes > 0)
+    return out
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    unit = vectors.astype(np.float32)
+    return unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+
+
+def _bits_to_uint64(bits: np.ndarray) -> np.ndarray:
+    """(n, 64) bools, most significant first, as uint64."""
+    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+
+
+def _with_embedding_candidates(
+    pairs: NearPairs,
+    rows: _Rows,
+    node_of_row: np.ndarray,
+    nodes: np.ndarray,
+    is_query: np.ndarray | None,
+    cfg: DedupConfig,
+) -> NearPairs:
+    """`pairs` plus the pHash-node pairs whose images' embedding SimHashes are within
+    `embedding_hash_distance`, found by the same search over the SimHashes."""
+    searched = np.flatnonzero(node_of_row >= 0)
+    _, first = np.unique(rows.sha_code[searched], return_index=True)
+    unit_rows = searched[first]  # one row per exact-copy unit: its copies share pixels
+    values, sim_node = np.unique(simhashes(rows.embedding[unit_rows]), return_inverse=True)
+    query = None
+    if is_query is not None:
+        query = np.zeros(values.size, dtype=bool)
+        query[sim_node[is_query[node_of_row[unit_rows]]]] = True
+    found = _search(values, cfg.embedding_hash_distance, query, cfg)
+    # Units sharing one SimHash pair up too: the value meets itself.
+    shared = np.flatnonzero(np.bincount(sim_node, minlength=values.size) > 1)
+    a, b = _member_pairs(
+        sim_node,
+        node_of_row[unit_rows],
+        np.concatenate([found.i, shared]),
+        np.concatenate([found.j, shared]),
+    )
+    i = np.concatenate([pairs.i, np.minimum(a, b)])
+    j = np.concatenate([pairs.j, np.maximum(a, b)])
+    keep = i != j
+    key = np.unique(i[keep] * nodes.size + j[keep])
+    i, j = key // nodes.size, key % nodes.size
+    return dataclasses.replace(
+        pairs,
+        i=i,
+        j=j,
+        distance=np.bitwise_count(nodes[i] ^ nodes[j]).astype(np.uint8),
+        candidates=pairs.candidates + found.candidates,
+        giant_buckets=pairs.giant_buckets + found.giant_buckets,
+        seconds=pairs.seconds + found.seconds,
+    )
+
+
+def _member_pairs(
+    group: np.ndarray, member: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (x, y) with x a member of group a[k] and y one of group b[k], for each k."""
+    order = np.argsort(group, kind="stable")
+    members = member[order]
+    counts = np.bincount(group, minlength=int(group.max(initial=-1)) + 1)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    per_pair = counts[a] * counts[b]
+    total = int(per_pair.sum())
+    k = np.arange(total) - np.repeat(np.cumsum(per_pair) - per_pair, per_pair)
+    width = np.repeat(counts[b], per_pair)
+    x = members[np.repeat(start[a], per_pair) + k // width]
+    y = members[np.repeat(start[b], per_pair) + k % width]
+    return x, y
+
+
+def _search(
+    hashes: np.ndarray, distance: int, is_query: np.ndarray | None, cfg: DedupConfig, bands: int = 0
+) -> NearPairs:
+    return find_near_pairs(
+        hashes,
+        distance,
+        is_query=is_query,
+        bands=bands,
+        max_bucket_hashes=cfg.max_bucket_hashes,
+        hashes_per_task=cfg.hashes_per_task,
+    )
 
 
 def _apply_strict_distance(

@@ -25,6 +25,8 @@ from pipeline.dedup import (
     NEAR_DUPLICATE,
     BandPlan,
     DedupConfig,
+    _build_band_index,
+    _search_range,
     compute_hashes,
     deduplicate,
     degenerate_hashes,
@@ -108,6 +110,27 @@ def test_search_finds_exactly_the_brute_force_pairs(bands, cap):
     assert pairs.candidates < hashes.size**2 / 2
     if cap < 10:
         assert pairs.giant_buckets > 0
+
+
+@pytest.mark.parametrize("is_query", [False, True], ids=["full", "incremental"])
+def test_one_task_reports_each_pair_once_from_its_first_band(is_query):
+    """Tasks return nothing to merge: a pair within radius in several bands comes back
+    from the first of them only, so a task's output is as large as its pairs."""
+    hashes = lake(np.random.default_rng(10))
+    plan = BandPlan.even(7, 12)  # narrow bands: most close pairs qualify in several
+    queries = np.random.default_rng(11).random(hashes.size) < 0.3 if is_query else None
+    indexes = [_build_band_index(hashes, plan, band, 4096) for band in range(7)]
+    i, j, d, candidates = _search_range(hashes, queries, plan, 0, hashes.size, 12, *indexes)
+    keys = i * hashes.size + j
+    assert np.unique(keys).size == keys.size
+    expected = {
+        pair: dist
+        for pair, dist in brute_force(hashes, 12).items()
+        if queries is None or queries[pair[0]] or queries[pair[1]]
+    }
+    pairs = zip(i.tolist(), j.tolist(), strict=True)
+    assert dict(zip(pairs, d.tolist(), strict=True)) == expected
+    assert candidates >= len(expected)
 
 
 @pytest.mark.parametrize("bands,cap", [(0, 4096), (3, 8)])
@@ -403,6 +426,27 @@ def test_verification_reaches_past_the_unverified_distance():
         [{k: v for k, v in r.items() if k not in ("embedding", "colour_layout")} for r in rows]
     )
     assert out["b"]["keep"]  # pHash alone stops at max_hash_distance
+
+
+def test_the_embedding_hash_reaches_a_copy_whose_phash_moved_too_far():
+    """Strong JPEG on a small image can move its pHash past verify_hash_distance: the
+    embedding's SimHash still makes it a candidate, and the same checks decide."""
+    far = flip(A, range(0, 40, 2))  # 20 bits away
+    assert DedupConfig().verify_hash_distance < 20
+    rng = np.random.default_rng(3)
+    others = [
+        row(f"u{k}", int(rng.integers(0, 2**63)), seen=2 + k) | signals(10 + k) for k in range(5)
+    ]
+    rows = [row("a", A) | signals(1), row("b", far, seen=1) | signals(1, nudge=1), *others]
+    out, summary = run(rows, **VERIFIED, embedding_hash_distance=8)
+    assert out["b"]["reason"] == NEAR_DUPLICATE and out["b"]["duplicate_of"] == "a"
+    assert out["b"]["distance"] == 20  # the pHash distance, as for every near duplicate
+    assert all(out[f"u{k}"]["keep"] for k in range(5))
+    assert summary["search"]["embedding_hash_distance"] == 8
+    out, _ = run(rows, **VERIFIED, embedding_hash_distance=0)
+    assert out["b"]["keep"]
+    out, _ = run(rows[1:2], existing=rows[:1], **VERIFIED, embedding_hash_distance=8)
+    assert out["b"]["duplicate_of"] == "a"  # incremental: new against kept
 
 
 def test_colours_must_agree_and_more_so_on_plain_sky():

@@ -398,18 +398,23 @@ def _without_5(outcomes: list[Outcome]) -> list[Outcome]:
     return [o for o in outcomes if o.sample.kind not in FIVE_PERCENT]
 
 
-def config(threshold: int, weights: str) -> dedup.DedupConfig:
+def config(threshold: int, weights: str, **changes: Any) -> dedup.DedupConfig:
     """Defaults, with the search radius at `threshold`: the verified candidates' radius
     when weights are given, else pHash's own."""
     return dedup.DedupConfig(
-        max_hash_distance=threshold, verify_hash_distance=threshold, embedding_weights=weights
+        max_hash_distance=threshold,
+        verify_hash_distance=threshold,
+        embedding_weights=weights,
+        **changes,
     )
 
 
-def run_dedup(samples: list[Sample], threshold: int, weights: str) -> tuple[pa.Table, dict]:
+def run_dedup(
+    samples: list[Sample], threshold: int, weights: str, **changes: Any
+) -> tuple[pa.Table, dict]:
     rows = [s.row for s in samples if s.row and not s.filtered]
     table = pa.Table.from_pylist(rows)
-    result = dedup.deduplicate(table, config(threshold, weights))
+    result = dedup.deduplicate(table, config(threshold, weights, **changes))
     return result.decisions, result.summary
 
 
@@ -446,30 +451,50 @@ def _prr(outcomes: list[Outcome]) -> str:
 def print_sweep(
     samples: list[Sample], thresholds: Iterable[int], weights: str
 ) -> dict[int, list[Outcome]]:
-    how = "pHash alone" if weights == NO_WEIGHTS else "pHash candidates verified (embedding)"
+    e = dedup.DedupConfig().embedding_hash_distance
+    how = (
+        "pHash alone"
+        if weights == NO_WEIGHTS
+        else f"pHash and embedding-SimHash (e={e}) candidates verified (embedding)"
+    )
     print(
         f"\nthreshold sweep, {how}: P, R, R without the 5% crops (crop_c5, crop_e5); "
         "photos = skimage + pillow"
     )
-    names = ("all", "photos", "halmstad")
-    print(
-        f"  {'t':>3} {'drops':>6} {'wrong':>6} "
-        + " ".join(f"{n + ' P/R/R-5%':>19}" for n in names)
-        + f" {'dedup s':>7}"
-    )
+    _sweep_header("t", f" {'dedup s':>7}")
     results = {}
     for t in thresholds:
         decisions, summary = run_dedup(samples, t, weights)
         outcomes = evaluate(samples, decisions)
         results[t] = outcomes
-        total = score(outcomes)
-        print(
-            f"  {t:>3} {total.drops:>6} {total.wrong:>6} "
-            + " ".join(f"{_prr(_of(outcomes, n)):>19}" for n in names)
-            + f" {summary['seconds']:>7.2f}",
-            flush=True,
-        )
+        _sweep_row(t, outcomes, f" {summary['seconds']:>7.2f}")
     return results
+
+
+SWEEP_SETS = ("all", "photos", "halmstad")
+
+
+def _sweep_header(key: str, extra: str) -> None:
+    sets = " ".join(f"{n + ' P/R/R-5%':>19}" for n in SWEEP_SETS)
+    print(f"  {key:>3} {'drops':>6} {'wrong':>6} {sets}{extra}")
+
+
+def _sweep_row(key: int, outcomes: list[Outcome], extra: str) -> None:
+    total = score(outcomes)
+    sets = " ".join(f"{_prr(_of(outcomes, n)):>19}" for n in SWEEP_SETS)
+    print(f"  {key:>3} {total.drops:>6} {total.wrong:>6} {sets}{extra}", flush=True)
+
+
+def print_embedding_sweep(
+    samples: list[Sample], threshold: int, weights: str, distances: Iterable[int]
+) -> None:
+    """The second candidate source (embedding SimHash) at each radius, pHash at `threshold`."""
+    print(f"\nembedding SimHash radius sweep (pHash t={threshold}, verified): P, R, R-5%")
+    _sweep_header("e", f" {'candidates':>11} {'dedup s':>7}")
+    for e in distances:
+        decisions, summary = run_dedup(samples, threshold, weights, embedding_hash_distance=e)
+        extra = f" {summary['search']['candidate_pairs']:>11,} {summary['seconds']:>7.2f}"
+        _sweep_row(e, evaluate(samples, decisions), extra)
 
 
 def _distance_stats(outcomes: list[Outcome]) -> str:
@@ -581,7 +606,9 @@ def nearest_unrelated(samples: list[Sample]) -> None:
         )
 
 
-def part_a(crops_dir: Path, thresholds: list[int], weights: str) -> None:
+def part_a(
+    crops_dir: Path, thresholds: list[int], weights: str, embedding_distances: list[int]
+) -> None:
     default = dedup.DedupConfig(embedding_weights=weights).search_distance
     started = time.perf_counter()
     originals = load_originals(crops_dir)
@@ -600,6 +627,8 @@ def part_a(crops_dir: Path, thresholds: list[int], weights: str) -> None:
         unverified = dedup.DedupConfig(embedding_weights=NO_WEIGHTS).search_distance
         print_sweep(samples, sorted({*thresholds, unverified}), NO_WEIGHTS)
     results = print_sweep(samples, sorted({*thresholds, default}), weights)
+    if weights != NO_WEIGHTS and embedding_distances:
+        print_embedding_sweep(samples, default, weights, embedding_distances)
     outcomes = results[default]
     print_per_kind(outcomes, default)
     print_per_source(outcomes, default)
@@ -935,6 +964,13 @@ def main() -> None:
         "shared state dict next to the checkout when present",
     )
     parser.add_argument(
+        "--embedding-hash-distances",
+        type=int,
+        nargs="*",
+        default=[0, 6, 8, 10, 12],
+        help="part A: sweep the embedding SimHash candidate radius (0: off) at the default t",
+    )
+    parser.add_argument(
         "--link-similarities",
         type=float,
         nargs="*",
@@ -948,7 +984,12 @@ def main() -> None:
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     if args.part in ("a", "both"):
-        part_a(args.crops.resolve(), args.thresholds, args.embedding_weights)
+        part_a(
+            args.crops.resolve(),
+            args.thresholds,
+            args.embedding_weights,
+            args.embedding_hash_distances,
+        )
     if args.part in ("b", "both"):
         part_b(
             args.crops.resolve(),

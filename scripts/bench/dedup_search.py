@@ -16,13 +16,24 @@ Two kinds of lake:
 Printed per run: distinct hashes, band plan, candidate pairs verified, near pairs found,
 seconds, and whether every planted copy within the threshold was found. Ray worker
 start-up is excluded (a warm-up search runs first).
+
+    .venv/bin/python scripts/bench/dedup_search.py --kernel [--against GIT_REV]
+
+times one task's search (`_search_range`, one core, no Ray) on a probe-bound lake
+(random 1M, t=8) and a candidate-bound one (realistic 100k, t=12), and solves the two
+for the cost of one probe and of one candidate check: their ratio is
+`pipeline.dedup.PROBE_COST`. `--against` times pipeline/dedup.py as it was at GIT_REV
+in the same run, on the same plans.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pyarrow as pa  # noqa: E402
 
+from common.backbone import NO_WEIGHTS  # noqa: E402
+from pipeline import dedup  # noqa: E402
 from pipeline.dedup import DedupConfig, deduplicate, find_near_pairs  # noqa: E402
 
 SCENE_SIZE = 100  # images per scene (look-alikes)
@@ -147,12 +160,14 @@ def lake_table(hashes: np.ndarray, scene: np.ndarray, rng: np.random.Generator) 
 
 
 def end_to_end(n: int, threshold: int, seed: int) -> dict:
-    """deduplicate() on a realistic lake: search plus the driver's clustering pass."""
+    """deduplicate() on a realistic lake: search plus the driver's clustering pass. The
+    synthetic rows have no embeddings, so this is pHash alone within `threshold`."""
     rng = np.random.default_rng(seed)
     hashes, _, scene = realistic_hashes(n, rng)
     table = lake_table(hashes, scene, rng)
     started = time.perf_counter()
-    result = deduplicate(table, DedupConfig(max_hash_distance=threshold))
+    cfg = DedupConfig(max_hash_distance=threshold, embedding_weights=NO_WEIGHTS)
+    result = deduplicate(table, cfg)
     seconds = time.perf_counter() - started
     summary = result.summary
     return {
@@ -163,6 +178,71 @@ def end_to_end(n: int, threshold: int, seed: int) -> dict:
         "largest": summary["largest_cluster"],
         "conflicts": len(summary["label_conflicts"]),
     }
+
+
+def dedup_at(rev: str) -> object:
+    """pipeline/dedup.py as it was at git revision `rev`, loaded as its own module."""
+    root = Path(__file__).resolve().parents[2]
+    source = subprocess.run(
+        ["git", "show", f"{rev}:pipeline/dedup.py"], cwd=root, check=True, capture_output=True
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / f"dedup_{rev}.py"
+    path.write_bytes(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_task(module: object, hashes: np.ndarray, plan: object, threshold: int) -> float:
+    """Seconds for one task searching every hash (best of two), after a warm-up."""
+    indexes = [module._build_band_index(hashes, plan, b, 4096) for b in range(len(plan.widths))]
+    module._search_range(hashes, None, plan, 0, 1000, threshold, *indexes)  # compile
+    best = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        module._search_range(hashes, None, plan, 0, hashes.size, threshold, *indexes)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def kernel(against: str | None) -> None:
+    """Cost of a probe and of a candidate check, one core (see the module docstring)."""
+    lakes = [("random", 1_000_000, 8), ("realistic", 100_000, 12)]
+    modules = [("current", dedup)] + ([(against, dedup_at(against))] if against else [])
+    print("one task, one core, no Ray; best of 2")
+    print(
+        f"{'lake':<22} {'plan':>16} {'probes':>13} {'candidates':>14} "
+        + "".join(f"{name:>12}" for name, _ in modules)
+    )
+    rows = []
+    for kind, n, threshold in lakes:
+        rng = np.random.default_rng(0)
+        hashes = np.unique((random_hashes if kind == "random" else realistic_hashes)(n, rng)[0])
+        plan = dedup.plan_bands(hashes, threshold)
+        probes = hashes.size * sum(plan.masks(b).size for b in range(len(plan.widths)))
+        indexes = [dedup._build_band_index(hashes, plan, b, 4096) for b in range(len(plan.widths))]
+        candidates = dedup._search_range(hashes, None, plan, 0, hashes.size, threshold, *indexes)[3]
+        seconds = [time_task(m, hashes, plan, threshold) for _, m in modules]
+        rows.append((probes, candidates, seconds))
+        plan_text = "/".join(map(str, plan.widths)) + f" r{plan.radius}"
+        print(
+            f"{kind + f' {n:,} t={threshold}':<22} {plan_text:>16} {probes:>13,} {candidates:>14,} "
+            + "".join(f"{s:>11.2f}s" for s in seconds),
+            flush=True,
+        )
+    for k, (name, _) in enumerate(modules):
+        a = np.array([[p, c] for p, c, _ in rows], dtype=float)
+        probe, check = np.linalg.solve(a, np.array([s[k] for *_, s in rows]))
+        print(
+            f"{name}: {probe * 1e9:.2f} ns per probe, {check * 1e9:.2f} ns per candidate, "
+            f"ratio {probe / check:.1f}"
+        )
+    print(f"pipeline.dedup.PROBE_COST is {dedup.PROBE_COST}")
+    if against:
+        for (_, _, seconds), (kind, n, t) in zip(rows, lakes, strict=True):
+            print(f"{kind} {n:,} t={t}: {against} / current = x{seconds[1] / seconds[0]:.1f}")
 
 
 def main() -> None:
@@ -176,7 +256,14 @@ def main() -> None:
     parser.add_argument(
         "--end-to-end", action="store_true", help="also time deduplicate() on realistic rows"
     )
+    parser.add_argument(
+        "--kernel", action="store_true", help="cost of a probe and a candidate, one core"
+    )
+    parser.add_argument("--against", help="with --kernel: also time dedup.py at this git rev")
     args = parser.parse_args()
+    if args.kernel:
+        kernel(args.against)
+        return
 
     import ray
 

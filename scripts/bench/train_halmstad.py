@@ -63,13 +63,13 @@ def build_lake(root: Path) -> Path:
     return lake
 
 
-def clean(root: Path) -> Path:
+def clean(root: Path, val_fraction: str) -> Path:
     out = root / "clean"
     if not (out / "_manifest.json").is_file():
         run(
             "-m", "pipeline", "clean", str(build_lake(root)), str(out), "--no-progress",
             "--group-manifest-uri", str(CROPS / "manifest.csv"),
-            "--embedding-weights", str(WEIGHTS), "--val-fraction", VAL_FRACTION,
+            "--embedding-weights", str(WEIGHTS), "--val-fraction", val_fraction,
         )  # fmt: skip
     return out
 
@@ -94,6 +94,8 @@ def summarize(root: Path) -> None:
     print(f"\n{'run':9s} {'model':5s} {'acc':>6s} {'bal.acc':>7s}  recall per class "
           f"({', '.join(CLASSES)})  size")  # fmt: skip
     for name in RUNS:
+        if not (root / "models" / name / "model.json").is_file():
+            continue
         metrics = json.loads((root / "runs" / name / "metrics.json").read_text())
         info = json.loads((root / "models" / name / "model.json").read_text())
         fp32 = [metrics["per_class"][c]["recall"] for c in CLASSES]
@@ -127,11 +129,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/train_halmstad"))
     parser.add_argument("--summarize", action="store_true", help="only print the table")
+    parser.add_argument(
+        "--val-fraction",
+        default=VAL_FRACTION,
+        help="share of the lake cleaned into a val split that picks the checkpoint; 0: "
+        "no val split, the best checkpoint by the test metric (the issue's protocol)",
+    )
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     args = parser.parse_args()
     if not args.summarize:
-        data = clean(args.root)
-        for name, extra in RUNS.items():
-            fit_and_export(args.root, data, name, extra)
+        data = clean(args.root, args.val_fraction)
+        for name in args.runs:
+            fit_and_export(args.root, data, name, RUNS[name])
     summarize(args.root)
 
 
