@@ -1,10 +1,10 @@
 """The near-duplicate search's inner loop, compiled: scan a band's probed buckets.
 
 Multi-index hashing spends nearly all its time checking candidates: one XOR and one
-popcount per (query, hash in a probed bucket). In NumPy every candidate is gathered,
-repeated and compared in separate passes over memory (~20 ns each on one core); this loop
+popcount per (query, hash in a probed bucket). In NumPy every candidate was gathered,
+repeated and compared in separate passes over memory (4.4 ns each on one core); this loop
 reads each bucket's hashes contiguously (the band index keeps a copy sorted by band value)
-and writes only the pairs that pass, so a candidate costs about a nanosecond.
+and writes only the pairs that pass: 0.76 ns (scripts/bench/dedup_search.py --kernel).
 
 Each pair is reported by exactly one band, the first whose value differs by at most the
 plan's radius, so tasks return no duplicates to merge.
@@ -21,11 +21,11 @@ FIRST_CAPACITY = 1 << 14
 
 
 @intrinsic
-def _popcount(typingctx, x):  # noqa: ANN001, ARG001 (numba's intrinsic signature)
+def _popcount(typingctx, x):  # numba's intrinsic signature: (typing context, arg types)
     """LLVM's ctpop: one POPCNT instruction on x86-64."""
     sig = types.uint64(types.uint64)
 
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ARG001
+    def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
 
     return sig, codegen
