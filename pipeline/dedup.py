@@ -74,6 +74,8 @@ LABEL_CONFLICT = "label_conflict"
 
 HASH_KINDS = ("phash", "dhash", "whash", "ahash")
 KEEP_KEYS = ("resolution", "lossless", "earliest")
+ASSIGN_CLOSEST, ASSIGN_FIRST = "closest", "first"
+ASSIGN_MODES = (ASSIGN_CLOSEST, ASSIGN_FIRST)
 HASH_BITS = 64
 
 # Optional: hash_stability (float; null or absent counts as stable); with verification
@@ -148,6 +150,15 @@ class DedupConfig:
         3.0,
         "Verification: angle in degrees between the two images' colour layouts (mean RGB "
         "of a 4x4 grid; a brightness change does not move it) at most this",
+    )
+    assign_to: str = option(
+        "closest",
+        "Which kept image a near copy is dropped in favour of, when several verify it: "
+        "'closest' = the one whose colour layout is closest (with verification; else the "
+        "nearest hash), among those kept before it (the keep policy's order); 'first' = the "
+        "first kept one to reach it (keep-policy order). On small crops against plain sky, "
+        "'first' lets a larger crop of another clip take a copy before its own original",
+        choices=ASSIGN_MODES,
     )
     keep_policy: list[str] = option(
         ["resolution", "lossless", "earliest"],
@@ -800,7 +811,22 @@ class _Verifier:
 
     def __call__(self, row: int, units: list[int]) -> list[int]:
         """The candidate units that pass both checks against `row`."""
-        others = self.unit_row[units]
+        passed, _ = self.check(row, self.unit_row[units])
+        return [u for u, ok in zip(units, passed.tolist(), strict=True) if ok]
+
+    def closest(self, row: int, keepers: list[int]) -> int:
+        """Of the `keepers` that pass both checks against `row`, the one whose colour
+        layout is closest (the first listed on a tie); -1 if none passes. The colour
+        layout, not the embedding, ranks them: on plain sky it is what tells two clips
+        apart, while every small dark object embeds alike."""
+        passed, colour = self.check(row, np.asarray(keepers, dtype=np.int64))
+        if not passed.any():
+            return -1
+        return keepers[int(np.argmax(np.where(passed, colour, -np.inf)))]
+
+    def check(self, row: int, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of the rows `others` pass both checks against `row`, and the cosine of
+        their colour layouts with row's."""
         similarity = self.embedding[others].astype(np.float32) @ self.embedding[row].astype(
             np.float32
         )
@@ -809,16 +835,24 @@ class _Verifier:
         min_colour = np.where(strict, self.strict_colour_cosine, self.min_colour_cosine)
         passed = (similarity >= self.min_similarity) & (colour >= min_colour)
         self.rejected += int(passed.size - passed.sum())
-        return [u for u, ok in zip(units, passed.tolist(), strict=True) if ok]
+        return passed, colour
 
 
 class _Clusterer:
     """Assigns every new row the row it is kept in place of (itself, for a keeper).
 
-    Keepers are visited best-first and claim every still-unclaimed copy within the
-    threshold of *themselves*: exact copies (same sha256, a whole unit at once) and units
-    whose hash is in the keeper's node or a neighbouring one. Existing rows go first and
-    are never claimed, so rows kept by earlier runs stay kept.
+    Rows are visited best-first (keep-policy order); existing rows are keepers and are
+    never claimed, so rows kept by earlier runs stay kept. A copy is always within the
+    threshold (and verified) of its keeper *itself*, so chains never merge. Exact copies
+    (same sha256) go as one unit. Which keeper a near copy goes to (`assign`):
+
+    - 'closest' (pull): a row whose unit is unclaimed looks at the keepers already chosen
+      in its own and the neighbouring hash nodes and joins the one that verifies it and
+      is most alike (`_closest_keeper`); if none does, it becomes a keeper.
+    - 'first' (push): each keeper claims every still-unclaimed unit it verifies, so the
+      first keeper in keep-policy order wins, however much closer a later one is.
+    Both give every row the same chance to be kept: only keepers ranked before a row (or
+    existing ones) can take it, and the kept set is decided in one best-first pass.
     """
 
     def __init__(
@@ -829,7 +863,11 @@ class _Clusterer:
         n_nodes: int,
         near_across_classes: bool,
         verifier: _Verifier | None = None,
+        assign: str = ASSIGN_CLOSEST,
     ):
+        if assign not in ASSIGN_MODES:
+            raise ValueError(f"unknown assign_to {assign!r}; choose one of {ASSIGN_MODES}")
+        self.assign = assign
         self.rows = rows
         self.verifier = verifier
         self.node_of = node_of
@@ -859,18 +897,74 @@ class _Clusterer:
         codes, first = np.unique(rows.sha_code[by_rank], return_index=True)
         keeper[codes] = by_rank[first]  # exact copies of existing rows, before any near one
         unit_keeper: list[int] = keeper.tolist()  # by sha code
-        for row in by_rank[self._touches_new(by_rank)].tolist():
-            self._claim_near(row, unit_keeper)
+        reaching = by_rank[self._touches_new(by_rank)].tolist()
         new = np.arange(e, rows.count)
         alone = self._alone(new, unit_keeper)
-        codes_of = rows.sha_code.tolist()
-        for row in new[~alone][np.argsort(rows.rank[new[~alone]])].tolist():
-            if unit_keeper[codes_of[row]] < 0:
-                unit_keeper[codes_of[row]] = row
-                self._claim_near(row, unit_keeper)
+        order = new[~alone][np.argsort(rows.rank[new[~alone]])].tolist()
+        if self.assign == ASSIGN_FIRST:
+            self._push(reaching, order, unit_keeper)
+        else:
+            self._pull(reaching, order, unit_keeper)
         result = np.asarray(unit_keeper, dtype=np.int64)[rows.sha_code[new]]
         result[alone] = new[alone]
         return result
+
+    def _push(self, existing: list[int], order: list[int], unit_keeper: list[int]) -> None:
+        """'first': existing keepers, then each new keeper in `order`, claim their copies."""
+        for row in existing:
+            self._claim_near(row, unit_keeper)
+        codes_of = self.row_unit
+        for row in order:
+            if unit_keeper[codes_of[row]] < 0:
+                unit_keeper[codes_of[row]] = row
+                self._claim_near(row, unit_keeper)
+
+    def _pull(self, existing: list[int], order: list[int], unit_keeper: list[int]) -> None:
+        """'closest': each unclaimed row in `order` joins its closest verified keeper
+        among those chosen so far (existing ones first), or becomes a keeper."""
+        self.keepers_in_node: dict[int, list[int]] = {}
+        for row in existing:
+            self._add_keeper(row)
+        codes_of = self.row_unit
+        for row in order:
+            if unit_keeper[codes_of[row]] >= 0:
+                continue
+            keeper = self._closest_keeper(row)
+            unit_keeper[codes_of[row]] = row if keeper < 0 else keeper
+            if keeper < 0:
+                self._add_keeper(row)
+
+    def _add_keeper(self, row: int) -> None:
+        node = self.node_list[row]
+        if node >= 0:
+            self.keepers_in_node.setdefault(node, []).append(row)
+
+    def _closest_keeper(self, row: int) -> int:
+        """The keeper `row` is dropped in favour of, or -1: of the keepers in its node
+        and the neighbouring ones (of its class only, unless near copies may conflict
+        across classes), the verified one with the closest colour layout, or without
+        verification the nearest hash. Ties go to the keeper chosen first."""
+        node = self.node_list[row]
+        if node < 0:
+            return -1
+        own_class = self.unit_class[self.row_unit[row]]
+        found = []
+        for near in [node, *self.nbrs[self.nbr_ptr[node] : self.nbr_ptr[node + 1]]]:
+            for keeper in self.keepers_in_node.get(near, ()):
+                if self.near_across_classes or self.row_class[keeper] == own_class:
+                    found.append(keeper)
+        if not found:
+            return -1
+        found.sort(key=self.keeper_order)
+        if self.verifier is not None:
+            return self.verifier.closest(row, found)
+        hashes = self.rows.hashes
+        distance = np.bitwise_count(hashes[np.asarray(found)] ^ hashes[row])
+        return found[int(np.argmin(distance))]
+
+    def keeper_order(self, row: int) -> tuple[bool, int]:
+        """Keepers in the order they were chosen: existing rows first, then by rank."""
+        return row >= self.rows.n_existing, int(self.rows.rank[row])
 
     def _claim_near(self, row: int, keeper: list[int]) -> None:
         """`row` keeps in place of every unclaimed unit whose hash is within the threshold
@@ -954,7 +1048,9 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
     else:
         pairs = _apply_strict_distance(pairs, rows, node_of_row, nodes.size, cfg)
     near_across = cfg.conflict_matching == "near"
-    keeper = _Clusterer(rows, node_of_row, pairs, nodes.size, near_across, verifier).run()
+    keeper = _Clusterer(
+        rows, node_of_row, pairs, nodes.size, near_across, verifier, cfg.assign_to
+    ).run()
     decisions, summary = _decisions(rows, keeper, cfg)
     summary["search"] = {
         "distinct_hashes": int(nodes.size),

@@ -461,6 +461,43 @@ def test_colours_must_agree_and_more_so_on_plain_sky():
     assert out["b"]["keep"]
 
 
+def colour_angle(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    cosine = np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)
+    return math.degrees(math.acos(min(1.0, cosine)))
+
+
+def test_a_copy_goes_to_the_verified_keeper_it_is_closest_to():
+    """Small crops of two clips against similar skies: the larger crop of another clip
+    verifies the copy too and comes first in keep-policy order, but the copy's own
+    original (kept as well: too far from the other clip) is the closer one."""
+    other_sky, own_sky, copy_sky = (0.50, 0.60, 0.80), (0.55, 0.60, 0.74), (0.535, 0.60, 0.758)
+    assert colour_angle(other_sky, own_sky) > 3.0  # max_colour_angle: both are kept
+    assert colour_angle(copy_sky, own_sky) < colour_angle(copy_sky, other_sky) < 3.0
+    rows = [
+        row("other", A, w=150, h=150) | signals(1, sky=other_sky),
+        row("own", flip(A, [1, 2]), seen=1) | signals(1, nudge=1, sky=own_sky),
+        row("copy", flip(A, [3, 4]), w=90, h=90, seen=2) | signals(1, nudge=2, sky=copy_sky),
+    ]
+    out, _ = run(rows, **VERIFIED)
+    assert out["other"]["keep"] and out["own"]["keep"]
+    assert out["copy"]["duplicate_of"] == "own"
+    out, _ = run(rows, **VERIFIED, assign_to="first")
+    assert out["copy"]["duplicate_of"] == "other"  # the previous rule: first keeper wins
+    out, _ = run(rows[2:], existing=rows[:2], **VERIFIED)
+    assert out["copy"]["duplicate_of"] == "own"  # incremental: the same choice
+
+
+def test_without_verification_a_copy_goes_to_the_nearest_hash():
+    far = flip(A, range(10))  # beyond max_hash_distance of A: both are kept
+    copy = flip(A, range(8))  # within T of A, 2 bits from far
+    rows = [row("big", A, w=200, h=200), row("own", far, seen=1), row("c", copy, w=50, seen=2)]
+    out, _ = run(rows)
+    assert out["big"]["keep"] and out["own"]["keep"]
+    assert out["c"]["duplicate_of"] == "own" and out["c"]["distance"] == 2
+    out, _ = run(rows, assign_to="first")
+    assert out["c"]["duplicate_of"] == "big"
+
+
 def test_rows_without_signals_are_matched_exactly_only():
     bare = row("c", A, seen=2) | {"embedding": None, "colour_layout": None}
     copy = row("d", A, sha="sha-a", seen=3) | {"embedding": None, "colour_layout": None}
