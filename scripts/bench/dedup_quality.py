@@ -497,6 +497,84 @@ def print_embedding_sweep(
         _sweep_row(e, evaluate(samples, decisions), extra)
 
 
+def print_assign_sweep(samples: list[Sample], threshold: int, weights: str) -> None:
+    """Which keeper a near copy goes to (`--assign-to`), at the default search radii."""
+    print(f"\nassign-to sweep (pHash t={threshold}, defaults otherwise): P, R, R-5%")
+    print(
+        f"  {'mode':<8} {'drops':>6} {'wrong':>6} "
+        + " ".join(f"{n + ' P/R/R-5%':>19}" for n in SWEEP_SETS)
+    )
+    for mode in dedup.ASSIGN_MODES:
+        decisions, _ = run_dedup(samples, threshold, weights, assign_to=mode)
+        outcomes = evaluate(samples, decisions)
+        total = score(outcomes)
+        sets = " ".join(f"{_prr(_of(outcomes, n)):>19}" for n in SWEEP_SETS)
+        print(f"  {mode:<8} {total.drops:>6} {total.wrong:>6} {sets}", flush=True)
+
+
+def miss_reasons(outcomes: list[Outcome], cfg: dedup.DedupConfig) -> Counter:
+    """Why each missed variant (with its original) was missed, the first that applies:
+    low detail (matched exactly only), its original kept in place of another group's
+    file, the checks against its original (embedding cosine, then colour angle), no
+    candidate of either search (pHash beyond t, embedding SimHash beyond e), else a
+    keeper of another group or a sibling took it."""
+    searched = {
+        o.sample.row["sha256"]: o.sample.row["embedding"]
+        for o in outcomes
+        if o.sample.row.get("embedding") is not None and not o.sample.row["low_detail"]
+    }
+    simhash = dict(zip(searched, dedup.simhashes(np.array(list(searched.values()))), strict=True))
+    sim_of = {o.sample.uri: int(simhash.get(o.sample.row["sha256"], 0)) for o in outcomes}
+    by_group = {o.sample.group: o for o in outcomes if o.sample.kind == ORIGINAL}
+    reasons: Counter = Counter()
+    for o in outcomes:
+        if o.sample.kind == ORIGINAL or not o.with_original or o.caught:
+            continue
+        v, orig = o.sample.row, by_group[o.sample.group]
+        reasons[_miss_reason(v, orig, sim_of, cfg)] += 1
+    return reasons
+
+
+def _miss_reason(v: dict, orig: Outcome, sim_of: dict[str, int], cfg: dedup.DedupConfig) -> str:
+    o = orig.sample.row
+    if v["low_detail"] or o["low_detail"]:
+        return "low detail: matched exactly only"
+    if orig.dropped and not orig.correct_drop:
+        return "its original was dropped as another group's copy"
+    cosine = float(np.dot(v["embedding"], o["embedding"]))
+    colour_a, colour_b = np.array(v["colour_layout"]), np.array(o["colour_layout"])
+    angle = np.degrees(
+        np.arccos(
+            np.clip(
+                colour_a @ colour_b / np.linalg.norm(colour_a) / np.linalg.norm(colour_b), -1, 1
+            )
+        )
+    )
+    low = min(v["hash_stability"], o["hash_stability"]) < cfg.min_hash_stability
+    if cosine < cfg.min_embedding_similarity:
+        return "fails the checks against its original: embedding"
+    if angle > (cfg.strict_colour_angle if low else cfg.max_colour_angle):
+        return "fails the checks against its original: colour layout"
+    sim = (sim_of[v["source_uri"]] ^ sim_of[o["source_uri"]]).bit_count()
+    if (
+        _hamming(v["phash"], o["phash"]) > cfg.verify_hash_distance
+        and sim > cfg.embedding_hash_distance
+    ):
+        return "passes the checks, no candidate of either search"
+    return "passes, candidate, taken by another keeper"
+
+
+def print_miss_reasons(outcomes: list[Outcome], threshold: int, weights: str) -> None:
+    """A diagnostic beside recall, not part of it, and approximate: the SimHash centre is
+    taken over the distinct searched images (not low detail) as the job takes it, but a
+    candidate reached through another image of the same pHash value is not seen."""
+    cfg = config(threshold, weights)
+    print(f"\nwhy variants were missed at t={threshold} (first reason that applies; diagnostic)")
+    for name in ("photos", "halmstad"):
+        for reason, n in miss_reasons(_of(outcomes, name), cfg).most_common():
+            print(f"  {name:<9} {n:>5}  {reason}")
+
+
 def _distance_stats(outcomes: list[Outcome]) -> str:
     d = sorted(o.distance for o in outcomes if o.distance is not None)
     if not d:
@@ -629,11 +707,14 @@ def part_a(
     results = print_sweep(samples, sorted({*thresholds, default}), weights)
     if weights != NO_WEIGHTS and embedding_distances:
         print_embedding_sweep(samples, default, weights, embedding_distances)
+    print_assign_sweep(samples, default, weights)
     outcomes = results[default]
     print_per_kind(outcomes, default)
     print_per_source(outcomes, default)
     print_false_drops(samples, default, weights)
     print_keepers(outcomes, default)
+    if weights != NO_WEIGHTS:
+        print_miss_reasons(outcomes, default, weights)
     nearest_unrelated(samples)
     for name in ("photos", "halmstad", "all"):
         mine = _of(outcomes, name)
