@@ -846,9 +846,9 @@ class _Clusterer:
     threshold (and verified) of its keeper *itself*, so chains never merge. Exact copies
     (same sha256) go as one unit. Which keeper a near copy goes to (`assign`):
 
-    - 'closest' (pull): a row whose unit is unclaimed looks at the keepers already chosen
-      in its own and the neighbouring hash nodes and joins the one that verifies it and
-      is most alike (`_closest_keeper`); if none does, it becomes a keeper.
+    - 'closest': every keeper offers itself to the undecided units in its own and the
+      neighbouring hash nodes; at its turn a unit joins the offer that verifies it and is
+      most alike (`_closest_keeper`), or, if none does, becomes a keeper.
     - 'first' (push): each keeper claims every still-unclaimed unit it verifies, so the
       first keeper in keep-policy order wins, however much closer a later one is.
     Both give every row the same chance to be kept: only keepers ranked before a row (or
@@ -888,6 +888,7 @@ class _Clusterer:
         existing_nodes = node_of[: rows.n_existing]
         self.existing_in_node = np.bincount(existing_nodes[existing_nodes >= 0], minlength=n_nodes)
         self.node_list = node_of.tolist()  # plain lists: the loops below are Python
+        self.hash_list = rows.hashes.tolist()
 
     def run(self) -> np.ndarray:
         """Per new row, the row kept in its place (itself if it is a keeper)."""
@@ -920,70 +921,63 @@ class _Clusterer:
                 self._claim_near(row, unit_keeper)
 
     def _pull(self, existing: list[int], order: list[int], unit_keeper: list[int]) -> None:
-        """'closest': each unclaimed row in `order` joins its closest verified keeper
-        among those chosen so far (existing ones first), or becomes a keeper."""
-        self.keepers_in_node: dict[int, list[int]] = {}
+        """'closest': a keeper offers itself to every undecided unit it could take; each
+        unit, at its best row's turn in `order`, joins the closest verified offer, or
+        becomes a keeper. Offers are made by keepers (far fewer than rows), so this
+        pass walks the neighbour lists as often as 'first' does."""
+        offers: dict[int, list[int]] = {}  # unit -> keepers, in the order they were chosen
         for row in existing:
-            self._add_keeper(row)
+            self._offer(row, unit_keeper, offers)
         codes_of = self.row_unit
         for row in order:
-            if unit_keeper[codes_of[row]] >= 0:
+            unit = codes_of[row]
+            if unit_keeper[unit] >= 0:
                 continue
-            keeper = self._closest_keeper(row)
-            unit_keeper[codes_of[row]] = row if keeper < 0 else keeper
+            keeper = self._closest_keeper(row, offers.pop(unit, []))
+            unit_keeper[unit] = row if keeper < 0 else keeper
             if keeper < 0:
-                self._add_keeper(row)
+                self._offer(row, unit_keeper, offers)
 
-    def _add_keeper(self, row: int) -> None:
-        node = self.node_list[row]
-        if node >= 0:
-            self.keepers_in_node.setdefault(node, []).append(row)
+    def _offer(self, row: int, keeper: list[int], offers: dict[int, list[int]]) -> None:
+        for unit in self._reachable(row, keeper):
+            offers.setdefault(unit, []).append(row)
 
-    def _closest_keeper(self, row: int) -> int:
-        """The keeper `row` is dropped in favour of, or -1: of the keepers in its node
-        and the neighbouring ones (of its class only, unless near copies may conflict
-        across classes), the verified one with the closest colour layout, or without
-        verification the nearest hash. Ties go to the keeper chosen first."""
-        node = self.node_list[row]
-        if node < 0:
+    def _closest_keeper(self, row: int, keepers: list[int]) -> int:
+        """Of the `keepers` that reached `row`'s unit, the one it is dropped in favour of,
+        or -1: the verified one with the closest colour layout, or without verification
+        the nearest hash. Ties go to the keeper chosen first (listed first)."""
+        if not keepers:
             return -1
-        own_class = self.unit_class[self.row_unit[row]]
-        found = []
-        for near in [node, *self.nbrs[self.nbr_ptr[node] : self.nbr_ptr[node + 1]]]:
-            for keeper in self.keepers_in_node.get(near, ()):
-                if self.near_across_classes or self.row_class[keeper] == own_class:
-                    found.append(keeper)
-        if not found:
-            return -1
-        found.sort(key=self.keeper_order)
         if self.verifier is not None:
-            return self.verifier.closest(row, found)
-        hashes = self.rows.hashes
-        distance = np.bitwise_count(hashes[np.asarray(found)] ^ hashes[row])
-        return found[int(np.argmin(distance))]
-
-    def keeper_order(self, row: int) -> tuple[bool, int]:
-        """Keepers in the order they were chosen: existing rows first, then by rank."""
-        return row >= self.rows.n_existing, int(self.rows.rank[row])
+            return self.verifier.closest(row, keepers)
+        if len(keepers) == 1:  # within the threshold: it reached this unit
+            return keepers[0]
+        hashes, own = self.hash_list, self.hash_list[row]
+        return min(keepers, key=lambda k: (hashes[k] ^ own).bit_count())  # first on a tie
 
     def _claim_near(self, row: int, keeper: list[int]) -> None:
-        """`row` keeps in place of every unclaimed unit whose hash is within the threshold
-        (of its own class only, unless near copies may conflict across classes)."""
-        node = self.node_list[row]
-        if node < 0:
-            return
-        own_unit, own_class = self.row_unit[row], self.row_class[row]
-        found = []
-        for near in [node, *self.nbrs[self.nbr_ptr[node] : self.nbr_ptr[node + 1]]]:
-            for unit in self.units[self.unit_ptr[near] : self.unit_ptr[near + 1]]:
-                if keeper[unit] >= 0 or unit == own_unit:  # own unit: claimed by the caller
-                    continue
-                if self.near_across_classes or self.unit_class[unit] == own_class:
-                    found.append(unit)
+        """`row` keeps in place of every unclaimed unit it reaches that it verifies."""
+        found = self._reachable(row, keeper)
         if self.verifier is not None and found:
             found = self.verifier(row, found)
         for unit in found:
             keeper[unit] = row
+
+    def _reachable(self, row: int, keeper: list[int]) -> list[int]:
+        """The undecided units whose hash is within the threshold of keeper `row` (of its
+        own class only, unless near copies may conflict across classes)."""
+        node = self.node_list[row]
+        if node < 0:
+            return []
+        own_unit, own_class = self.row_unit[row], self.row_class[row]
+        found = []
+        for near in [node, *self.nbrs[self.nbr_ptr[node] : self.nbr_ptr[node + 1]]]:
+            for unit in self.units[self.unit_ptr[near] : self.unit_ptr[near + 1]]:
+                if keeper[unit] >= 0 or unit == own_unit:  # own unit: decided by the caller
+                    continue
+                if self.near_across_classes or self.unit_class[unit] == own_class:
+                    found.append(unit)
+        return found
 
     def _touches_new(self, rows: np.ndarray) -> np.ndarray:
         """Existing rows whose node could reach a new unit (the others claim nothing)."""
