@@ -851,8 +851,9 @@ class _Clusterer:
       most alike (`_closest_keeper`), or, if none does, becomes a keeper.
     - 'first' (push): each keeper claims every still-unclaimed unit it verifies, so the
       first keeper in keep-policy order wins, however much closer a later one is.
-    Both give every row the same chance to be kept: only keepers ranked before a row (or
-    existing ones) can take it, and the kept set is decided in one best-first pass.
+    Both keep the same rows: a unit is kept exactly when no keeper chosen before it
+    (existing ones first, then by rank) verifies it, so by induction the keepers are the
+    same; only which keeper a copy is dropped for (its cluster) differs.
     """
 
     def __init__(
