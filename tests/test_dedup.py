@@ -184,13 +184,18 @@ def test_the_middle_of_a_chain_may_keep_both_ends():
     assert [out[u]["distance"] for u in "ac"] == [6, 6]
 
 
-def test_every_dropped_copy_is_within_the_threshold_of_its_keeper():
-    rng = np.random.default_rng(3)
+def chained_lake(seed: int = 3) -> list[dict]:
+    rng = np.random.default_rng(seed)
     hashes = [int(h) for h in rng.integers(0, 2**64, 300, dtype=np.uint64)]
     for _ in range(700):  # random walks: long chains of copies of copies
         hashes.append(flip(hashes[int(rng.integers(len(hashes)))], rng.choice(64, 3).tolist()))
-    rows = [row(f"r{i}", h, w=int(rng.integers(50, 60))) for i, h in enumerate(hashes)]
-    out, summary = run(rows)
+    return [row(f"r{i}", h, w=int(rng.integers(50, 60))) for i, h in enumerate(hashes)]
+
+
+@pytest.mark.parametrize("assign", ["closest", "first"])
+def test_every_dropped_copy_is_within_the_threshold_of_its_keeper(assign):
+    rows = chained_lake()
+    out, summary = run(rows, assign_to=assign)
     by_uri = {r["source_uri"]: int(r["phash"], 16) for r in rows}
     kept = [u for u, d in out.items() if d["keep"]]
     for uri, d in out.items():
@@ -201,6 +206,18 @@ def test_every_dropped_copy_is_within_the_threshold_of_its_keeper():
     kept_hashes = np.array([by_uri[u] for u in kept], dtype=np.uint64)
     assert not brute_force(kept_hashes, T)  # no two kept images are near each other
     assert summary["kept"] == len(kept) < len(rows) - 300
+
+
+def test_both_assign_modes_keep_the_same_rows_and_closest_is_never_further():
+    """A row is kept when no keeper chosen before it reaches it, in both modes; only
+    the keeper a copy is dropped for differs, and with 'closest' it is never further."""
+    rows = chained_lake(seed=4)
+    closest, _ = run(rows)
+    first, _ = run(rows, assign_to="first")
+    assert [d["keep"] for d in closest.values()] == [d["keep"] for d in first.values()]
+    dropped = [u for u, d in first.items() if not d["keep"]]
+    assert all(closest[u]["distance"] <= first[u]["distance"] for u in dropped)
+    assert any(closest[u]["distance"] < first[u]["distance"] for u in dropped)
 
 
 @pytest.mark.parametrize(
