@@ -19,9 +19,11 @@ How, top-down (`deduplicate` runs these steps):
    exact popcount in a compiled loop (`pipeline.hamming`); the work grows like
    n * probes + candidates, not n^2.
 4. Clustering on the driver (`_Clusterer`): keepers are picked greedily in keep-policy
-   order and claim every unclaimed copy within the threshold *of the keeper*, so a
-   chain A~B~C never merges A and C through B. The verified pairs are small (a few per
-   duplicate), which is why this pass needs no cluster.
+   order; a copy goes to a keeper it is within the threshold *of*, so a chain A~B~C
+   never merges A and C through B. When several keepers could take it, the closest
+   one does (`assign_to`): on small crops against plain sky, the first one in
+   keep-policy order was often a larger crop of another clip. The verified pairs are
+   small (a few per duplicate), which is why this pass needs no cluster.
    With verification on (the default, `embedding_weights`), the search radius is the
    looser `verify_hash_distance` and a keeper claims a candidate only if their
    MobileNetV2 embeddings and colour layouts (`pipeline.embed`) agree too (`_Verifier`):
