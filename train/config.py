@@ -95,6 +95,12 @@ class DataSection:
         0.25, "Largest CoarseDropout hole, as a fraction of the input side"
     )
     rotate_degrees: float = option(30.0, "Largest random rotation, in degrees")
+    colour_jitter: float = option(
+        0.0,
+        "Random brightness, contrast and saturation change up to this share (hue a quarter "
+        "of it), on 4 in 5 draws; 0 = off, the seed's augmentations. Helps when the "
+        "background's colour differs between recordings (docs/benchmarks.md, training)",
+    )
 
 
 @dataclass

@@ -79,7 +79,7 @@ def augment_batch(
     data: DataSection,
 ) -> dict[str, np.ndarray]:
     """Decode and augment a batch: one fresh random draw per row."""
-    transform = train_transform(input_size, mean, std, data.rotate_degrees, data.cutout_fraction)
+    transform = train_transform(input_size, mean, std, data)
     images = [augment(transform, decode_rgb(blob)) for blob in batch["image"]]
     return {"image": np.stack(images), "label": batch["label"].astype(np.int64)}
 

@@ -16,24 +16,24 @@ import cv2
 import numpy as np
 
 from common.preprocess import EvalTransform, pad_colour
+from train.config import DataSection
 
 FLIP_PROBABILITY = 0.5
 ROTATE_PROBABILITY = 0.5
 CUTOUT_PROBABILITY = 0.5
 CUTOUT_MIN_FRACTION = 0.05
+COLOUR_JITTER_PROBABILITY = 0.8
+HUE_SHARE = 0.25  # hue moves a quarter as far as brightness, contrast and saturation
 
 
 def train_transform(
-    input_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    rotate_degrees: float,
-    cutout_fraction: float,
+    input_size: int, mean: Sequence[float], std: Sequence[float], data: DataSection
 ) -> A.Compose:
     """HWC uint8 RGB -> CHW float32 (numpy: Ray Data batches carry arrays, not tensors)."""
     fill = pad_colour(mean)
     return A.Compose(
         [
+            *colour_jitter(data.colour_jitter),
             A.HorizontalFlip(p=FLIP_PROBABILITY),
             A.LongestMaxSize(max_size=input_size, area_for_downscale="image"),
             A.PadIfNeeded(
@@ -44,21 +44,40 @@ def train_transform(
             ),
             A.Resize(input_size, input_size),  # a no-op after the two above; the seed's step
             A.Rotate(
-                limit=rotate_degrees,
+                limit=data.rotate_degrees,
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=fill,
                 p=ROTATE_PROBABILITY,
             ),
             A.CoarseDropout(
                 num_holes_range=(1, 1),
-                hole_height_range=(CUTOUT_MIN_FRACTION, cutout_fraction),
-                hole_width_range=(CUTOUT_MIN_FRACTION, cutout_fraction),
+                hole_height_range=(CUTOUT_MIN_FRACTION, data.cutout_fraction),
+                hole_width_range=(CUTOUT_MIN_FRACTION, data.cutout_fraction),
                 fill=fill,
                 p=CUTOUT_PROBABILITY,
             ),
             A.Normalize(mean=tuple(mean), std=tuple(std)),
         ]
     )
+
+
+def colour_jitter(strength: float) -> list[A.BasicTransform]:
+    """Random brightness, contrast, saturation and hue (none at 0, the seed's setting).
+
+    Applied before padding, so padding keeps the mean colour. Why: each video has its
+    own sky, so the background's colour can stand in for the class on seen videos and
+    mislead on unseen ones."""
+    if strength <= 0:
+        return []
+    return [
+        A.ColorJitter(
+            brightness=strength,
+            contrast=strength,
+            saturation=strength,
+            hue=min(strength * HUE_SHARE, 0.5),
+            p=COLOUR_JITTER_PROBABILITY,
+        )
+    ]
 
 
 def augment(transform: A.Compose, pixels: np.ndarray) -> np.ndarray:

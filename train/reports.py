@@ -197,13 +197,7 @@ def augmentation_grids(
     cfg: TrainConfig, images: list[bytes], labels: list[int], meta: dict[str, Any], out: Path
 ) -> None:
     """A sample batch before (decoded) and after the training augmentation."""
-    transform = train_transform(
-        cfg.model.input_size,
-        meta["mean"],
-        meta["std"],
-        cfg.data.rotate_degrees,
-        cfg.data.cutout_fraction,
-    )
+    transform = train_transform(cfg.model.input_size, meta["mean"], meta["std"], cfg.data)
     classes = meta["classes"]
     sample = list(zip(images, labels, strict=True))[: cfg.run.report_images]
     before = [(decode_rgb(b), classes[y]) for b, y in sample]
