@@ -891,7 +891,8 @@ class _Clusterer:
         existing_nodes = node_of[: rows.n_existing]
         self.existing_in_node = np.bincount(existing_nodes[existing_nodes >= 0], minlength=n_nodes)
         self.node_list = node_of.tolist()  # plain lists: the loops below are Python
-        self.hash_list = rows.hashes.tolist()
+        # The nearest hash ranks keepers only without verification (see _closest_keeper).
+        self.hash_list = rows.hashes.tolist() if verifier is None else []
 
     def run(self) -> np.ndarray:
         """Per new row, the row kept in its place (itself if it is a keeper)."""
