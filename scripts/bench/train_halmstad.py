@@ -139,6 +139,41 @@ def summarize(root: Path) -> None:
               f"{'met' if met else 'NOT met'}")  # fmt: skip
 
 
+def per_video(root: Path, name: str) -> None:
+    """Accuracy of run `name`'s exported model per test video: on this data a class's
+    recall moves with whole videos, which the per-image figures hide."""
+    import collections
+    import csv
+    import io
+
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+
+    from common.preprocess import EvalTransform
+
+    model_dir = root / "models" / name
+    info = json.loads((model_dir / "model.json").read_text())
+    transform = EvalTransform(info["input_size"], tuple(info["mean"]), tuple(info["std"]))
+    with open(CROPS / "manifest.csv", newline="") as f:
+        video_of = {row["file"]: row["video"] for row in csv.DictReader(f)}
+    model = torch.jit.load(str(model_dir / "model.pt"))
+    tally: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
+    for shard in sorted((root / "clean" / "images" / "split=test").glob("*.parquet")):
+        rows = pq.read_table(shard, columns=["image", "label", "source_uri"]).to_pylist()
+        batch = torch.stack([transform(Image.open(io.BytesIO(r["image"]))) for r in rows])
+        with torch.no_grad():
+            predicted = model(batch).argmax(1).tolist()
+        for row, p in zip(rows, predicted, strict=True):
+            true = info["classes"][row["label"]]
+            video = video_of.get("/".join(row["source_uri"].split("/")[-2:]), "?")
+            tally[(true, video)][info["classes"][p]] += 1
+    print(f"\n{name}: accuracy per test video (int8 model)")
+    for (true, video), counts in sorted(tally.items()):
+        total = sum(counts.values())
+        print(f"  {true:18s} {video:16s} {total:4d} {counts[true] / total:5.2f}  {dict(counts)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/train_halmstad"))
@@ -150,12 +185,19 @@ def main() -> None:
         "no val split, the best checkpoint by the test metric (the issue's protocol)",
     )
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=DEFAULT_RUNS)
+    parser.add_argument(
+        "--per-video", action="store_true", help="also print each run's accuracy per test video"
+    )
     args = parser.parse_args()
     if not args.summarize:
         data = clean(args.root, args.val_fraction)
         for name in args.runs:
             fit_and_export(args.root, data, name, RUNS[name])
     summarize(args.root)
+    if args.per_video:
+        for name in args.runs:
+            if (args.root / "models" / name / "model.json").is_file():
+                per_video(args.root, name)
 
 
 if __name__ == "__main__":
