@@ -24,6 +24,7 @@ CUTOUT_PROBABILITY = 0.5
 CUTOUT_MIN_FRACTION = 0.05
 COLOUR_JITTER_PROBABILITY = 0.8
 HUE_SHARE = 0.25  # hue moves a quarter as far as brightness, contrast and saturation
+MAX_HUE = 0.5  # ColorJitter's limit: half the colour wheel
 
 
 def train_transform(
@@ -74,7 +75,7 @@ def colour_jitter(strength: float) -> list[A.BasicTransform]:
             brightness=strength,
             contrast=strength,
             saturation=strength,
-            hue=min(strength * HUE_SHARE, 0.5),
+            hue=min(strength * HUE_SHARE, MAX_HUE),
             p=COLOUR_JITTER_PROBABILITY,
         )
     ]

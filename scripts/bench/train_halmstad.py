@@ -144,11 +144,9 @@ def per_video(root: Path, name: str) -> None:
     recall moves with whole videos, which the per-image figures hide."""
     import collections
     import csv
-    import io
 
     import pyarrow.parquet as pq
     import torch
-    from PIL import Image
 
     from common.preprocess import EvalTransform
 
@@ -161,7 +159,7 @@ def per_video(root: Path, name: str) -> None:
     tally: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
     for shard in sorted((root / "clean" / "images" / "split=test").glob("*.parquet")):
         rows = pq.read_table(shard, columns=["image", "label", "source_uri"]).to_pylist()
-        batch = torch.stack([transform(Image.open(io.BytesIO(r["image"]))) for r in rows])
+        batch = torch.stack([transform.from_bytes(r["image"]) for r in rows])
         with torch.no_grad():
             predicted = model(batch).argmax(1).tolist()
         for row, p in zip(rows, predicted, strict=True):
