@@ -34,7 +34,9 @@ def storage_options(uri: str, storage: StorageConfig) -> dict:
     """fsspec keyword arguments for `uri`'s protocol."""
     if not uri.startswith(("s3://", "s3a://")):
         return {}
-    opts: dict = {"anon": storage.anon}
+    # The lake and the outputs change under a long-lived driver (new files, published
+    # versions, checkpoints written by other processes): never answer from a cached listing.
+    opts: dict = {"anon": storage.anon, "use_listings_cache": False}
     endpoint = storage.resolved_endpoint()
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}

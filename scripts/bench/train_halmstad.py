@@ -40,10 +40,10 @@ REPO = Path(__file__).resolve().parents[2]
 CROPS = REPO.parent / "shared" / "data" / "halmstad-crops"
 WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet_features.pth"
 CLASSES = ("Airplane", "Flying_Birds", "Large_QuadCopters", "Small_QuadCopters")
+INPUT_SIZE, EPOCHS, TORCH_THREADS = "128", "10", "2"
 FIT_FLAGS = [
-    "--input-size", "128", "--epochs", "10", "--lr-schedule", "cosine",
-    "--workers", "1", "--cpus-per-worker", "1", "--num-cpus", "2", "--activation", "relu",
-    "--torch-threads", "2",  # Ray caps a 1-CPU worker at one thread otherwise
+    "--lr-schedule", "cosine", "--workers", "1", "--cpus-per-worker", "1", "--num-cpus", "2",
+    "--activation", "relu",
 ]  # fmt: skip
 VAL_FRACTION = "0.1"
 REFUSED = 2  # export's exit status when int8 loses more than --max-int8-drop
@@ -93,13 +93,13 @@ def train_rows(data: Path) -> int:
     return sum(c["splits"].get("train", 0) for c in report["per_class"].values())
 
 
-def fit_and_export(root: Path, data: Path, name: str, extra: list[str]) -> None:
+def fit_and_export(root: Path, data: Path, name: str, extra: list[str], sizing: list[str]) -> None:
     run_dir, model_dir = root / "runs" / name, root / "models" / name
     if not (run_dir / "metrics.json").is_file():
         per_class = ["--samples-per-class", str(train_rows(data) // len(CLASSES))]
         balanced = per_class if "--balanced" in extra else []
         run("-m", "train", "fit", str(data), str(run_dir), "--weights", str(WEIGHTS),
-            *FIT_FLAGS, *extra, *balanced)  # fmt: skip
+            *FIT_FLAGS, *sizing, *extra, *balanced)  # fmt: skip
     if not (model_dir / "model.json").is_file():
         run("-m", "train", "export", str(run_dir), str(model_dir), allowed=(0, REFUSED))
 
@@ -186,11 +186,21 @@ def main() -> None:
     parser.add_argument(
         "--per-video", action="store_true", help="also print each run's accuracy per test video"
     )
+    parser.add_argument("--input-size", default=INPUT_SIZE, help="network input side, px")
+    parser.add_argument("--epochs", default=EPOCHS, help="epochs per fit (the seed's: 20)")
+    parser.add_argument(
+        "--torch-threads",
+        default=TORCH_THREADS,
+        help="intra-op threads per fit (Ray caps a 1-CPU worker at one thread otherwise); "
+        "1 when two bench processes share the 2 cores",
+    )
     args = parser.parse_args()
+    sizing = ["--input-size", args.input_size, "--epochs", args.epochs]
+    sizing += ["--torch-threads", args.torch_threads]
     if not args.summarize:
         data = clean(args.root, args.val_fraction)
         for name in args.runs:
-            fit_and_export(args.root, data, name, RUNS[name])
+            fit_and_export(args.root, data, name, RUNS[name], sizing)
     summarize(args.root)
     if args.per_video:
         for name in args.runs:
