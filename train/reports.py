@@ -161,8 +161,9 @@ def image_grid(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], path: Path)
         )
         if not items:
             axes[r][0].set_title("(none)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    # The row titles sit left of the first column: a tight bounding box keeps them in the
+    # picture, where tight_layout cannot make room for them on a one-column grid.
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
 
 
