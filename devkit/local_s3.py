@@ -81,6 +81,7 @@ class LocalS3:
             key=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             secret=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
             client_kwargs={"endpoint_url": self.endpoint_url, "region_name": "us-east-1"},
+            use_listings_cache=False,  # as common.storage: tests poll what other processes write
         )
 
     def create_bucket(self, bucket: str) -> None:

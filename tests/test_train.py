@@ -274,8 +274,6 @@ def rank0_pid_once_checkpointed(s3, run_uri: str, timeout_s: float) -> int:
     fs = s3.filesystem()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        # s3fs caches listings per instance: without this the poll never sees a new one.
-        fs.invalidate_cache()
         found = fs.glob(f"{run_uri.removeprefix('s3://')}/ray/checkpoint_*/{CHECKPOINT_FILE}")
         if len(found) >= 2:
             with fs.open(sorted(found)[0], "rb") as f:
