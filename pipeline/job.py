@@ -136,7 +136,7 @@ def decide(
             ),
         ]
     )
-    splits, split_stats = assign_splits(units, cfg.split)
+    splits, split_stats = assign_splits(units, cfg.split, root=cfg.input_uri)
     split_of = dict(zip(units["source_uri"].to_pylist(), splits, strict=True))
     decisions = decisions.append_column(
         "split",

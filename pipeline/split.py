@@ -105,10 +105,13 @@ def group_of(relative_path: str, cfg: SplitConfig, manifest: dict[str, str]) -> 
 
 
 def assign_splits(
-    kept: pa.Table, cfg: SplitConfig, links: Iterable[tuple[str, str]] = ()
+    kept: pa.Table, cfg: SplitConfig, links: Iterable[tuple[str, str]] = (), root: str = ""
 ) -> tuple[list[str], dict[str, int]]:
     """Split of every row of `kept` (columns source_uri, class_name, cluster_id, group,
-    split: null for rows not assigned yet). Returns the splits and a few counts."""
+    split: null for rows not assigned yet). Returns the splits and a few counts.
+
+    New units are ordered by their paths relative to `root` (the lake's URI), so the
+    same lake copied to another bucket or folder gets the same split."""
     uris = kept["source_uri"].to_pylist()
     classes = kept["class_name"].to_pylist()
     existing = kept["split"].to_pylist()
@@ -148,7 +151,7 @@ def assign_splits(
             new_units.append(rows)
 
     targets = cfg.targets()
-    new_units.sort(key=lambda rows: _stable_order(min(uris[i] for i in rows)))
+    new_units.sort(key=lambda rows: _stable_order(min(_relative(uris[i], root) for i in rows)))
     for rows in new_units:
         label = Counter(classes[i] for i in rows).most_common(1)[0][0]
         side = _most_behind(counts[label], targets, len(rows))
@@ -157,6 +160,11 @@ def assign_splits(
             counts[classes[i]][side] += 1
     stats = {"units": len(members), "new_units": len(new_units), "split_conflicts": conflicts}
     return [s or TRAIN for s in splits], stats
+
+
+def _relative(uri: str, root: str) -> str:
+    prefix = root.rstrip("/") + "/"
+    return uri[len(prefix) :] if root and uri.startswith(prefix) else uri
 
 
 def _most_behind(current: Counter, targets: dict[str, float], adding: int) -> str:

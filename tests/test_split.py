@@ -70,6 +70,16 @@ def test_deterministic_and_stable_when_files_are_added():
     assert abs(birds["train"] / sum(birds.values()) - 0.7) < 0.03
 
 
+def test_the_same_lake_under_another_root_gets_the_same_split():
+    rows = lake({"birds": 40, "drones": 25})
+    moved = [{**r, "source_uri": r["source_uri"].replace("s3://b/", "/data/copy/")} for r in rows]
+    here, _ = assign_splits(table(rows), SplitConfig(), root="s3://b")
+    there, _ = assign_splits(table(moved), SplitConfig(), root="/data/copy/")
+    assert here == there
+    absolute, _ = assign_splits(table(moved), SplitConfig())
+    assert absolute != here  # without the root the order hashes the full URI
+
+
 def test_validation_share():
     rows = lake({"birds": 100})
     splits, _ = assign_splits(table(rows), SplitConfig(train_fraction=0.6, val_fraction=0.2))
