@@ -140,8 +140,9 @@ def summarize(root: Path) -> None:
 
 
 def per_video(root: Path, name: str) -> None:
-    """Accuracy of run `name`'s exported model per test video: on this data a class's
-    recall moves with whole videos, which the per-image figures hide."""
+    """Accuracy of run `name`'s exported model per test video, and per class and the
+    manifest's distance bin: on this data a class's recall moves with whole videos,
+    which the per-image figures hide."""
     import collections
     import csv
 
@@ -154,9 +155,12 @@ def per_video(root: Path, name: str) -> None:
     info = json.loads((model_dir / "model.json").read_text())
     transform = EvalTransform(info["input_size"], tuple(info["mean"]), tuple(info["std"]))
     with open(CROPS / "manifest.csv", newline="") as f:
-        video_of = {row["file"]: row["video"] for row in csv.DictReader(f)}
+        manifest = {row["file"]: row for row in csv.DictReader(f)}
     model = torch.jit.load(str(model_dir / "model.pt"))
     tally: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
+    by_distance: dict[tuple[str, str], collections.Counter] = collections.defaultdict(
+        collections.Counter
+    )
     for shard in sorted((root / "clean" / "images" / "split=test").glob("*.parquet")):
         rows = pq.read_table(shard, columns=["image", "label", "source_uri"]).to_pylist()
         batch = torch.stack([transform.from_bytes(r["image"]) for r in rows])
@@ -164,12 +168,14 @@ def per_video(root: Path, name: str) -> None:
             predicted = model(batch).argmax(1).tolist()
         for row, p in zip(rows, predicted, strict=True):
             true = info["classes"][row["label"]]
-            video = video_of.get("/".join(row["source_uri"].split("/")[-2:]), "?")
-            tally[(true, video)][info["classes"][p]] += 1
-    print(f"\n{name}: accuracy per test video (int8 model)")
-    for (true, video), counts in sorted(tally.items()):
-        total = sum(counts.values())
-        print(f"  {true:18s} {video:16s} {total:4d} {counts[true] / total:5.2f}  {dict(counts)}")
+            entry = manifest.get("/".join(row["source_uri"].split("/")[-2:]), {})
+            tally[(true, entry.get("video", "?"))][info["classes"][p]] += 1
+            by_distance[(true, entry.get("distance_bin", "?"))][info["classes"][p]] += 1
+    for title, table in (("test video", tally), ("class and distance bin", by_distance)):
+        print(f"\n{name}: accuracy per {title} (int8 model)")
+        for (true, key), counts in sorted(table.items()):
+            total = sum(counts.values())
+            print(f"  {true:18s} {key:16s} {total:4d} {counts[true] / total:5.2f}  {dict(counts)}")
 
 
 def main() -> None:
