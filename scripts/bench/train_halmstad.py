@@ -19,11 +19,13 @@ Steps (each the product's own CLI, in a subprocess):
    int8), model size.
 
 Input 128 px: the crops are 64-150 px (median 64-82), so 224 px would only upsample,
-at about 5x the cost per image on CPU. `--summarize` prints the table of existing runs.
+at about 5x the cost per image on CPU. 20 epochs (the seed's) take about an hour per
+run on 2 cores; `--epochs 10` halves it. `--summarize` prints the table of existing runs.
 
-    RAY_AUTH_MODE=disabled .venv/bin/python scripts/bench/train_halmstad.py --root /tmp/h4
-    RAY_AUTH_MODE=disabled .venv/bin/python scripts/bench/train_halmstad.py --root /tmp/h6 \
-        --val-fraction 0 --runs balanced smoothing colour natural frozen constant
+    RAY_AUTH_MODE=disabled .venv/bin/python scripts/bench/train_halmstad.py --root /tmp/h9 \
+        --val-fraction 0 --runs balanced natural
+    RAY_AUTH_MODE=disabled .venv/bin/python scripts/bench/train_halmstad.py --root /tmp/h9 \
+        --summarize --per-video
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 CROPS = REPO.parent / "shared" / "data" / "halmstad-crops"
 WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet_features.pth"
 CLASSES = ("Airplane", "Flying_Birds", "Large_QuadCopters", "Small_QuadCopters")
-INPUT_SIZE, EPOCHS, TORCH_THREADS = "128", "10", "2"
+INPUT_SIZE, EPOCHS, TORCH_THREADS = "128", "20", "2"  # 20: the seed's epochs
 FIT_FLAGS = [
     "--lr-schedule", "cosine", "--workers", "1", "--cpus-per-worker", "1", "--num-cpus", "2",
     "--activation", "relu",
