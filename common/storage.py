@@ -54,3 +54,9 @@ def join(uri: str, *parts: str) -> str:
     for part in parts:
         out += "/" + part.strip("/")
     return out
+
+
+def relative_to(uri: str, root: str) -> str:
+    """`uri`'s path below `root` (the inverse of `join`); `uri` itself when not below it."""
+    prefix = root.rstrip("/") + "/"
+    return uri[len(prefix) :] if root and uri.startswith(prefix) else uri

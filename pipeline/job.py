@@ -20,7 +20,7 @@ import ray
 
 from common.config import to_dict
 from common.ray_runtime import ensure_ray
-from common.storage import join
+from common.storage import join, relative_to
 from pipeline import dedup
 from pipeline.config import CleanConfig
 from pipeline.embed import embedder
@@ -66,7 +66,6 @@ def with_work_columns(
     snapshot: pa.Table, classes: list[str], first_seen: int, cfg: CleanConfig
 ) -> pa.Table:
     """Labels, the user's group key and the order files were first seen (keep policy)."""
-    root = cfg.input_uri.rstrip("/") + "/"
     manifest = load_group_manifest(cfg.split, cfg.storage)
     uris = snapshot["source_uri"].to_pylist()
     names = snapshot["class_name"].to_pylist()
@@ -75,7 +74,7 @@ def with_work_columns(
     for rank, i in enumerate(order):
         seen[i] = first_seen + rank
     labels = [classes.index(n) if n else None for n in names]
-    groups = [group_of(u[len(root) :], cfg.split, manifest) for u in uris]
+    groups = [group_of(relative_to(u, cfg.input_uri), cfg.split, manifest) for u in uris]
     return (
         snapshot.set_column(
             snapshot.schema.get_field_index("label"), "label", pa.array(labels, pa.int32())

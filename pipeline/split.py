@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from common.config import option
-from common.storage import StorageConfig, filesystem
+from common.storage import StorageConfig, filesystem, relative_to
 
 TRAIN, VAL, TEST = "train", "val", "test"
 
@@ -151,7 +151,7 @@ def assign_splits(
             new_units.append(rows)
 
     targets = cfg.targets()
-    new_units.sort(key=lambda rows: _stable_order(min(_relative(uris[i], root) for i in rows)))
+    new_units.sort(key=lambda rows: _stable_order(min(relative_to(uris[i], root) for i in rows)))
     for rows in new_units:
         label = Counter(classes[i] for i in rows).most_common(1)[0][0]
         side = _most_behind(counts[label], targets, len(rows))
@@ -160,11 +160,6 @@ def assign_splits(
             counts[classes[i]][side] += 1
     stats = {"units": len(members), "new_units": len(new_units), "split_conflicts": conflicts}
     return [s or TRAIN for s in splits], stats
-
-
-def _relative(uri: str, root: str) -> str:
-    prefix = root.rstrip("/") + "/"
-    return uri[len(prefix) :] if root and uri.startswith(prefix) else uri
 
 
 def _most_behind(current: Counter, targets: dict[str, float], adding: int) -> str:
