@@ -31,12 +31,19 @@ run on 2 cores; `--epochs 10` halves it. `--summarize` prints the table of exist
 from __future__ import annotations
 
 import argparse
+import collections
+import csv
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 CROPS = REPO.parent / "shared" / "data" / "halmstad-crops"
@@ -60,6 +67,10 @@ RUNS = {
 }
 DEFAULT_RUNS = ["balanced", "natural"]
 TARGET_ACCURACY, TARGET_RECALL, TARGET_MB, MARGIN = 0.90, 0.85, 3.5, 1.5
+# A crop is "faint" when at most FAINT_MAX_PIXELS differ from its median grey by more
+# than FAINT_GREY_LEVELS: the distant planes the halmstad crops do not show.
+FAINT_GREY_LEVELS, FAINT_MAX_PIXELS = 25, 2
+EVAL_BATCH = 64
 
 
 def run(*argv: str, allowed: tuple[int, ...] = (0,)) -> int:
@@ -141,14 +152,28 @@ def summarize(root: Path) -> None:
               f"{'met' if met else 'NOT met'}")  # fmt: skip
 
 
-def per_video(root: Path, name: str) -> None:
-    """Accuracy of run `name`'s exported model per test video, and per class and the
-    manifest's distance bin: on this data a class's recall moves with whole videos,
-    which the per-image figures hide."""
-    import collections
-    import csv
+def object_pixels(image: Image.Image) -> int:
+    """Pixels more than FAINT_GREY_LEVELS from the crop's median grey: the object's
+    visible size, since every crop is an object on a plain sky."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    return int((np.abs(grey - np.median(grey)) > FAINT_GREY_LEVELS).sum())
 
-    import pyarrow.parquet as pq
+
+def visibility(image: Image.Image) -> str:
+    return "faint" if object_pixels(image) <= FAINT_MAX_PIXELS else "visible"
+
+
+def split_rows(root: Path, split: str, columns: list[str]) -> list[dict]:
+    rows: list[dict] = []
+    for shard in sorted((root / "clean" / "images" / f"split={split}").glob("*.parquet")):
+        rows += pq.read_table(shard, columns=columns).to_pylist()
+    return rows
+
+
+def per_video(root: Path, name: str) -> None:
+    """Accuracy of run `name`'s exported model per test video, per class and the
+    manifest's distance bin, and per class on faint against visible objects: on this
+    data a class's recall moves with whole videos, which the per-image figures hide."""
     import torch
 
     from common.preprocess import EvalTransform
@@ -159,25 +184,41 @@ def per_video(root: Path, name: str) -> None:
     with open(CROPS / "manifest.csv", newline="") as f:
         manifest = {row["file"]: row for row in csv.DictReader(f)}
     model = torch.jit.load(str(model_dir / "model.pt"))
-    tally: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
-    by_distance: dict[tuple[str, str], collections.Counter] = collections.defaultdict(
-        collections.Counter
-    )
-    for shard in sorted((root / "clean" / "images" / "split=test").glob("*.parquet")):
-        rows = pq.read_table(shard, columns=["image", "label", "source_uri"]).to_pylist()
-        batch = torch.stack([transform.from_bytes(r["image"]) for r in rows])
+    tables: dict[str, dict[tuple[str, str], collections.Counter]] = {
+        title: collections.defaultdict(collections.Counter)
+        for title in ("test video", "class and distance bin", "class and object visibility")
+    }
+    rows = split_rows(root, "test", ["image", "label", "source_uri"])
+    for start in range(0, len(rows), EVAL_BATCH):
+        batch = rows[start : start + EVAL_BATCH]
+        images = [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in batch]
         with torch.no_grad():
-            predicted = model(batch).argmax(1).tolist()
-        for row, p in zip(rows, predicted, strict=True):
-            true = info["classes"][row["label"]]
+            predicted = model(torch.stack([transform(im) for im in images])).argmax(1).tolist()
+        for row, image, p in zip(batch, images, predicted, strict=True):
+            true, guess = info["classes"][row["label"]], info["classes"][p]
             entry = manifest.get("/".join(row["source_uri"].split("/")[-2:]), {})
-            tally[(true, entry.get("video", "?"))][info["classes"][p]] += 1
-            by_distance[(true, entry.get("distance_bin", "?"))][info["classes"][p]] += 1
-    for title, table in (("test video", tally), ("class and distance bin", by_distance)):
+            tables["test video"][(true, entry.get("video", "?"))][guess] += 1
+            tables["class and distance bin"][(true, entry.get("distance_bin", "?"))][guess] += 1
+            tables["class and object visibility"][(true, visibility(image))][guess] += 1
+    for title, table in tables.items():
         print(f"\n{name}: accuracy per {title} (int8 model)")
         for (true, key), counts in sorted(table.items()):
             total = sum(counts.values())
             print(f"  {true:18s} {key:16s} {total:4d} {counts[true] / total:5.2f}  {dict(counts)}")
+
+
+def faint_train_crops(root: Path) -> None:
+    """How many train crops per class show no object: what the model learns sky as."""
+    faint: collections.Counter = collections.Counter()
+    total: collections.Counter = collections.Counter()
+    for row in split_rows(root, "train", ["image", "class_name"]):
+        with Image.open(io.BytesIO(row["image"])) as image:
+            faint[row["class_name"]] += visibility(image) == "faint"
+        total[row["class_name"]] += 1
+    print(f"\nfaint train crops (<= {FAINT_MAX_PIXELS} pixels > {FAINT_GREY_LEVELS} grey levels "
+          "from the median), per class:")  # fmt: skip
+    for name in sorted(total):
+        print(f"  {name:18s} {faint[name]:4d} of {total[name]:4d}")
 
 
 def main() -> None:
@@ -211,6 +252,7 @@ def main() -> None:
             fit_and_export(args.root, data, name, RUNS[name], sizing)
     summarize(args.root)
     if args.per_video:
+        faint_train_crops(args.root)
         for name in args.runs:
             if (args.root / "models" / name / "model.json").is_file():
                 per_video(args.root, name)
