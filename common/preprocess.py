@@ -1,7 +1,8 @@
 """The evaluation transform: one function for training-time evaluation and the Lambda.
 
-RGB image -> resize so the longest side is `input_size` (aspect kept, unlike the seed,
-which stretched) -> pad to a square -> float CHW normalised by the data set's mean/std.
+RGB image -> (optionally) contrast raised around the image's mean colour -> resize so
+the longest side is `input_size` (aspect kept, unlike the seed, which stretched) -> pad
+to a square -> float CHW normalised by the data set's mean/std.
 
 The padding is the data set's mean colour, so padded pixels normalise to exactly zero:
 the network sees "no signal" there instead of a black frame whose strength depends on
@@ -15,8 +16,9 @@ or albumentations.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +29,9 @@ MAX_PIXEL_VALUE = 255.0
 # LongestMaxSize (cv2 INTER_AREA/LINEAR) used in training, and deterministic.
 RESAMPLE = Image.Resampling.BILINEAR
 CHANNELS = 3
+# ITU-R BT.601 luma weights: the brightness whose range the contrast gain fills.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+NO_CONTRAST_GAIN = 1.0
 
 
 def pad_colour(mean: Sequence[float]) -> tuple[int, int, int]:
@@ -48,6 +53,26 @@ def letterbox(image: Image.Image, input_size: int, fill: tuple[int, int, int]) -
     return canvas
 
 
+def raise_contrast(pixels: np.ndarray, max_gain: float) -> np.ndarray:
+    """Scale each pixel's difference from the image's mean colour so that the luminance
+    range fills 0-255, by at most `max_gain` (never below 1: full-range photos are left
+    alone).
+
+    Why: a distant object on plain sky differs from it by a few grey levels, which the
+    data set's normalisation leaves a faint speck; the same gain on R, G and B keeps the
+    sky's colour, unlike a per-channel stretch. HWC uint8 -> HWC uint8."""
+    if max_gain <= NO_CONTRAST_GAIN:
+        return pixels
+    array = pixels.astype(np.float32)
+    luma = array @ LUMA_WEIGHTS
+    spread = float(luma.max() - luma.min())
+    gain = min(max_gain, MAX_PIXEL_VALUE / spread) if spread > 0 else NO_CONTRAST_GAIN
+    if gain <= NO_CONTRAST_GAIN:
+        return pixels
+    mean = array.reshape(-1, array.shape[-1]).mean(axis=0)
+    return np.clip(mean + (array - mean) * gain, 0, MAX_PIXEL_VALUE).round().astype(np.uint8)
+
+
 def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """HWC uint8 -> CHW float32, scaled to [0, 1] then standardised per channel."""
     array = pixels.astype(np.float32) / MAX_PIXEL_VALUE
@@ -62,9 +87,24 @@ class EvalTransform:
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    contrast_gain: float = NO_CONTRAST_GAIN
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> EvalTransform:
+        """From a checkpoint's meta or a model.json (older ones have no contrast gain)."""
+        mean, std = (tuple(float(x) for x in info[key]) for key in ("mean", "std"))
+        return cls(
+            int(info["input_size"]),
+            (mean[0], mean[1], mean[2]),
+            (std[0], std[1], std[2]),
+            float(info.get("contrast_gain", NO_CONTRAST_GAIN)),
+        )
 
     def array(self, image: Image.Image) -> np.ndarray:
         """CHW float32 numpy array (what Ray Data batches carry)."""
+        if self.contrast_gain > NO_CONTRAST_GAIN:
+            raised = raise_contrast(np.asarray(image.convert("RGB")), self.contrast_gain)
+            image = Image.fromarray(raised)
         boxed = letterbox(image, self.input_size, pad_colour(self.mean))
         return normalize(np.asarray(boxed), self.mean, self.std)
 

@@ -153,11 +153,7 @@ def load_model(settings: ServeSettings) -> ServedModel:
         raise ModelError(f"{model_dir}: TorchScript load failed: {exc}") from exc
     module.eval()
     loaded = time.perf_counter()
-    transform = EvalTransform(
-        int(info["input_size"]),
-        tuple(float(x) for x in info["mean"]),  # type: ignore[arg-type]
-        tuple(float(x) for x in info["std"]),  # type: ignore[arg-type]
-    )
+    transform = EvalTransform.from_info(info)
     served = ServedModel(module, info, transform, settings.decode_limits())
     # The first forward pass allocates and packs what later ones reuse: pay it in
     # Lambda's init phase rather than in the first caller's request.

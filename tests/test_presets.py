@@ -4,6 +4,7 @@ when on, it changes the image's colour from draw to draw."""
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from train.config import DataSection
 from train.presets import augment, train_transform
@@ -30,3 +31,20 @@ def test_no_colour_jitter_by_default_keeps_the_colour():
 def test_colour_jitter_changes_the_colour_between_draws():
     colours = median_colours(DataSection(colour_jitter=0.4))
     assert np.ptp(colours, axis=0).min() > 0.1  # every channel moves, in std units
+
+
+def test_training_sees_the_contrast_gain_the_evaluation_transform_applies():
+    """Without the same step in training, the served model would see inputs it never
+    trained on. One draw without flip/rotation/Cutout equals the eval transform's."""
+    from common.preprocess import EvalTransform
+
+    pixels = np.broadcast_to(np.asarray(SKY, dtype=np.uint8), (SIZE, SIZE, 3)).copy()
+    pixels[10:14, 10:14] -= 10
+    data = DataSection(contrast_gain=8.0, rotate_degrees=0.0, cutout_fraction=0.05)
+    transform = train_transform(SIZE, MEAN, STD, data)
+    plain = EvalTransform(SIZE, MEAN, STD)(Image.fromarray(pixels)).numpy()
+    served = EvalTransform(SIZE, MEAN, STD, contrast_gain=8.0)(Image.fromarray(pixels)).numpy()
+    draws = [augment(transform, pixels) for _ in range(4 * DRAWS)]  # 1 in 4 plain
+    matches = [d for d in draws if np.allclose(d, served, atol=0.05)]
+    assert matches, "no draw equals the evaluation transform's output"
+    assert not np.allclose(plain, served, atol=0.05)

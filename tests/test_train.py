@@ -140,6 +140,7 @@ def test_export_writes_an_int8_torchscript_model(s3, balanced_run, tmp_path):
     assert logits.shape == (1, len(info["classes"]))
     assert {"torch", "torchvision"} <= set(info["versions"]) and len(info["sha256"]) == 64
     assert info["float_blocks"] == ExportSection().float_blocks
+    assert info["contrast_gain"] == 1.0  # written for the handler; off by default
 
 
 def quantized_with(float_blocks: int):

@@ -101,6 +101,13 @@ class DataSection:
         "of it), on 4 in 5 draws; 0 = off, the seed's augmentations. Helps when the "
         "background's colour differs between recordings (docs/benchmarks.md, training)",
     )
+    contrast_gain: float = option(
+        1.0,
+        "Largest contrast gain of the input preprocessing, in training and serving alike: "
+        "each image's differences from its mean colour are scaled until its brightness "
+        "range fills 0-255, by at most this factor, so faint small objects on plain sky "
+        "stand out; 1 = off (docs/benchmarks.md, training)",
+    )
 
 
 @dataclass

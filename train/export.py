@@ -43,7 +43,6 @@ from train.data import split_uris
 from train.job import RUN_NAME, checkpoint_score, run_storage
 from train.loop import TEST, TRAIN
 from train.model import replace_head
-from train.presets import eval_transform
 from train.reports import load_checkpoint, model_from_state, predict, predict_each
 
 PERCENT = 100.0
@@ -218,7 +217,7 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
 def export_model(cfg: ExportConfig) -> dict[str, Any]:
     state, meta = load_checkpoint(best_checkpoint(cfg.run_uri, cfg.storage))
     classes = meta["classes"]
-    transform = eval_transform(meta["input_size"], meta["mean"], meta["std"])
+    transform = EvalTransform.from_info(meta)
     calibration, _ = read_images(
         meta, TRAIN, cfg.storage, cfg.export.calibration_images, cfg.export.seed
     )
@@ -244,6 +243,7 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
             "input_size": meta["input_size"],
             "mean": meta["mean"],
             "std": meta["std"],
+            "contrast_gain": transform.contrast_gain,
             "pad": "mean colour (common.preprocess)",
             "fp32_test_accuracy": accuracy(fp32_pred, test_labels),
             "fp32_relu_test_accuracy": accuracy(relu_pred, test_labels),

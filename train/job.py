@@ -100,7 +100,9 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, ray.
         stats["std"],
         cfg.data,
     )
-    transform = eval_transform(cfg.model.input_size, stats["mean"], stats["std"])
+    transform = eval_transform(
+        cfg.model.input_size, stats["mean"], stats["std"], cfg.data.contrast_gain
+    )
     selection = selection_split(cfg, manifest)
     held_out = data.eval_dataset(
         data.split_uris(cfg.data_uri, manifest, selection),
@@ -138,6 +140,7 @@ def make_trainer(
         "activation": cfg.model.activation,
         "mean": manifest["channel_stats"]["mean"],
         "std": manifest["channel_stats"]["std"],
+        "contrast_gain": cfg.data.contrast_gain,
         "data_uri": cfg.data_uri,
         "data_run_id": manifest.get("run_id"),
         "selection_split": selection_split(cfg, manifest),

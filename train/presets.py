@@ -15,7 +15,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from common.preprocess import EvalTransform, pad_colour
+from common.preprocess import NO_CONTRAST_GAIN, EvalTransform, pad_colour, raise_contrast
 from train.config import DataSection
 
 FLIP_PROBABILITY = 0.5
@@ -34,6 +34,7 @@ def train_transform(
     fill = pad_colour(mean)
     return A.Compose(
         [
+            *contrast(data.contrast_gain),
             *colour_jitter(data.colour_jitter),
             A.HorizontalFlip(p=FLIP_PROBABILITY),
             A.LongestMaxSize(max_size=input_size, area_for_downscale="image"),
@@ -62,6 +63,18 @@ def train_transform(
     )
 
 
+def contrast(max_gain: float) -> list[A.BasicTransform]:
+    """The evaluation transform's contrast gain (`common.preprocess.raise_contrast`),
+    first, so augmentations see the image the served model will see."""
+    if max_gain <= NO_CONTRAST_GAIN:
+        return []
+
+    def raise_to(image: np.ndarray, **_: object) -> np.ndarray:
+        return raise_contrast(image, max_gain)
+
+    return [A.Lambda(image=raise_to, name="raise_contrast", p=1.0)]
+
+
 def colour_jitter(strength: float) -> list[A.BasicTransform]:
     """Random brightness, contrast, saturation and hue (none at 0, the seed's setting).
 
@@ -88,6 +101,11 @@ def augment(transform: A.Compose, pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
 
 
-def eval_transform(input_size: int, mean: Sequence[float], std: Sequence[float]) -> EvalTransform:
-    m, s = tuple(float(x) for x in mean), tuple(float(x) for x in std)
-    return EvalTransform(input_size, (m[0], m[1], m[2]), (s[0], s[1], s[2]))
+def eval_transform(
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    contrast_gain: float = NO_CONTRAST_GAIN,
+) -> EvalTransform:
+    info = {"input_size": input_size, "mean": mean, "std": std, "contrast_gain": contrast_gain}
+    return EvalTransform.from_info(info)

@@ -40,7 +40,7 @@ from train.config import TrainConfig  # noqa: E402
 from train.data import split_uris  # noqa: E402
 from train.loop import CHECKPOINT_FILE, META_FILE, TEST, TRAIN, VAL  # noqa: E402
 from train.model import replace_head, use_activation  # noqa: E402
-from train.presets import augment, eval_transform, train_transform  # noqa: E402
+from train.presets import augment, train_transform  # noqa: E402
 
 TENSORBOARD_DIR = "tensorboard"
 FIGURE_INCHES = 2.0
@@ -224,7 +224,7 @@ def write_reports(
         split_uris(cfg.data_uri, manifest, TEST), cfg.storage, columns=["image", "label"]
     )
     images, y_true = test["image"].to_pylist(), np.asarray(test["label"].to_pylist())
-    transform = eval_transform(meta["input_size"], meta["mean"], meta["std"])
+    transform = EvalTransform.from_info(meta)
     y_pred = predict(
         model_from_state(best_state, len(classes), meta.get("activation", "relu6")),
         images,

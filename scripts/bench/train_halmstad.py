@@ -64,6 +64,7 @@ RUNS = {
     "frozen": ["--balanced", "--freeze-backbone"],
     "constant": ["--balanced", "--lr-schedule", "constant"],  # the seed's: no schedule
     "colour": ["--balanced", "--colour-jitter", "0.4"],  # each video has its own sky
+    "contrast": ["--balanced", "--contrast-gain", "8"],  # faint specks on plain sky
 }
 DEFAULT_RUNS = ["balanced", "natural"]
 TARGET_ACCURACY, TARGET_RECALL, TARGET_MB, MARGIN = 0.90, 0.85, 3.5, 1.5
@@ -180,7 +181,7 @@ def per_video(root: Path, name: str) -> None:
 
     model_dir = root / "models" / name
     info = json.loads((model_dir / "model.json").read_text())
-    transform = EvalTransform(info["input_size"], tuple(info["mean"]), tuple(info["std"]))
+    transform = EvalTransform.from_info(info)
     with open(CROPS / "manifest.csv", newline="") as f:
         manifest = {row["file"]: row for row in csv.DictReader(f)}
     model = torch.jit.load(str(model_dir / "model.pt"))
