@@ -18,6 +18,14 @@ Steps (each the product's own CLI, in a subprocess):
 5. a table: accuracy, balanced accuracy, per-class recall (fp32 best checkpoint and
    int8), model size.
 
+`--folds K` measures each run on K video-grouped folds instead of the job's one split:
+the kept images are re-split into K folds of whole units (a video joined with its
+near-duplicate clusters, as the job's split joins them), stratified by class with the
+job's own `assign_splits`; fold k trains on the other K - 1 folds and tests on fold k,
+and the table adds the recall pooled over the folds, where every kept image is a test
+image exactly once. On this data one split says as much about which videos it put on
+the test side as about the recipe (docs/benchmarks.md section 9).
+
 Input 128 px: the crops are 64-150 px (median 64-82), so 224 px would only upsample,
 at about 5x the cost per image on CPU. 20 epochs (the seed's) take about an hour per
 run on 2 cores; `--epochs 10` halves it. `--summarize` prints the table of existing runs.
@@ -26,6 +34,8 @@ run on 2 cores; `--epochs 10` halves it. `--summarize` prints the table of exist
         --val-fraction 0 --runs balanced natural
     RAY_AUTH_MODE=disabled .venv/bin/python scripts/bench/train_halmstad.py --root /tmp/h9 \
         --summarize --per-video
+    RAY_AUTH_MODE=disabled .venv/bin/python scripts/bench/train_halmstad.py --root /tmp/h9 \
+        --val-fraction 0 --runs balanced --folds 3 --input-size 160 --epochs 10
 """
 
 from __future__ import annotations
@@ -42,8 +52,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from pipeline.output import table_uris
+from pipeline.report import channel_stats
+from pipeline.split import assign_splits
+from pipeline.tables import IMAGES
 
 REPO = Path(__file__).resolve().parents[2]
 CROPS = REPO.parent / "shared" / "data" / "halmstad-crops"
@@ -72,6 +88,7 @@ TARGET_ACCURACY, TARGET_RECALL, TARGET_MB, MARGIN = 0.90, 0.85, 3.5, 1.5
 # than FAINT_GREY_LEVELS: the distant planes the halmstad crops do not show.
 FAINT_GREY_LEVELS, FAINT_MAX_PIXELS = 25, 2
 EVAL_BATCH = 64
+FOLD_SHARDS = 8  # parquet files per split of a fold: Ray Data reads them in parallel
 
 
 def run(*argv: str, allowed: tuple[int, ...] = (0,)) -> int:
@@ -118,12 +135,94 @@ def fit_and_export(root: Path, data: Path, name: str, extra: list[str], sizing: 
         run("-m", "train", "export", str(run_dir), str(model_dir), allowed=(0, REFUSED))
 
 
+class FoldShares:
+    """K equal shares for `assign_splits` (it asks its config only for `targets()`), so
+    folds are built by the job's own unit and stratification rules."""
+
+    def __init__(self, folds: int) -> None:
+        self.folds = folds
+
+    def targets(self) -> dict[str, float]:
+        return {f"fold{k}": 1.0 / self.folds for k in range(self.folds)}
+
+
+def make_folds(root: Path, data: Path, folds: int) -> list[Path]:
+    """Cleaning outputs fold0 .. fold{K-1} under root/folds, each with the job's layout
+    (images/split=train|test, _manifest.json with the train split's channel stats,
+    report.json's class counts), so `train fit` and `train export` read them unchanged."""
+    manifest = json.loads((data / "_manifest.json").read_text())
+    kept = pa.concat_tables(
+        [pq.read_table(u, partitioning=None) for u in table_uris(str(data), manifest, IMAGES)]
+    )
+    units = kept.select(["source_uri", "class_name", "cluster_id", "group"])
+    units = units.append_column("split", pa.nulls(kept.num_rows, pa.string()))
+    sides = np.array(assign_splits(units, FoldShares(folds), root=manifest["input_uri"])[0])
+    outs = []
+    for k in range(folds):
+        out = root / "folds" / f"fold{k}"
+        outs.append(out)
+        if (out / "_manifest.json").is_file():
+            continue
+        parts = {"train": kept.filter(pa.array(sides != f"fold{k}")),
+                 "test": kept.filter(pa.array(sides == f"fold{k}"))}  # fmt: skip
+        files = []
+        for split, part in parts.items():
+            part = part.set_column(
+                part.schema.get_field_index("split"), "split", pa.array([split] * part.num_rows)
+            )
+            (out / "images" / f"split={split}").mkdir(parents=True, exist_ok=True)
+            for i, rows in enumerate(np.array_split(np.arange(part.num_rows), FOLD_SHARDS)):
+                name = f"images/split={split}/fold{k}-{i}.parquet"
+                pq.write_table(part.take(rows), out / name)
+                files.append(name)
+        counts = {
+            name: {s: part["class_name"].to_pylist().count(name) for s, part in parts.items()}
+            for name in manifest["classes"]
+        }
+        report = {"per_class": {name: {"splits": c} for name, c in counts.items()}}
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+        fold_manifest = {
+            **manifest,
+            "run_id": f"{manifest['run_id']}-fold{k}",
+            "channel_stats": channel_stats(parts["train"]),
+            "files": {"images": files},
+            "splits": {s: {"images": p.num_rows} for s, p in parts.items()},
+        }
+        (out / "_manifest.json").write_text(json.dumps(fold_manifest, indent=1))
+        print(f"fold{k}: train / test per class {counts}", flush=True)
+    return outs
+
+
+def pooled(root: Path, names: list[str]) -> None:
+    """int8 recall per class summed over folds: each kept image counted once as test."""
+    right: collections.Counter = collections.Counter()
+    total: collections.Counter = collections.Counter()
+    for name in names:
+        info_path = root / "models" / name / "model.json"
+        if not info_path.is_file():
+            print(f"{name}: not exported yet, left out of the pooled figures")
+            continue
+        info = json.loads(info_path.read_text())
+        counts = json.loads((root / "folds" / name.split("-")[0] / "report.json").read_text())
+        for c in CLASSES:
+            support = counts["per_class"][c]["splits"]["test"]
+            right[c] += round(info["int8_recall"][c] * support)
+            total[c] += support
+    if not total:
+        return
+    recalls = {c: right[c] / total[c] for c in CLASSES}
+    accuracy = sum(right.values()) / sum(total.values())
+    per_class = ", ".join(f"{c} {r:.3f} ({right[c]}/{total[c]})" for c, r in recalls.items())
+    print(f"\npooled over {', '.join(names)} (int8): accuracy {accuracy:.3f}, recall {per_class}")
+    met = accuracy >= TARGET_ACCURACY and min(recalls.values()) >= TARGET_RECALL
+    print(f"pooled targets (acc >= 0.90, every recall >= 0.85): {'met' if met else 'NOT met'}")
+
+
 def summarize(root: Path) -> None:
     print(f"\n{'run':9s} {'model':5s} {'acc':>6s} {'bal.acc':>7s}  recall per class "
           f"({', '.join(CLASSES)})  size")  # fmt: skip
-    for name in RUNS:
-        if not (root / "models" / name / "model.json").is_file():
-            continue
+    exported = sorted(p.name for p in (root / "models").glob("*") if (p / "model.json").is_file())
+    for name in exported:
         metrics = json.loads((root / "runs" / name / "metrics.json").read_text())
         info = json.loads((root / "models" / name / "model.json").read_text())
         fp32 = [metrics["per_class"][c]["recall"] for c in CLASSES]
@@ -164,14 +263,14 @@ def visibility(image: Image.Image) -> str:
     return "faint" if object_pixels(image) <= FAINT_MAX_PIXELS else "visible"
 
 
-def split_rows(root: Path, split: str, columns: list[str]) -> list[dict]:
+def split_rows(data: Path, split: str, columns: list[str]) -> list[dict]:
     rows: list[dict] = []
-    for shard in sorted((root / "clean" / "images" / f"split={split}").glob("*.parquet")):
+    for shard in sorted((data / "images" / f"split={split}").glob("*.parquet")):
         rows += pq.read_table(shard, columns=columns).to_pylist()
     return rows
 
 
-def per_video(root: Path, name: str) -> None:
+def per_video(root: Path, name: str, data: Path) -> None:
     """Accuracy of run `name`'s exported model per test video, per class and the
     manifest's distance bin, and per class on faint against visible objects: on this
     data a class's recall moves with whole videos, which the per-image figures hide."""
@@ -189,7 +288,7 @@ def per_video(root: Path, name: str) -> None:
         title: collections.defaultdict(collections.Counter)
         for title in ("test video", "class and distance bin", "class and object visibility")
     }
-    rows = split_rows(root, "test", ["image", "label", "source_uri"])
+    rows = split_rows(data, "test", ["image", "label", "source_uri"])
     for start in range(0, len(rows), EVAL_BATCH):
         batch = rows[start : start + EVAL_BATCH]
         images = [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in batch]
@@ -208,11 +307,11 @@ def per_video(root: Path, name: str) -> None:
             print(f"  {true:18s} {key:16s} {total:4d} {counts[true] / total:5.2f}  {dict(counts)}")
 
 
-def faint_train_crops(root: Path) -> None:
+def faint_train_crops(data: Path) -> None:
     """How many train crops per class show no object: what the model learns sky as."""
     faint: collections.Counter = collections.Counter()
     total: collections.Counter = collections.Counter()
-    for row in split_rows(root, "train", ["image", "class_name"]):
+    for row in split_rows(data, "train", ["image", "class_name"]):
         with Image.open(io.BytesIO(row["image"])) as image:
             faint[row["class_name"]] += visibility(image) == "faint"
         total[row["class_name"]] += 1
@@ -236,6 +335,12 @@ def main() -> None:
     parser.add_argument(
         "--per-video", action="store_true", help="also print each run's accuracy per test video"
     )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="video-grouped K-fold instead of the job's one split; 0: the job's split",
+    )
     parser.add_argument("--input-size", default=INPUT_SIZE, help="network input side, px")
     parser.add_argument("--epochs", default=EPOCHS, help="epochs per fit (the seed's: 20)")
     parser.add_argument(
@@ -249,14 +354,24 @@ def main() -> None:
     sizing += ["--torch-threads", args.torch_threads]
     if not args.summarize:
         data = clean(args.root, args.val_fraction)
-        for name in args.runs:
-            fit_and_export(args.root, data, name, RUNS[name], sizing)
+        if args.folds:
+            for k, fold in enumerate(make_folds(args.root, data, args.folds)):
+                for name in args.runs:
+                    fit_and_export(args.root, fold, f"fold{k}-{name}", RUNS[name], sizing)
+        else:
+            for name in args.runs:
+                fit_and_export(args.root, data, name, RUNS[name], sizing)
     summarize(args.root)
+    for name in args.runs if args.folds else []:
+        pooled(args.root, [f"fold{k}-{name}" for k in range(args.folds)])
     if args.per_video:
-        faint_train_crops(args.root)
-        for name in args.runs:
-            if (args.root / "models" / name / "model.json").is_file():
-                per_video(args.root, name)
+        folds = [args.root / "folds" / f"fold{k}" for k in range(args.folds)]
+        for k, data in enumerate(folds or [args.root / "clean"]):
+            faint_train_crops(data)
+            for name in args.runs:
+                name = f"fold{k}-{name}" if folds else name
+                if (args.root / "models" / name / "model.json").is_file():
+                    per_video(args.root, name, data)
 
 
 if __name__ == "__main__":
