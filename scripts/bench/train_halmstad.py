@@ -197,11 +197,13 @@ def pooled(root: Path, names: list[str]) -> None:
     """int8 recall per class summed over folds: each kept image counted once as test."""
     right: collections.Counter = collections.Counter()
     total: collections.Counter = collections.Counter()
+    included = []
     for name in names:
         info_path = root / "models" / name / "model.json"
         if not info_path.is_file():
             print(f"{name}: not exported yet, left out of the pooled figures")
             continue
+        included.append(name)
         info = json.loads(info_path.read_text())
         counts = json.loads((root / "folds" / name.split("-")[0] / "report.json").read_text())
         for c in CLASSES:
@@ -213,7 +215,8 @@ def pooled(root: Path, names: list[str]) -> None:
     recalls = {c: right[c] / total[c] for c in CLASSES}
     accuracy = sum(right.values()) / sum(total.values())
     per_class = ", ".join(f"{c} {r:.3f} ({right[c]}/{total[c]})" for c, r in recalls.items())
-    print(f"\npooled over {', '.join(names)} (int8): accuracy {accuracy:.3f}, recall {per_class}")
+    folds = ", ".join(included)
+    print(f"\npooled over {folds} (int8): accuracy {accuracy:.3f}, recall {per_class}")
     met = accuracy >= TARGET_ACCURACY and min(recalls.values()) >= TARGET_RECALL
     print(f"pooled targets (acc >= 0.90, every recall >= 0.85): {'met' if met else 'NOT met'}")
 
