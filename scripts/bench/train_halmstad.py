@@ -56,10 +56,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.output import table_uris
+from common.storage import StorageConfig
+from pipeline.output import read_shards, read_table
 from pipeline.report import channel_stats
 from pipeline.split import assign_splits
 from pipeline.tables import IMAGES
+from train.data import split_uris
 
 REPO = Path(__file__).resolve().parents[2]
 CROPS = REPO.parent / "shared" / "data" / "halmstad-crops"
@@ -151,9 +153,7 @@ def make_folds(root: Path, data: Path, folds: int) -> list[Path]:
     (images/split=train|test, _manifest.json with the train split's channel stats,
     report.json's class counts), so `train fit` and `train export` read them unchanged."""
     manifest = json.loads((data / "_manifest.json").read_text())
-    kept = pa.concat_tables(
-        [pq.read_table(u, partitioning=None) for u in table_uris(str(data), manifest, IMAGES)]
-    )
+    kept = read_table(str(data), IMAGES, StorageConfig(), manifest=manifest)
     units = kept.select(["source_uri", "class_name", "cluster_id", "group"])
     units = units.append_column("split", pa.nulls(kept.num_rows, pa.string()))
     sides = np.array(assign_splits(units, FoldShares(folds), root=manifest["input_uri"])[0])
@@ -267,10 +267,11 @@ def visibility(image: Image.Image) -> str:
 
 
 def split_rows(data: Path, split: str, columns: list[str]) -> list[dict]:
-    rows: list[dict] = []
-    for shard in sorted((data / "images" / f"split={split}").glob("*.parquet")):
-        rows += pq.read_table(shard, columns=columns).to_pylist()
-    return rows
+    """One split of the published version (the manifest's shards, not whatever files
+    an earlier version left in the folder)."""
+    manifest = json.loads((data / "_manifest.json").read_text())
+    uris = split_uris(str(data), manifest, split)
+    return read_shards(uris, StorageConfig(), columns=columns).to_pylist()
 
 
 def per_video(root: Path, name: str, data: Path) -> None:
