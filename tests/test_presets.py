@@ -1,12 +1,17 @@
-"""The training transform's colour jitter: off by default (the seed's augmentations), and
-when on, it changes the image's colour from draw to draw."""
+"""The training transform's optional augmentations (colour jitter, resolution loss): off
+by default (the seed's augmentations), and when on, they change the image from draw to
+draw; a bad setting fails on the driver with its flag named."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 from PIL import Image
 
-from train.config import DataSection
+from train.config import DataSection, TrainConfig
+from train.job import FitError, check_augmentations
 from train.presets import augment, train_transform
 
 SIZE, DRAWS = 32, 16
@@ -48,3 +53,33 @@ def test_training_sees_the_contrast_gain_the_evaluation_transform_applies():
     matches = [d for d in draws if np.allclose(d, served, atol=0.05)]
     assert matches, "no draw equals the evaluation transform's output"
     assert not np.allclose(plain, served, atol=0.05)
+
+
+def checker_contrasts(data: DataSection) -> np.ndarray:
+    """Per draw, the std of a fine checkerboard (2 px squares): full in every draw unless
+    something blurs it. No rotation (it interpolates), holes of a pixel or two."""
+    square = (np.indices((SIZE, SIZE)).sum(axis=0) // 2) % 2
+    pixels = np.repeat((square * 255).astype(np.uint8)[..., None], 3, axis=2)
+    data = dataclasses.replace(data, rotate_degrees=0.0, cutout_fraction=0.05)
+    transform = train_transform(SIZE, MEAN, STD, data)
+    return np.array([augment(transform, pixels).std() for _ in range(2 * DRAWS)])
+
+
+def test_no_resolution_loss_by_default_keeps_fine_detail():
+    contrasts = checker_contrasts(DataSection())
+    assert contrasts.min() > 0.9 * contrasts.max()
+
+
+def test_resolution_loss_softens_fine_detail_on_some_draws():
+    plain = checker_contrasts(DataSection()).max()
+    contrasts = checker_contrasts(DataSection(downscale_min=0.3))
+    assert contrasts.min() < 0.5 * plain  # a shrunk checkerboard averages to grey
+    assert contrasts.max() > 0.9 * plain  # and half the draws keep it
+
+
+@pytest.mark.parametrize("smallest", [0.0, -0.5])
+def test_a_bad_resolution_loss_setting_fails_before_training(smallest: float):
+    cfg = TrainConfig()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, downscale_min=smallest))
+    with pytest.raises(FitError, match="downscale-min"):
+        check_augmentations(cfg)

@@ -101,6 +101,13 @@ class DataSection:
         "of it), on 4 in 5 draws; 0 = off, the seed's augmentations. Helps when the "
         "background's colour differs between recordings (docs/benchmarks.md, training)",
     )
+    downscale_min: float = option(
+        1.0,
+        "Smallest factor of a random resolution loss (the image shrunk by a factor between "
+        "this and 1, then enlarged back), on half the draws; 1 = off, the seed's "
+        "augmentations. Why: distant objects of unseen recordings arrive as few, soft "
+        "pixels, while nearer ones teach sharp detail (docs/benchmarks.md, training)",
+    )
     contrast_gain: float = option(
         1.0,
         "Largest contrast gain of the input preprocessing, in training and serving alike: "

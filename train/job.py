@@ -21,7 +21,7 @@ from pipeline.output import read_manifest
 from train import data
 from train.config import TrainConfig
 from train.loop import SCORE, TEST, TRAIN, VAL, train_loop_per_worker
-from train.presets import eval_transform
+from train.presets import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 RUN_NAME = "ray"  # Ray Train's run folder inside RUN_URI
@@ -59,6 +59,19 @@ def check_run_state(cfg: TrainConfig) -> None:
         raise FitError(f"{cfg.run_uri} already holds a run: pass --resume or another RUN_URI")
     if cfg.run.resume and not exists:
         raise FitError(f"--resume: no run in {cfg.run_uri} to continue")
+
+
+# Any valid statistics: the probe transform only has to be built, never applied.
+PROBE_MEAN, PROBE_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def check_augmentations(cfg: TrainConfig) -> None:
+    """Build the training transform once on the driver: a bad augmentation setting
+    fails here, with its flag named, not later inside a Ray Data task."""
+    try:
+        train_transform(cfg.model.input_size, PROBE_MEAN, PROBE_STD, cfg.data)
+    except ValueError as err:
+        raise FitError(f"invalid augmentation setting: {err}") from err
 
 
 def load_dataset_manifest(cfg: TrainConfig) -> dict[str, Any]:
@@ -183,6 +196,7 @@ def run_fit(cfg: TrainConfig) -> FitResult:
     from train.reports import write_reports  # matplotlib & co: only once training ran
 
     check_run_state(cfg)
+    check_augmentations(cfg)
     manifest = load_dataset_manifest(cfg)
     ensure_ray(cfg.scaling.ray_address, cfg.scaling.num_cpus, log_to_driver=True)
     trainer = make_trainer(cfg, manifest, build_datasets(cfg, manifest))

@@ -25,6 +25,8 @@ CUTOUT_MIN_FRACTION = 0.05
 COLOUR_JITTER_PROBABILITY = 0.8
 HUE_SHARE = 0.25  # hue moves a quarter as far as brightness, contrast and saturation
 MAX_HUE = 0.5  # ColorJitter's limit: half the colour wheel
+DOWNSCALE_PROBABILITY = 0.5
+NO_DOWNSCALE = 1.0
 
 
 def train_transform(
@@ -36,6 +38,7 @@ def train_transform(
         [
             *contrast(data.contrast_gain),
             *colour_jitter(data.colour_jitter),
+            *resolution_loss(data.downscale_min),
             A.HorizontalFlip(p=FLIP_PROBABILITY),
             A.LongestMaxSize(max_size=input_size, area_for_downscale="image"),
             A.PadIfNeeded(
@@ -90,6 +93,25 @@ def colour_jitter(strength: float) -> list[A.BasicTransform]:
             saturation=strength,
             hue=min(strength * HUE_SHARE, MAX_HUE),
             p=COLOUR_JITTER_PROBABILITY,
+        )
+    ]
+
+
+def resolution_loss(smallest: float) -> list[A.BasicTransform]:
+    """Shrink by a random factor in [smallest, 1], then enlarge back (none at 1).
+
+    Applied to the source pixels before LongestMaxSize, so a near crop loses detail the
+    way a distant one never had it; INTER_AREA shrinks without aliasing, as a camera
+    further away would, and bilinear enlarging gives the soft look of an upsampled crop."""
+    if smallest >= NO_DOWNSCALE:
+        return []
+    if smallest <= 0:
+        raise ValueError(f"--downscale-min must be in (0, 1], got {smallest}")
+    return [
+        A.Downscale(
+            scale_range=(smallest, NO_DOWNSCALE),
+            interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
+            p=DOWNSCALE_PROBABILITY,
         )
     ]
 
