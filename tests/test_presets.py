@@ -77,7 +77,7 @@ def test_resolution_loss_softens_fine_detail_on_some_draws():
     assert contrasts.max() > 0.9 * plain  # and half the draws keep it
 
 
-@pytest.mark.parametrize("smallest", [0.0, -0.5])
+@pytest.mark.parametrize("smallest", [0.0, -0.5, 1.5])
 def test_a_bad_resolution_loss_setting_fails_before_training(smallest: float):
     cfg = TrainConfig()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, downscale_min=smallest))

@@ -103,10 +103,10 @@ def resolution_loss(smallest: float) -> list[A.BasicTransform]:
     Applied to the source pixels before LongestMaxSize, so a near crop loses detail the
     way a distant one never had it; INTER_AREA shrinks without aliasing, as a camera
     further away would, and bilinear enlarging gives the soft look of an upsampled crop."""
-    if smallest >= NO_DOWNSCALE:
-        return []
-    if smallest <= 0:
+    if not 0 < smallest <= NO_DOWNSCALE:
         raise ValueError(f"--downscale-min must be in (0, 1], got {smallest}")
+    if smallest == NO_DOWNSCALE:
+        return []
     return [
         A.Downscale(
             scale_range=(smallest, NO_DOWNSCALE),

@@ -349,6 +349,12 @@ def main() -> None:
         default=0,
         help="video-grouped K-fold instead of the job's one split; 0: the job's split",
     )
+    parser.add_argument(
+        "--fold-ids",
+        type=int,
+        nargs="+",
+        help="with --folds: fit only these folds (default all), e.g. to match an earlier arm",
+    )
     parser.add_argument("--input-size", default=INPUT_SIZE, help="network input side, px")
     parser.add_argument("--epochs", default=EPOCHS, help="epochs per fit (the seed's: 20)")
     parser.add_argument(
@@ -364,6 +370,8 @@ def main() -> None:
         data = clean(args.root, args.val_fraction)
         if args.folds:
             for k, fold in enumerate(make_folds(args.root, data, args.folds)):
+                if args.fold_ids is not None and k not in args.fold_ids:
+                    continue
                 for name in args.runs:
                     fit_and_export(args.root, fold, f"fold{k}-{name}", RUNS[name], sizing)
         else:
