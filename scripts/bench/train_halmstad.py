@@ -364,30 +364,31 @@ def main() -> None:
         "1 when two bench processes share the 2 cores",
     )
     args = parser.parse_args()
+    fold_ids = list(range(args.folds)) if args.fold_ids is None else args.fold_ids
+    if any(k not in range(args.folds) for k in fold_ids):
+        parser.error(f"--fold-ids must be in 0..{args.folds - 1} (--folds {args.folds})")
     sizing = ["--input-size", args.input_size, "--epochs", args.epochs]
     sizing += ["--torch-threads", args.torch_threads]
     if not args.summarize:
         data = clean(args.root, args.val_fraction)
         if args.folds:
-            for k, fold in enumerate(make_folds(args.root, data, args.folds)):
-                if args.fold_ids is not None and k not in args.fold_ids:
-                    continue
+            folds = make_folds(args.root, data, args.folds)
+            for k in fold_ids:
                 for name in args.runs:
-                    fit_and_export(args.root, fold, f"fold{k}-{name}", RUNS[name], sizing)
+                    fit_and_export(args.root, folds[k], f"fold{k}-{name}", RUNS[name], sizing)
         else:
             for name in args.runs:
                 fit_and_export(args.root, data, name, RUNS[name], sizing)
     summarize(args.root)
     for name in args.runs if args.folds else []:
-        pooled(args.root, [f"fold{k}-{name}" for k in range(args.folds)])
+        pooled(args.root, [f"fold{k}-{name}" for k in fold_ids])
     if args.per_video:
-        folds = [args.root / "folds" / f"fold{k}" for k in range(args.folds)]
-        for k, data in enumerate(folds or [args.root / "clean"]):
+        folds = {f"fold{k}-": args.root / "folds" / f"fold{k}" for k in fold_ids}
+        for prefix, data in (folds or {"": args.root / "clean"}).items():
             faint_train_crops(data)
             for name in args.runs:
-                name = f"fold{k}-{name}" if folds else name
-                if (args.root / "models" / name / "model.json").is_file():
-                    per_video(args.root, name, data)
+                if (args.root / "models" / f"{prefix}{name}" / "model.json").is_file():
+                    per_video(args.root, f"{prefix}{name}", data)
 
 
 if __name__ == "__main__":
