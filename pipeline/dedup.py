@@ -82,7 +82,9 @@ HASH_BITS = 64
 
 # Optional: hash_stability (float; null or absent counts as stable); with verification
 # (cfg.verified) also embedding (list of floats, L2-normalised: `pipeline.embed`) and
-# colour_layout (list of floats): a row without them is matched exactly only.
+# colour_layout (list of floats): a row without them is matched exactly only; and
+# grey_layout (list of uint8): a pair where either lacks it skips the grey checks (hash
+# indexes written before it existed stay usable).
 REQUIRED_COLUMNS = (
     "source_uri",
     "class_name",
@@ -134,7 +136,7 @@ class DedupConfig:
     verify_hash_distance: int = option(
         12,
         "With verification: hashes within this many bits are candidates, and a candidate "
-        "is a near duplicate only if it also passes both checks below against the image "
+        "is a near duplicate only if it also passes the checks below against the image "
         "kept in its place",
     )
     embedding_hash_distance: int = option(
@@ -183,6 +185,20 @@ class DedupConfig:
         2,
         "Without verification: the stricter near-duplicate distance for images of low "
         "hash stability",
+    )
+    min_grey_correlation: float = option(
+        0.7,
+        "Verification: correlation of the two images' grey layouts (24x24 grey "
+        "thumbnails; the best over shifts of one cell) at least this, whatever the other "
+        "signals say: frames of one clip seconds apart embed alike and share their sky, "
+        "but the object has moved (0 turns the floor off)",
+    )
+    grey_match_correlation: float = option(
+        0.95,
+        "Verification: a candidate whose grey layout correlates at least this much is a "
+        "near duplicate if its colour layout is within max_colour_angle, whatever its "
+        "embedding and strict_colour_angle say: strong JPEG or WEBP on a small crop moves "
+        "the embedding but not the pixels (above 1 turns this off)",
     )
     strict_colour_angle: float = option(
         0.5,
@@ -636,12 +652,14 @@ _INPUT_SCHEMA = pa.schema(
         ("hash_stability", pa.float64()),
         ("embedding", pa.list_(pa.float16())),
         ("colour_layout", pa.list_(pa.float32())),
+        ("grey_layout", pa.list_(pa.uint8())),
     ]
 )
 OPTIONAL_COLUMNS = {
     "hash_stability": pa.float64(),
     "embedding": pa.list_(pa.float16()),
     "colour_layout": pa.list_(pa.float32()),
+    "grey_layout": pa.list_(pa.uint8()),
 }
 
 
@@ -663,6 +681,8 @@ class _Rows:
     cluster_id: np.ndarray  # object: the id a cluster kept by this row gets
     embedding: np.ndarray | None  # (rows, dim) float16, L2-normalised; None: no verification
     colour: np.ndarray | None  # (rows, cells) float32, L2-normalised
+    grey: np.ndarray | None  # (rows, cells) uint8, zeros where has_grey is False
+    has_grey: np.ndarray | None
 
     @property
     def count(self) -> int:
@@ -731,8 +751,9 @@ def _rows(existing: pa.Table | None, new: pa.Table, cfg: DedupConfig) -> _Rows:
         hashes, cfg.min_hash_bits, sha_code, cfg.max_hash_collisions
     )
     searchable = has_hash & ~low_detail & ~degenerate
-    embedding = colour = None
+    embedding = colour = grey = has_grey = None
     if cfg.verified:
+        grey, has_grey = vectors(table["grey_layout"], np.uint8)
         embedding, has_embedding = vectors(table["embedding"], np.float16)
         colour, has_colour = vectors(table["colour_layout"], np.float32)
         colour /= np.maximum(np.linalg.norm(colour, axis=1, keepdims=True), 1e-12)
@@ -763,6 +784,8 @@ def _rows(existing: pa.Table | None, new: pa.Table, cfg: DedupConfig) -> _Rows:
         cluster_id=cluster_id,
         embedding=embedding,
         colour=colour,
+        grey=grey,
+        has_grey=has_grey,
     )
 
 
@@ -775,8 +798,9 @@ def vectors(column: pa.ChunkedArray, dtype: type) -> tuple[np.ndarray, np.ndarra
     if (lengths[valid] != dim).any():
         raise ValueError(f"rows hold vectors of different lengths: {sorted(set(lengths))}")
     out = np.zeros((len(lists), dim), dtype=dtype)
-    flat = np.asarray(pc.list_flatten(lists.filter(pa.array(valid))), dtype=dtype)
-    out[valid] = flat.reshape(-1, dim)
+    if dim:  # else every row is null or empty: nothing to copy
+        flat = np.asarray(pc.list_flatten(lists.filter(pa.array(valid))), dtype=dtype)
+        out[valid] = flat.reshape(-1, dim)
     return out, valid & (lengths > 0)
 
 
@@ -796,8 +820,11 @@ class _Verifier:
 
     A hash collision says little on low-structure images, so a keeper claims a
     candidate unit only if their embeddings (what is in the picture) and their colour
-    layouts (where the colours are) agree too. Rows of one unit share their pixels and
-    so their signals: one row per unit stands for it.
+    layouts (where the colours are) agree too, and their grey layouts (where the edges
+    are) are at least loosely alike. A grey layout that matches closely stands in for
+    the embedding and the strict colour angle: a re-encoded or rescaled small crop can
+    move its embedding, never its pixels. Rows of one unit share their pixels and so
+    their signals: one row per unit stands for it.
     """
 
     def __init__(self, rows: _Rows, cfg: DedupConfig):
@@ -807,17 +834,23 @@ class _Verifier:
         self.min_colour_cosine = math.cos(math.radians(cfg.max_colour_angle))
         self.strict_colour_cosine = math.cos(math.radians(cfg.strict_colour_angle))
         self.strict = rows.strict
+        self.grey, self.has_grey = rows.grey, rows.has_grey
+        from pipeline.embed import grey_correlation  # PIL with it: lazily, as above
+
+        self.grey_correlation = grey_correlation
+        self.min_grey = cfg.min_grey_correlation
+        self.grey_match = cfg.grey_match_correlation
         self.unit_row = np.zeros(int(rows.sha_code.max(initial=-1)) + 1, dtype=np.int64)
         self.unit_row[rows.sha_code[::-1]] = np.arange(rows.count)[::-1]  # first row wins
         self.rejected = 0
 
     def __call__(self, row: int, units: list[int]) -> list[int]:
-        """The candidate units that pass both checks against `row`."""
+        """The candidate units that pass the checks against `row`."""
         passed, _ = self.check(row, self.unit_row[units])
         return [u for u, ok in zip(units, passed.tolist(), strict=True) if ok]
 
     def closest(self, row: int, keepers: list[int]) -> int:
-        """Of the `keepers` that pass both checks against `row`, the one whose colour
+        """Of the `keepers` that pass the checks against `row`, the one whose colour
         layout is closest (the first listed on a tie); -1 if none passes. The colour
         layout, not the embedding, ranks them: on plain sky it is what tells two clips
         apart, while every small dark object embeds alike."""
@@ -827,7 +860,7 @@ class _Verifier:
         return keepers[int(np.argmax(np.where(passed, colour, -np.inf)))]
 
     def check(self, row: int, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which of the rows `others` pass both checks against `row`, and the cosine of
+        """Which of the rows `others` pass the checks against `row`, and the cosine of
         their colour layouts with row's."""
         similarity = self.embedding[others].astype(np.float32) @ self.embedding[row].astype(
             np.float32
@@ -836,6 +869,12 @@ class _Verifier:
         strict = self.strict[others] | self.strict[row]
         min_colour = np.where(strict, self.strict_colour_cosine, self.min_colour_cosine)
         passed = (similarity >= self.min_similarity) & (colour >= min_colour)
+        if self.grey is not None and self.has_grey[row] and others.size:
+            correlation = self.grey_correlation(self.grey[row], self.grey[others])
+            grey = np.where(self.has_grey[others], correlation, np.nan)
+            with np.errstate(invalid="ignore"):  # nan: a pair without both grey layouts
+                matched = (grey >= self.grey_match) & (colour >= self.min_colour_cosine)
+                passed = ~(grey < self.min_grey) & (passed | matched)
         self.rejected += int(passed.size - passed.sum())
         return passed, colour
 

@@ -13,10 +13,14 @@ incremental runs verify new images against already-kept ones):
 - `colour_layout`: the mean colour of each cell of a coarse grid: where the colours
   are. CNN features barely see colour, yet two clips of the same kind of drone differ
   mostly in their sky.
+- `grey_layout`: a 24 x 24 grey thumbnail: where the edges and shading are. Frames of
+  one clip seconds apart embed alike and share a sky, yet the object has moved; a
+  re-encoded or rescaled copy keeps every pixel where it was (`grey_correlation`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -37,6 +41,11 @@ MAX_PIXEL_VALUE = 255.0
 # small enough to keep a task's activations in tens of MiB at 128 px.
 BATCH_SIZE = 64
 COLOUR_GRID = 4
+GREY_GRID = 24
+# Cells the grey-layout correlation shifts either way: a slight crop or an off-by-one
+# resize moves content by up to a cell of a 24-cell grid.
+GREY_SHIFT = 1
+UNIT_NORM_FLOOR = 1e-6  # a flat window has no correlation with anything: it scores 0
 
 
 def embedding_input(image: Image.Image, side: int) -> np.ndarray:
@@ -49,6 +58,41 @@ def colour_layout(image: Image.Image, grid: int = COLOUR_GRID) -> list[float]:
     """Mean RGB of each cell of a grid x grid layout, in [0, 1] (3 * grid**2 floats)."""
     cells = image.convert("RGB").resize((grid, grid), Image.Resampling.BOX)
     return (np.asarray(cells, np.float32).ravel() / MAX_PIXEL_VALUE).tolist()
+
+
+def grey_layout(image: Image.Image, grid: int = GREY_GRID) -> list[int]:
+    """Grey level (0-255) of each cell of a grid x grid layout, row-major."""
+    cells = image.convert("L").resize((grid, grid), Image.Resampling.BOX)
+    return np.asarray(cells, np.uint8).ravel().tolist()
+
+
+def _shifted_windows(layouts: np.ndarray, shift: int) -> np.ndarray:
+    """(k, g*g) layouts -> (k, (2*shift+1)**2, w*w) windows, w = g - 2*shift, each one
+    centred and scaled to unit length (dot product = Pearson correlation)."""
+    k = len(layouts)
+    side = math.isqrt(layouts.shape[1])
+    width = side - 2 * shift
+    grid = layouts.reshape(k, side, side).astype(np.float32)
+    steps = range(2 * shift + 1)
+    windows = np.stack(
+        [grid[:, y : y + width, x : x + width].reshape(k, -1) for y in steps for x in steps],
+        axis=1,
+    )
+    windows -= windows.mean(axis=2, keepdims=True)
+    norm = np.linalg.norm(windows, axis=2, keepdims=True)
+    return windows / np.maximum(norm, UNIT_NORM_FLOOR)
+
+
+def grey_correlation(layout: np.ndarray, others: np.ndarray, shift: int = GREY_SHIFT) -> np.ndarray:
+    """Pearson correlation of one grey layout's central window with each of `others`'
+    windows shifted by up to `shift` cells, and the other way round; the best of both.
+    Symmetric, so the order the clusterer meets two images in does not matter."""
+    mine = _shifted_windows(layout[None], shift)[0]  # (shifts, w*w)
+    theirs = _shifted_windows(others, shift)  # (k, shifts, w*w)
+    centre = len(mine) // 2  # the unshifted window
+    theirs_moved = (theirs @ mine[centre]).max(axis=1)
+    mine_moved = (theirs[:, centre] @ mine.T).max(axis=1)
+    return np.maximum(theirs_moved, mine_moved)
 
 
 @dataclass

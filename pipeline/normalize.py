@@ -27,7 +27,7 @@ from common.reasons import Reason, Rejected
 from common.storage import filesystem
 from pipeline.config import CleanConfig, NormalizeConfig
 from pipeline.dedup import hash_signals
-from pipeline.embed import colour_layout, embedder, embedding_input
+from pipeline.embed import colour_layout, embedder, embedding_input, grey_layout
 from pipeline.junk import is_low_detail, registered_checks, score_column, score_image, verdict
 from pipeline.tables import KEPT, REJECTED, work_schema
 
@@ -123,6 +123,7 @@ def signals(normalised: Normalised, cfg: CleanConfig) -> dict[str, Any]:
     if cfg.dedup.verified:
         verification = {
             "colour_layout": colour_layout(normalised.image),
+            "grey_layout": grey_layout(normalised.image),
             EMBEDDING_INPUT: embedding_input(normalised.image, cfg.dedup.embedding_side),
         }
     return {

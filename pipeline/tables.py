@@ -50,6 +50,7 @@ _PIXELS = [
     # The near-duplicate verification's signals (`pipeline.embed`); null when it is off.
     ("embedding", pa.list_(pa.float16())),
     ("colour_layout", pa.list_(pa.float32())),
+    ("grey_layout", pa.list_(pa.uint8())),
 ]
 
 
@@ -79,8 +80,8 @@ REJECTED_COLUMNS = [
 INDEX_COLUMNS = [
     "source_uri", "class_name", "label", "sha256", "phash", "width", "height",
     "source_width", "source_height", "source_format", "seen_order", "low_detail",
-    "hash_stability", "embedding", "colour_layout", "cluster_id", "group", "split",
-    "source_etag",
+    "hash_stability", "embedding", "colour_layout", "grey_layout", "cluster_id", "group",
+    "split", "source_etag",
 ]  # fmt: skip
 
 

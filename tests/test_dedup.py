@@ -35,7 +35,14 @@ from pipeline.dedup import (
     hash_stability,
     hashes_to_uint64,
 )
-from pipeline.embed import Embedder, colour_layout, embedder, embedding_input
+from pipeline.embed import (
+    Embedder,
+    colour_layout,
+    embedder,
+    embedding_input,
+    grey_correlation,
+    grey_layout,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -478,6 +485,53 @@ def test_colours_must_agree_and_more_so_on_plain_sky():
     assert out["b"]["keep"]
 
 
+GREY_FIELD = np.random.default_rng(0).integers(0, 256, size=(24, 40))
+
+
+def grey(moved: int = 0) -> np.ndarray:
+    """A 24x24 grey layout cut from a fixed random field, `moved` cells to the right."""
+    return GREY_FIELD[:, moved : moved + 24].ravel()
+
+
+def test_grey_correlation_sees_through_a_one_cell_shift_and_contrast_not_a_move():
+    brighter = np.clip(grey() * 0.8 + 30, 0, 255)
+    flat = np.full(24 * 24, 128)
+    c = grey_correlation(grey(), np.stack([grey(), grey(1), brighter, grey(6), flat]))
+    assert c[:3] == pytest.approx(1.0, abs=1e-3)  # same pixels, one cell off, re-exposed
+    assert abs(c[3]) < 0.3 and c[4] == 0  # the object moved; nothing to correlate
+    assert grey_correlation(grey(1), grey()[None])[0] == pytest.approx(c[1])  # symmetric
+
+
+def test_a_moved_object_is_not_a_copy_and_unchanged_pixels_are():
+    """Frames of one clip: same embedding and sky, the object moved (grey floor). A
+    strong re-encode: the embedding moved, the pixels did not (grey match)."""
+    frames = [
+        row("a", A) | signals(1) | {"grey_layout": grey().tolist()},
+        row("b", A, seen=1) | signals(1, nudge=1) | {"grey_layout": grey(6).tolist()},
+    ]
+    out, _ = run(frames, **VERIFIED)
+    assert out["a"]["keep"] and out["b"]["keep"]
+    out, _ = run(frames, **VERIFIED, min_grey_correlation=0.0)
+    assert out["b"]["reason"] == NEAR_DUPLICATE
+    recoded = [
+        row("a", A) | signals(1) | {"grey_layout": grey().tolist()},
+        row("b", A, seen=1) | signals(2) | {"grey_layout": grey(1).tolist()},
+    ]
+    out, _ = run(recoded, **VERIFIED)
+    assert out["b"]["reason"] == NEAR_DUPLICATE
+    out, _ = run(recoded, **VERIFIED, grey_match_correlation=1.01)
+    assert out["b"]["keep"]  # without the grey match the embeddings decide
+    blue, greyer = (0.50, 0.60, 0.80), (0.52, 0.60, 0.78)  # within 3 degrees, beyond 0.5
+    low = [
+        recoded[0] | signals(1, sky=blue) | {"hash_stability": 100.0},
+        recoded[1] | signals(1, 1, sky=greyer) | {"hash_stability": 100.0},
+    ]
+    out, _ = run(low, **VERIFIED)
+    assert out["b"]["reason"] == NEAR_DUPLICATE  # the match waives strict_colour_angle
+    out, _ = run(low[1:], existing=[low[0]], **VERIFIED)
+    assert out["b"]["duplicate_of"] == "a"  # incremental: against the kept row's layout
+
+
 def colour_angle(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     cosine = np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)
     return math.degrees(math.acos(min(1.0, cosine)))
@@ -589,6 +643,7 @@ def real_row(name: str, image: Image.Image, weights: str, **kw) -> dict:
         "hash_stability": stability,
         "embedding": vector.astype(np.float32).tolist(),
         "colour_layout": colour_layout(image),
+        "grey_layout": grey_layout(image),
     }
 
 
@@ -622,6 +677,7 @@ def test_embedder_mechanics_on_random_weights():
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-2)
     assert np.array_equal(vectors[0], vectors[1]) and not np.array_equal(vectors[0], vectors[2])
     assert len(colour_layout(blobs(1))) == 3 * 16
+    assert len(grey_layout(blobs(1))) == 24 * 24
 
 
 def test_weights_load_from_a_local_file_or_fail_clearly(tmp_path):

@@ -67,7 +67,13 @@ from common.storage import StorageConfig  # noqa: E402
 from devkit.weights import local_embedding_weights  # noqa: E402
 from pipeline import dedup  # noqa: E402
 from pipeline.config import NormalizeConfig  # noqa: E402
-from pipeline.embed import colour_layout, embedder, embedding_input  # noqa: E402
+from pipeline.embed import (  # noqa: E402
+    colour_layout,
+    embedder,
+    embedding_input,
+    grey_correlation,
+    grey_layout,
+)
 from pipeline.junk import JunkConfig, is_low_detail, score_image, verdict  # noqa: E402
 from pipeline.normalize import normalise  # noqa: E402
 
@@ -280,6 +286,7 @@ def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
         "low_detail": is_low_detail(scores, junk),
         "hash_stability": stability,
         "colour_layout": colour_layout(normalised.image),
+        "grey_layout": grey_layout(normalised.image),
     }
 
 
@@ -551,9 +558,13 @@ def _miss_reason(v: dict, orig: Outcome, sim_of: dict[str, int], cfg: dedup.Dedu
         )
     )
     low = min(v["hash_stability"], o["hash_stability"]) < cfg.min_hash_stability
-    if cosine < cfg.min_embedding_similarity:
+    grey = float(grey_correlation(np.array(v["grey_layout"]), np.array([o["grey_layout"]]))[0])
+    if grey < cfg.min_grey_correlation:
+        return "fails the checks against its original: grey layout"
+    grey_match = grey >= cfg.grey_match_correlation and angle <= cfg.max_colour_angle
+    if not grey_match and cosine < cfg.min_embedding_similarity:
         return "fails the checks against its original: embedding"
-    if angle > (cfg.strict_colour_angle if low else cfg.max_colour_angle):
+    if not grey_match and angle > (cfg.strict_colour_angle if low else cfg.max_colour_angle):
         return "fails the checks against its original: colour layout"
     sim = (sim_of[v["source_uri"]] ^ sim_of[o["source_uri"]]).bit_count()
     if (
