@@ -289,13 +289,15 @@ def per_video(root: Path, name: str, data: Path) -> None:
     import torch
 
     from common.preprocess import EvalTransform
+    from train.export import deprecations_silenced
 
     model_dir = root / "models" / name
     info = json.loads((model_dir / "model.json").read_text())
     transform = EvalTransform.from_info(info)
     with open(CROPS / "manifest.csv", newline="") as f:
         manifest = {row["file"]: row for row in csv.DictReader(f)}
-    model = torch.jit.load(str(model_dir / "model.pt"))
+    with deprecations_silenced():  # TorchScript's and int8's deprecations, by name
+        model = torch.jit.load(str(model_dir / "model.pt"))
     tables: dict[str, dict[tuple[str, str], collections.Counter]] = {
         title: collections.defaultdict(collections.Counter)
         for title in ("test video", "class and distance bin", "class and object visibility")
