@@ -147,6 +147,14 @@ class DedupConfig:
         "reaches copies whose pHash moved beyond verify_hash_distance (strong JPEG or WEBP "
         "on small images); 0 turns it off",
     )
+    grey_hash_distance: int = option(
+        0,
+        "With verification, a third candidate source: images whose grey layouts' 64-bit "
+        "SimHashes (each layout centred on its own mean, so the angle between two is their "
+        "correlation) differ in at most this many bits are candidates too, verified the "
+        "same way. It reaches re-encoded copies whose pHash and embedding both moved; 0 "
+        "turns it off",
+    )
     min_embedding_similarity: float = option(
         0.9, "Verification: cosine similarity of the two images' embeddings at least this"
     )
@@ -1081,7 +1089,17 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
     if cfg.verified:
         verifier = _Verifier(rows, cfg)
         if cfg.embedding_hash_distance:
-            pairs = _with_embedding_candidates(pairs, rows, node_of_row, nodes, is_query, cfg)
+            units = _search_units(rows, node_of_row)
+            hashes = simhashes(rows.embedding[units])
+            pairs = _with_simhash_candidates(
+                pairs, units, hashes, cfg.embedding_hash_distance, node_of_row, nodes, is_query, cfg
+            )
+        if cfg.grey_hash_distance and rows.grey is not None:
+            units = _search_units(rows, node_of_row, rows.has_grey)
+            hashes = grey_simhashes(rows.grey[units])
+            pairs = _with_simhash_candidates(
+                pairs, units, hashes, cfg.grey_hash_distance, node_of_row, nodes, is_query, cfg
+            )
     else:
         pairs = _apply_strict_distance(pairs, rows, node_of_row, nodes.size, cfg)
     near_across = cfg.conflict_matching == "near"
@@ -1096,6 +1114,7 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
         "candidate_pairs": int(pairs.candidates),
         "near_pairs": int(pairs.i.size),
         "embedding_hash_distance": cfg.embedding_hash_distance if cfg.verified else 0,
+        "grey_hash_distance": cfg.grey_hash_distance if cfg.verified else 0,
         "verified": cfg.verified,
         "failed_verification": verifier.rejected if verifier else 0,
         "crowded_buckets": int(pairs.giant_buckets),
@@ -1112,6 +1131,7 @@ SIMHASH_CHUNK = 65_536  # embeddings projected at once (float32 copies stay smal
 # there: in a small set the mean falls between the copies themselves (two copies alone
 # would be centred into opposite directions).
 SIMHASH_CENTRE_PRIOR = 100
+GREY_SIMHASH_SEED = 1  # other planes than the embedding's (another dimension anyway)
 
 
 def simhashes(embedding: np.ndarray) -> np.ndarray:
@@ -1130,6 +1150,22 @@ def simhashes(embedding: np.ndarray) -> np.ndarray:
     return out
 
 
+def grey_simhashes(layouts: np.ndarray) -> np.ndarray:
+    """Each grey layout's side of 64 fixed random hyperplanes through the origin, as
+    uint64, after centring the layout on its own mean grey: the angle between two centred
+    layouts is the arccos of their Pearson correlation, so, as for the embedding, the
+    Hamming distance tracks it (no shift here: crops move it, re-encodes barely do)."""
+    rng = np.random.default_rng(GREY_SIMHASH_SEED)
+    planes = rng.standard_normal((layouts.shape[1], HASH_BITS)).astype(np.float32)
+    out = np.empty(len(layouts), dtype=np.uint64)
+    for a in range(0, len(layouts), SIMHASH_CHUNK):
+        chunk = layouts[a : a + SIMHASH_CHUNK].astype(np.float32)
+        out[a : a + SIMHASH_CHUNK] = _bits_to_uint64(
+            (chunk - chunk.mean(axis=1, keepdims=True)) @ planes > 0
+        )
+    return out
+
+
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     unit = vectors.astype(np.float32)
     return unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
@@ -1140,25 +1176,39 @@ def _bits_to_uint64(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
-def _with_embedding_candidates(
+def _search_units(
+    rows: _Rows, node_of_row: np.ndarray, usable: np.ndarray | None = None
+) -> np.ndarray:
+    """One searched row per exact-copy unit (its copies share pixels, so any one speaks
+    for all), among the `usable` rows when given."""
+    searched = node_of_row >= 0
+    if usable is not None:
+        searched &= usable
+    searched = np.flatnonzero(searched)
+    _, first = np.unique(rows.sha_code[searched], return_index=True)
+    return searched[first]
+
+
+def _with_simhash_candidates(
     pairs: NearPairs,
-    rows: _Rows,
+    unit_rows: np.ndarray,
+    unit_hashes: np.ndarray,
+    distance: int,
     node_of_row: np.ndarray,
     nodes: np.ndarray,
     is_query: np.ndarray | None,
     cfg: DedupConfig,
 ) -> NearPairs:
-    """`pairs` plus the pHash-node pairs whose images' embedding SimHashes are within
-    `embedding_hash_distance`, found by the same search over the SimHashes."""
-    searched = np.flatnonzero(node_of_row >= 0)
-    _, first = np.unique(rows.sha_code[searched], return_index=True)
-    unit_rows = searched[first]  # one row per exact-copy unit: its copies share pixels
-    values, sim_node = np.unique(simhashes(rows.embedding[unit_rows]), return_inverse=True)
+    """`pairs` plus the pHash-node pairs whose units' SimHashes (one per row of
+    `unit_rows`) are within `distance`, found by the same search over the SimHashes."""
+    if unit_rows.size < 2:
+        return pairs
+    values, sim_node = np.unique(unit_hashes, return_inverse=True)
     query = None
     if is_query is not None:
         query = np.zeros(values.size, dtype=bool)
         query[sim_node[is_query[node_of_row[unit_rows]]]] = True
-    found = _search(values, cfg.embedding_hash_distance, query, cfg)
+    found = _search(values, distance, query, cfg)
     # Units sharing one SimHash pair up too: the value meets itself.
     shared = np.flatnonzero(np.bincount(sim_node, minlength=values.size) > 1)
     a, b = _member_pairs(

@@ -31,6 +31,7 @@ from pipeline.dedup import (
     deduplicate,
     degenerate_hashes,
     find_near_pairs,
+    grey_simhashes,
     hash_signals,
     hash_stability,
     hashes_to_uint64,
@@ -530,6 +531,40 @@ def test_a_moved_object_is_not_a_copy_and_unchanged_pixels_are():
     assert out["b"]["reason"] == NEAR_DUPLICATE  # the match waives strict_colour_angle
     out, _ = run(low[1:], existing=[low[0]], **VERIFIED)
     assert out["b"]["duplicate_of"] == "a"  # incremental: against the kept row's layout
+
+
+def test_the_grey_hash_reaches_a_copy_whose_phash_and_embedding_both_moved():
+    """A strong re-encode of a small crop: pHash 20 bits off, the embedding another
+    picture's, the pixels (re-exposed) the same. Only the grey layout's SimHash makes it
+    a candidate; the grey match then decides, as it would for any candidate."""
+    far = flip(A, range(0, 40, 2))
+    re_exposed = np.round(grey() * 0.8 + 30).astype(np.uint8)
+    h = grey_simhashes(np.stack([grey(), re_exposed, grey(6)]))
+    assert int(h[0] ^ h[1]).bit_count() <= 4  # the hash is of the centred layout
+    assert int(h[0] ^ h[2]).bit_count() > 16  # a moved object: another hash
+    rng = np.random.default_rng(4)
+    others = [
+        row(f"u{k}", int(rng.integers(0, 2**63)), seen=2 + k)
+        | signals(10 + k)
+        | {"grey_layout": grey(3 + 2 * k).tolist()}
+        for k in range(5)
+    ]
+    rows = [
+        row("a", A) | signals(1) | {"grey_layout": grey().tolist()},
+        row("b", far, seen=1) | signals(2) | {"grey_layout": re_exposed.tolist()},
+        *others,
+    ]
+    out, summary = run(rows, **VERIFIED, embedding_hash_distance=8)
+    assert out["b"]["keep"]  # no candidate: pHash and the embedding's SimHash are far
+    out, summary = run(rows, **VERIFIED, embedding_hash_distance=8, grey_hash_distance=8)
+    assert out["b"]["reason"] == NEAR_DUPLICATE and out["b"]["duplicate_of"] == "a"
+    assert all(out[f"u{k}"]["keep"] for k in range(5))  # moved objects: other pictures
+    assert summary["search"]["grey_hash_distance"] == 8
+    out, _ = run(rows[1:2], existing=rows[:1], **VERIFIED, grey_hash_distance=8)
+    assert out["b"]["duplicate_of"] == "a"  # incremental: new against kept
+    no_grey = [{k: v for k, v in r.items() if k != "grey_layout"} for r in rows]
+    out, _ = run(no_grey, **VERIFIED, grey_hash_distance=8)
+    assert out["b"]["keep"]  # an index without grey layouts: the source is skipped
 
 
 def colour_angle(a: tuple[float, ...], b: tuple[float, ...]) -> float:

@@ -334,6 +334,7 @@ class Outcome:
     correct_drop: bool
     with_original: bool  # the original reached de-duplication too
     caught: bool  # variants only: same keeper as its original, from their own group
+    with_its_original: bool  # variants only: same keeper as its original, of any group
     distance: int | None  # pHash distance to its original
     keeper_kind: str  # kind of the file kept in its place; "another group" if unrelated
 
@@ -370,6 +371,7 @@ def evaluate(samples: list[Sample], decisions: pa.Table) -> list[Outcome]:
                 correct_drop=dropped and group_of[d["duplicate_of"]] == s.group,
                 with_original=original is not None,
                 caught=s.kind != ORIGINAL and same_keeper and group_of[keeper] == s.group,
+                with_its_original=s.kind != ORIGINAL and same_keeper,
                 distance=_hamming(s.row["phash"], original.row["phash"]) if original else None,
                 keeper_kind=kind_of[keeper] if group_of[keeper] == s.group else "another group",
             )
@@ -383,6 +385,7 @@ class Score:
     wrong: int = 0
     variants: int = 0
     caught: int = 0
+    paired: int = 0  # variants with the same keeper as their original, of any group
 
     def add(self, o: Outcome) -> None:
         self.drops += o.dropped
@@ -390,6 +393,7 @@ class Score:
         if o.sample.kind != ORIGINAL and o.with_original:
             self.variants += 1
             self.caught += o.caught
+            self.paired += o.with_its_original
 
     @property
     def precision(self) -> float:
@@ -398,6 +402,12 @@ class Score:
     @property
     def recall(self) -> float:
         return self.caught / self.variants if self.variants else float("nan")
+
+    @property
+    def pair_recall(self) -> float:
+        """Found with its original, even where the original itself went to another
+        group's keeper (that wrong drop is counted once, in precision)."""
+        return self.paired / self.variants if self.variants else float("nan")
 
 
 def score(outcomes: Iterable[Outcome]) -> Score:
@@ -498,16 +508,21 @@ def _sweep_row(key: int, outcomes: list[Outcome], extra: str) -> None:
     print(f"  {key:>3} {total.drops:>6} {total.wrong:>6} {sets}{extra}", flush=True)
 
 
-def print_embedding_sweep(
-    samples: list[Sample], threshold: int, weights: str, distances: Iterable[int]
+SIMHASH_SOURCES = {"embedding": "embedding_hash_distance", "grey layout": "grey_hash_distance"}
+
+
+def print_simhash_sweep(
+    samples: list[Sample], threshold: int, weights: str, source: str, distances: Iterable[int]
 ) -> None:
-    """The second candidate source (embedding SimHash) at each radius, pHash at `threshold`."""
-    print(f"\nembedding SimHash radius sweep (pHash t={threshold}, verified): P, R, R-5%")
-    _sweep_header("e", f" {'candidates':>11} {'dedup s':>7}")
-    for e in distances:
-        decisions, summary = run_dedup(samples, threshold, weights, embedding_hash_distance=e)
+    """One SimHash candidate source (embedding or grey layout) at each radius, pHash at
+    `threshold`, the other sources at their defaults."""
+    print(f"\n{source} SimHash radius sweep (pHash t={threshold}, verified): P, R, R-5%")
+    _sweep_header("e" if source == "embedding" else "g", f" {'candidates':>11} {'dedup s':>7}")
+    for d in distances:
+        change = {SIMHASH_SOURCES[source]: d}
+        decisions, summary = run_dedup(samples, threshold, weights, **change)
         extra = f" {summary['search']['candidate_pairs']:>11,} {summary['seconds']:>7.2f}"
-        _sweep_row(e, evaluate(samples, decisions), extra)
+        _sweep_row(d, evaluate(samples, decisions), extra)
 
 
 def print_assign_sweep(samples: list[Sample], threshold: int, weights: str) -> None:
@@ -538,17 +553,22 @@ def miss_reasons(outcomes: list[Outcome], cfg: dedup.DedupConfig) -> Counter:
     }
     simhash = dict(zip(searched, dedup.simhashes(np.array(list(searched.values()))), strict=True))
     sim_of = {o.sample.uri: int(simhash.get(o.sample.row["sha256"], 0)) for o in outcomes}
+    greys = [o.sample.row for o in outcomes if o.sample.row.get("grey_layout") is not None]
+    grey_hashes = dedup.grey_simhashes(np.array([r["grey_layout"] for r in greys]))
+    grey_of = {r["source_uri"]: int(h) for r, h in zip(greys, grey_hashes, strict=True)}
     by_group = {o.sample.group: o for o in outcomes if o.sample.kind == ORIGINAL}
     reasons: Counter = Counter()
     for o in outcomes:
         if o.sample.kind == ORIGINAL or not o.with_original or o.caught:
             continue
         v, orig = o.sample.row, by_group[o.sample.group]
-        reasons[_miss_reason(v, orig, sim_of, cfg)] += 1
+        reasons[_miss_reason(v, orig, sim_of, grey_of, cfg)] += 1
     return reasons
 
 
-def _miss_reason(v: dict, orig: Outcome, sim_of: dict[str, int], cfg: dedup.DedupConfig) -> str:
+def _miss_reason(
+    v: dict, orig: Outcome, sim_of: dict[str, int], grey_of: dict[str, int], cfg: dedup.DedupConfig
+) -> str:
     o = orig.sample.row
     if v["low_detail"] or o["low_detail"]:
         return "low detail: matched exactly only"
@@ -573,11 +593,13 @@ def _miss_reason(v: dict, orig: Outcome, sim_of: dict[str, int], cfg: dedup.Dedu
     if not grey_match and angle > (cfg.strict_colour_angle if low else cfg.max_colour_angle):
         return "fails the checks against its original: colour layout"
     sim = (sim_of[v["source_uri"]] ^ sim_of[o["source_uri"]]).bit_count()
+    grey_bits = (grey_of.get(v["source_uri"], 0) ^ grey_of.get(o["source_uri"], 0)).bit_count()
     if (
         _hamming(v["phash"], o["phash"]) > cfg.verify_hash_distance
         and sim > cfg.embedding_hash_distance
+        and (not cfg.grey_hash_distance or grey_bits > cfg.grey_hash_distance)
     ):
-        return "passes the checks, no candidate of either search"
+        return "passes the checks, no candidate of any search"
     return "passes, candidate, taken by another keeper"
 
 
@@ -628,17 +650,20 @@ def print_per_kind(outcomes: list[Outcome], threshold: int) -> None:
 
 
 def print_per_source(outcomes: list[Outcome], threshold: int) -> None:
-    print(f"\nper source at t={threshold} (photos = skimage + pillow)")
+    print(
+        f"\nper source at t={threshold} (photos = skimage + pillow; R pair: the variant has "
+        "its original's keeper, whatever group that keeper is from)"
+    )
     print(
         f"  {'source':<9} {'variants':>8} {'caught':>6} {'R':>6} {'R excl.5%':>9} "
-        f"{'drops':>5} {'wrong':>5} {'P':>6}"
+        f"{'drops':>5} {'wrong':>5} {'P':>6} {'R pair':>6}"
     )
     for name in SOURCE_SETS:
         mine = _of(outcomes, name)
         s, w = score(mine), score(_without_5(mine))
         print(
             f"  {name:<9} {s.variants:>8} {s.caught:>6} {s.recall:>6.3f} {w.recall:>9.3f} "
-            f"{s.drops:>5} {s.wrong:>5} {s.precision:>6.3f}"
+            f"{s.drops:>5} {s.wrong:>5} {s.precision:>6.3f} {s.pair_recall:>6.3f}"
         )
 
 
@@ -706,6 +731,7 @@ def part_a(
     thresholds: list[int],
     weights: str,
     embedding_distances: list[int],
+    grey_distances: list[int],
     position: float = MIDDLE_FRAME,
 ) -> None:
     default = dedup.DedupConfig(embedding_weights=weights).search_distance
@@ -727,7 +753,9 @@ def part_a(
         print_sweep(samples, sorted({*thresholds, unverified}), NO_WEIGHTS)
     results = print_sweep(samples, sorted({*thresholds, default}), weights)
     if weights != NO_WEIGHTS and embedding_distances:
-        print_embedding_sweep(samples, default, weights, embedding_distances)
+        print_simhash_sweep(samples, default, weights, "embedding", embedding_distances)
+    if weights != NO_WEIGHTS and grey_distances:
+        print_simhash_sweep(samples, default, weights, "grey layout", grey_distances)
     print_assign_sweep(samples, default, weights)
     outcomes = results[default]
     print_per_kind(outcomes, default)
@@ -1080,6 +1108,13 @@ def main() -> None:
         help="part A: sweep the embedding SimHash candidate radius (0: off) at the default t",
     )
     parser.add_argument(
+        "--grey-hash-distances",
+        type=int,
+        nargs="*",
+        default=[],
+        help="part A: sweep the grey-layout SimHash candidate radius (0: off) at the default t",
+    )
+    parser.add_argument(
         "--link-similarities",
         type=float,
         nargs="*",
@@ -1098,6 +1133,7 @@ def main() -> None:
             args.thresholds,
             args.embedding_weights,
             args.embedding_hash_distances,
+            args.grey_hash_distances,
             args.halmstad_frame,
         )
     if args.part in ("b", "both"):
