@@ -65,6 +65,8 @@ from common.backbone import NO_WEIGHTS
 from common.config import option
 
 if TYPE_CHECKING:  # Ray and imagehash load lazily: the CLI imports this module for --help
+    from collections.abc import Callable
+
     from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -1142,12 +1144,7 @@ def simhashes(embedding: np.ndarray) -> np.ndarray:
     chunks = [slice(a, a + SIMHASH_CHUNK) for a in range(0, len(embedding), SIMHASH_CHUNK)]
     centre = sum(_unit_rows(embedding[c]).sum(axis=0) for c in chunks)
     centre = centre / (len(embedding) + SIMHASH_CENTRE_PRIOR)
-    rng = np.random.default_rng(SIMHASH_SEED)
-    planes = rng.standard_normal((embedding.shape[1], HASH_BITS)).astype(np.float32)
-    out = np.empty(len(embedding), dtype=np.uint64)
-    for c in chunks:
-        out[c] = _bits_to_uint64((_unit_rows(embedding[c]) - centre) @ planes > 0)
-    return out
+    return _hyperplane_sides(embedding, SIMHASH_SEED, lambda rows: _unit_rows(rows) - centre)
 
 
 def grey_simhashes(layouts: np.ndarray) -> np.ndarray:
@@ -1155,14 +1152,26 @@ def grey_simhashes(layouts: np.ndarray) -> np.ndarray:
     uint64, after centring the layout on its own mean grey: the angle between two centred
     layouts is the arccos of their Pearson correlation, so, as for the embedding, the
     Hamming distance tracks it (no shift here: crops move it, re-encodes barely do)."""
-    rng = np.random.default_rng(GREY_SIMHASH_SEED)
-    planes = rng.standard_normal((layouts.shape[1], HASH_BITS)).astype(np.float32)
-    out = np.empty(len(layouts), dtype=np.uint64)
-    for a in range(0, len(layouts), SIMHASH_CHUNK):
-        chunk = layouts[a : a + SIMHASH_CHUNK].astype(np.float32)
-        out[a : a + SIMHASH_CHUNK] = _bits_to_uint64(
-            (chunk - chunk.mean(axis=1, keepdims=True)) @ planes > 0
-        )
+
+    def centred(rows: np.ndarray) -> np.ndarray:
+        rows = rows.astype(np.float32)
+        return rows - rows.mean(axis=1, keepdims=True)
+
+    return _hyperplane_sides(layouts, GREY_SIMHASH_SEED, centred)
+
+
+def _hyperplane_sides(
+    vectors: np.ndarray, seed: int, prepare: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """uint64 of the signs of each prepared row against 64 random hyperplanes (fixed by
+    `seed`, so incremental runs compare alike), a chunk of rows at a time so the float32
+    copies stay small."""
+    planes = np.random.default_rng(seed).standard_normal((vectors.shape[1], HASH_BITS))
+    planes = planes.astype(np.float32)
+    out = np.empty(len(vectors), dtype=np.uint64)
+    for a in range(0, len(vectors), SIMHASH_CHUNK):
+        chunk = slice(a, a + SIMHASH_CHUNK)
+        out[chunk] = _bits_to_uint64(prepare(vectors[chunk]) @ planes > 0)
     return out
 
 

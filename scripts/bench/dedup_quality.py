@@ -593,11 +593,17 @@ def _miss_reason(
     if not grey_match and angle > (cfg.strict_colour_angle if low else cfg.max_colour_angle):
         return "fails the checks against its original: colour layout"
     sim = (sim_of[v["source_uri"]] ^ sim_of[o["source_uri"]]).bit_count()
-    grey_bits = (grey_of.get(v["source_uri"], 0) ^ grey_of.get(o["source_uri"], 0)).bit_count()
+    grey_reached = (
+        cfg.grey_hash_distance > 0
+        and v["source_uri"] in grey_of
+        and o["source_uri"] in grey_of  # the job searches only rows with a grey layout
+        and (grey_of[v["source_uri"]] ^ grey_of[o["source_uri"]]).bit_count()
+        <= cfg.grey_hash_distance
+    )
     if (
         _hamming(v["phash"], o["phash"]) > cfg.verify_hash_distance
         and sim > cfg.embedding_hash_distance
-        and (not cfg.grey_hash_distance or grey_bits > cfg.grey_hash_distance)
+        and not grey_reached
     ):
         return "passes the checks, no candidate of any search"
     return "passes, candidate, taken by another keeper"
