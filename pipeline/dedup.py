@@ -562,8 +562,20 @@ def _search_giant(
             if is_query is not None:
                 keep &= is_query[s] | is_query[t]
             s, t, d = s[keep], t[keep], d[si[keep], ti[keep]]
+            keep = _first_met_in(hashes[s] ^ hashes[t], plan, band)
+            s, t, d = s[keep], t[keep], d[keep]
             found.append((np.minimum(s, t), np.maximum(s, t), d.astype(np.uint8)))
     return (*_unique_pairs(found, hashes.size), sources.size * targets.size)
+
+
+def _first_met_in(differences: np.ndarray, plan: BandPlan, band: int) -> np.ndarray:
+    """Whether `band` is the first band each pair (by its hashes' XOR) qualifies in: the
+    rule `scan_band` reports by, so a crowded bucket's pairs that an earlier band
+    already met (from a scan or another crowded bucket) are not reported twice."""
+    first = np.ones(differences.size, dtype=bool)
+    for mask in plan.band_masks()[:band]:
+        first &= np.bitwise_count(differences & mask) > plan.radius
+    return first
 
 
 def _unique_pairs(
@@ -598,7 +610,9 @@ def find_near_pairs(
     probes the tables for a range of hashes and returns only verified pairs, so tasks
     spread over the nodes of a cluster. With `is_query`, only pairs touching at least
     one query hash are searched (incremental runs: new hashes against old and new).
-    Memory per worker: about 8 + 4 * bands bytes per hash plus the tables.
+    Memory per worker: about 8 + 4 * bands bytes per hash plus the tables. The driver
+    holds the pairs once (17 bytes each) plus their concatenation: every pair comes back
+    from exactly one task, so there is nothing to merge globally.
     """
     import ray
 
@@ -636,7 +650,15 @@ def find_near_pairs(
             for v in values
         ]
     results = ray.get(tasks)
-    i, j, d = _unique_pairs([r[:3] for r in results], hashes.size)
+    scans = len(tasks) - sum(v.size for v in giants)
+    # Scans report each pair once (its first band) and crowded buckets pairs first met
+    # in their band, so only crowded buckets of one band can repeat a pair (when both
+    # ends sit in crowded buckets): only their few pairs need a unique, never all pairs.
+    crowded = _unique_pairs([r[:3] for r in results[scans:]], hashes.size)
+    i, j, d = (
+        np.concatenate(parts)
+        for parts in zip(*(r[:3] for r in results[:scans]), crowded, strict=True)
+    )
     candidates = sum(r[3] for r in results)
     giant_count = sum(v.size for v in giants)
     return NearPairs(i, j, d, candidates, plan, giant_count, time.perf_counter() - started)

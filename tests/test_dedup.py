@@ -115,6 +115,7 @@ def test_search_finds_exactly_the_brute_force_pairs(bands, cap):
     expected = brute_force(hashes, T)
     assert len(expected) > 250  # mostly the planted copies
     assert found == expected
+    assert pairs.i.size == len(expected)  # each pair once, crowded buckets' too: no merge
     assert pairs.candidates < hashes.size**2 / 2
     if cap < 10:
         assert pairs.giant_buckets > 0
@@ -149,6 +150,7 @@ def test_incremental_search_finds_the_pairs_touching_a_query(bands, cap):
     found = set(zip(pairs.i.tolist(), pairs.j.tolist(), strict=True))
     expected = {(a, b) for a, b in brute_force(hashes, T) if is_query[a] or is_query[b]}
     assert found == expected
+    assert pairs.i.size == len(expected)
 
 
 @pytest.mark.parametrize("t", range(0, 13))

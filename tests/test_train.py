@@ -13,7 +13,9 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
 from common.config import _leaf_fields
 from common.storage import StorageConfig
@@ -23,9 +25,9 @@ from devkit.weights import embedding_args
 from pipeline.cli import main as clean_main
 from pipeline.output import read_manifest
 from train.cli import main as train_main
-from train.config import ExportConfig, ExportSection, TrainConfig
+from train.config import ExportConfig, ExportSection, OptimSection, TrainConfig
 from train.data import TRAIN, balance_rates, class_counts, epoch_draw, read_split, split_uris
-from train.loop import CHECKPOINT_FILE
+from train.loop import CHECKPOINT_FILE, make_average, restore_weights, weights_state
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -301,3 +303,38 @@ def test_a_killed_worker_is_survived(s3, dataset):
     # Epoch 1 came from the killed process and survived in the checkpoint; a new
     # worker group resumed from it and finished the run.
     assert pids[0] == killed and pids[-1] != killed, (pids, killed)
+
+
+def test_the_weight_average_follows_the_steps_and_survives_a_resume():
+    """EMA of weights and batch-norm statistics; a checkpoint evaluates the average and a
+    resume continues both the trained weights and the average."""
+    assert make_average(nn.Linear(2, 2), OptimSection()) is None  # off by default
+    decay = 0.5
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.BatchNorm1d(2))
+    average = make_average(model, OptimSection(ema_decay=decay))
+    weight, expected = model[0].weight, model[0].weight.detach().clone()
+    for step in range(3):
+        with torch.no_grad():
+            weight.add_(1.0)
+        model(torch.randn(4, 2))  # moves the batch-norm running mean
+        average.update_parameters(model)
+        # The first update copies the weights; each later one moves halfway to them.
+        expected = weight.detach().clone() if step == 0 else decay * expected + (1 - decay) * weight
+    averaged = average.module
+    assert torch.allclose(averaged[0].weight, expected)
+    assert not torch.allclose(averaged[0].weight, weight)
+    assert not torch.allclose(averaged[1].running_mean, torch.zeros(2))
+
+    state = weights_state(model, average)
+    assert torch.equal(state["model"]["0.weight"], averaged[0].weight)
+    assert torch.equal(state["trained_model"]["0.weight"], weight)
+    resumed = nn.Sequential(nn.Linear(2, 2, bias=False), nn.BatchNorm1d(2))
+    resumed_average = make_average(resumed, OptimSection(ema_decay=decay))
+    restore_weights(state, resumed, resumed_average)
+    assert torch.equal(resumed[0].weight, weight)
+    assert torch.equal(resumed_average.module[0].weight, averaged[0].weight)
+    assert int(resumed_average.n_averaged) == 3
+    # A checkpoint without an average resumes the trained weights, the average from them.
+    plain = weights_state(model, None)
+    restore_weights(plain, resumed, make_average(resumed, OptimSection(ema_decay=decay)))
+    assert torch.equal(resumed[0].weight, weight)

@@ -70,6 +70,13 @@ class OptimSection:
     )
     lr_step_epochs: int = option(7, "With --lr-schedule step: epochs between decays")
     lr_step_gamma: float = option(0.1, "With --lr-schedule step: decay factor")
+    ema_decay: float = option(
+        0.0,
+        "Evaluate, checkpoint and export an exponential moving average of the weights, "
+        "updated every step with this decay (torchvision's references' model EMA; 0.995 "
+        "averages about the last 200 steps); 0 = off, the trained weights themselves "
+        "(docs/benchmarks.md, training)",
+    )
 
 
 @dataclass

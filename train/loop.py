@@ -23,6 +23,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from train.config import OptimSection, TrainConfig
 from train.model import build_model
@@ -70,6 +71,22 @@ def make_scheduler(
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
+def make_average(model: nn.Module, cfg: OptimSection) -> AveragedModel | None:
+    """An exponential moving average of the weights and the batch-norm statistics, as
+    torchvision's references keep one (`--model-ema`), or None when `ema_decay` is 0.
+    Why: the average sits in a flatter region than the last step's weights, which is
+    what unseen recordings (a shift of domain, not of label) reward. Every worker holds
+    the same weights after DDP's all-reduce, so each updates its own copy in step."""
+    if cfg.ema_decay <= 0:
+        return None
+    decay = cfg.ema_decay
+
+    def ema(averaged: torch.Tensor, current: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        return decay * averaged + (1.0 - decay) * current
+
+    return AveragedModel(model, avg_fn=ema, use_buffers=True)
+
+
 def all_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a vector over all workers (identity with a single process)."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -93,6 +110,7 @@ def train_epoch(
     scaler: torch.amp.GradScaler,
     num_classes: int,
     device: torch.device,
+    average: AveragedModel | None = None,
 ) -> EpochStats:
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -110,6 +128,8 @@ def train_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if average is not None:
+            average.update_parameters(unwrap(model))
         batch_losses.append(loss.item())
         loss_sum += loss.item() * len(labels)
         correct += int((logits.argmax(dim=1) == labels).sum())
@@ -191,10 +211,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = make_scheduler(optimizer, cfg.optim)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.scaling.gpu)
+    average = make_average(unwrap(model), cfg.optim)
     start_epoch, history = 0, []
     state = load_state(ray.train.get_checkpoint())
     if state is not None:
-        unwrap(model).load_state_dict(state["model"])
+        restore_weights(state, model, average)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
@@ -209,11 +230,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         lr = optimizer.param_groups[0]["lr"]
         train = train_epoch(
-            model, train_batches, criterion, optimizer, scaler, len(classes), device
+            model, train_batches, criterion, optimizer, scaler, len(classes), device, average
         )
         train_seconds = time.perf_counter() - started
         scheduler.step()
-        held = evaluate_on_rank0(rank, unwrap(model), eval_shard, criterion, cfg, classes, device)
+        evaluated = unwrap(model) if average is None else average.module
+        held = evaluate_on_rank0(rank, evaluated, eval_shard, criterion, cfg, classes, device)
         seconds = time.perf_counter() - started
         metrics = {
             "epoch": epoch + 1,
@@ -235,7 +257,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "rank0_process": f"{socket.gethostname()}:{os.getpid()}",
         }
         history.append({**metrics, "batch_losses_rank0": train.batch_losses})
-        report_epoch(rank, metrics, model, optimizer, scheduler, history, config["meta"])
+        report_epoch(rank, metrics, model, average, optimizer, scheduler, history, config["meta"])
         if rank == 0:
             print(
                 f"epoch {epoch + 1}/{cfg.optim.epochs}  train loss {train.mean_loss:.4f} "
@@ -246,10 +268,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
 
 
+def weights_state(model: nn.Module, average: AveragedModel | None) -> dict[str, Any]:
+    """`model`: the weights every reader of a checkpoint evaluates (reports, export),
+    the average when there is one; the trained weights and the average's update count
+    are kept beside it for `--resume`."""
+    if average is None:
+        return {"model": unwrap(model).state_dict()}
+    return {
+        "model": average.module.state_dict(),
+        "trained_model": unwrap(model).state_dict(),
+        "average_updates": int(average.n_averaged),
+    }
+
+
+def restore_weights(state: dict[str, Any], model: nn.Module, average: AveragedModel | None) -> None:
+    """The inverse of `weights_state`; a run resumed with an average it did not keep
+    starts the average from the trained weights."""
+    unwrap(model).load_state_dict(state.get("trained_model", state["model"]))
+    if average is not None and "trained_model" in state:
+        average.module.load_state_dict(state["model"])
+        average.n_averaged.fill_(state["average_updates"])
+
+
 def report_epoch(
     rank: int,
     metrics: dict[str, Any],
     model: nn.Module,
+    average: AveragedModel | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     history: list[dict[str, Any]],
@@ -260,7 +305,7 @@ def report_epoch(
         checkpoint = None
         if rank == 0:
             state = {
-                "model": unwrap(model).state_dict(),
+                **weights_state(model, average),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "epoch": metrics["epoch"],

@@ -739,8 +739,10 @@ def part_a(
     embedding_distances: list[int],
     grey_distances: list[int],
     position: float = MIDDLE_FRAME,
+    sweep_threshold: int | None = None,
 ) -> None:
     default = dedup.DedupConfig(embedding_weights=weights).search_distance
+    swept = sweep_threshold or default
     started = time.perf_counter()
     originals = load_originals(crops_dir, position)
     samples = build_samples(originals)
@@ -759,9 +761,9 @@ def part_a(
         print_sweep(samples, sorted({*thresholds, unverified}), NO_WEIGHTS)
     results = print_sweep(samples, sorted({*thresholds, default}), weights)
     if weights != NO_WEIGHTS and embedding_distances:
-        print_simhash_sweep(samples, default, weights, "embedding", embedding_distances)
+        print_simhash_sweep(samples, swept, weights, "embedding", embedding_distances)
     if weights != NO_WEIGHTS and grey_distances:
-        print_simhash_sweep(samples, default, weights, "grey layout", grey_distances)
+        print_simhash_sweep(samples, swept, weights, "grey layout", grey_distances)
     print_assign_sweep(samples, default, weights)
     outcomes = results[default]
     print_per_kind(outcomes, default)
@@ -1121,6 +1123,12 @@ def main() -> None:
         help="part A: sweep the grey-layout SimHash candidate radius (0: off) at the default t",
     )
     parser.add_argument(
+        "--sweep-threshold",
+        type=int,
+        default=None,
+        help="part A: the pHash radius t of the SimHash sweeps (default: the job's)",
+    )
+    parser.add_argument(
         "--link-similarities",
         type=float,
         nargs="*",
@@ -1141,6 +1149,7 @@ def main() -> None:
             args.embedding_hash_distances,
             args.grey_hash_distances,
             args.halmstad_frame,
+            args.sweep_threshold,
         )
     if args.part in ("b", "both"):
         part_b(
