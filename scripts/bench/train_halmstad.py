@@ -91,6 +91,9 @@ RUNS = {
     "robust": ["--balanced", "--colour-jitter", "0.4", "--downscale-min", "0.4"],
     # The best step (lr5, Session 12) with both levers: does the step make room for them?
     "robust5": ["--balanced", "--lr", "0.005", "--colour-jitter", "0.4", "--downscale-min", "0.4"],
+    # robust5 without the resolution loss, which cost Large_QuadCopters (drones called
+    # birds): does colour jitter alone keep the Small_QuadCopters videos lr5 lost?
+    "colour5": ["--balanced", "--lr", "0.005", "--colour-jitter", "0.4"],
     # robust5 evaluated and exported as the moving average of its weights (about the
     # last 200 of its ~750 steps): a flatter minimum for recordings it never saw.
     "robust5ema": [
