@@ -74,9 +74,10 @@ def make_scheduler(
 def make_average(model: nn.Module, cfg: OptimSection) -> AveragedModel | None:
     """An exponential moving average of the weights and the batch-norm statistics, as
     torchvision's references keep one (`--model-ema`), or None when `ema_decay` is 0.
-    Why: the average sits in a flatter region than the last step's weights, which is
-    what unseen recordings (a shift of domain, not of label) reward. Every worker holds
-    the same weights after DDP's all-reduce, so each updates its own copy in step."""
+    Why: an average sits in a flatter region than the last step's weights, which often
+    generalises better to unseen domains (SWA, SWAD); on halmstad's unseen recordings it
+    did not (docs/benchmarks.md, section 9). Every worker holds the same weights after
+    DDP's all-reduce, so each updates its own copy in step."""
     if cfg.ema_decay <= 0:
         return None
     decay = cfg.ema_decay
