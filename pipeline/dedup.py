@@ -839,12 +839,14 @@ def vectors(column: pa.ChunkedArray, dtype: type) -> tuple[np.ndarray, np.ndarra
 # --- Clustering: greedy keepers, bounded by the distance to the keeper ----------------------
 
 
-def _csr(keys: np.ndarray, values: np.ndarray, size: int) -> tuple[list[int], list[int]]:
-    """Group `values` by `keys` in 0..size-1: members of k are values[ptr[k]:ptr[k+1]]."""
+def _csr(keys: np.ndarray, values: np.ndarray, size: int) -> tuple[list[int], np.ndarray]:
+    """Group `values` by `keys` in 0..size-1: members of k are values[ptr[k]:ptr[k+1]].
+    The members stay an array: as a Python list each would cost ~36 bytes, not 4-8,
+    and there are two per near pair (hundreds of millions at 1M images and t=14)."""
     order = np.argsort(keys, kind="stable")
     ptr = np.zeros(size + 1, dtype=np.int64)
     np.cumsum(np.bincount(keys, minlength=size), out=ptr[1:])
-    return ptr.tolist(), values[order].tolist()
+    return ptr.tolist(), values[order]
 
 
 class _Verifier:
@@ -954,8 +956,13 @@ class _Clusterer:
         node_unit = np.unique(
             np.stack([node_of[searchable_new], rows.sha_code[searchable_new]]), axis=1
         )
-        self.unit_ptr, self.units = _csr(node_unit[0], node_unit[1], n_nodes)
-        both = np.concatenate
+        self.unit_ptr, units = _csr(node_unit[0], node_unit[1], n_nodes)
+        self.units = units.tolist()  # one per row: plain list, read in the inner loop
+        ids = np.int32 if n_nodes < 2**31 else np.int64
+
+        def both(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(parts, dtype=ids)
+
         self.nbr_ptr, self.nbrs = _csr(both([pairs.i, pairs.j]), both([pairs.j, pairs.i]), n_nodes)
         self.units_in_node = np.diff(self.unit_ptr)
         self.degree = np.diff(self.nbr_ptr)
@@ -1046,7 +1053,7 @@ class _Clusterer:
             return []
         own_unit, own_class = self.row_unit[row], self.row_class[row]
         found = []
-        for near in [node, *self.nbrs[self.nbr_ptr[node] : self.nbr_ptr[node + 1]]]:
+        for near in [node, *self.nbrs[self.nbr_ptr[node] : self.nbr_ptr[node + 1]].tolist()]:
             for unit in self.units[self.unit_ptr[near] : self.unit_ptr[near + 1]]:
                 if keeper[unit] >= 0 or unit == own_unit:  # own unit: decided by the caller
                     continue
