@@ -630,12 +630,13 @@ def find_near_pairs(
     ]
     search, giant = _remote(_search_range), _remote(_search_giant)
     step = max(1, hashes_per_task)
-    tasks = [
+    scans = [
         search.remote(
             hashes_ref, query_ref, plan, a, min(a + step, hashes.size), max_distance, *indexes
         )
         for a in range(0, hashes.size, step)
     ]
+    crowded_tasks = []
     giants = ray.get([_remote(_giants_of).remote(index) for index in indexes])
     for band, values in enumerate(giants):
         if values.size:
@@ -645,19 +646,18 @@ def find_near_pairs(
                 values.size,
                 band,
             )
-        tasks += [
+        crowded_tasks += [
             giant.remote(hashes_ref, query_ref, plan, band, int(v), max_distance, indexes[band])
             for v in values
         ]
-    results = ray.get(tasks)
-    scans = len(tasks) - sum(v.size for v in giants)
+    results = ray.get(scans + crowded_tasks)
+    scanned, blockwise = results[: len(scans)], results[len(scans) :]
     # Scans report each pair once (its first band) and crowded buckets pairs first met
     # in their band, so only crowded buckets of one band can repeat a pair (when both
     # ends sit in crowded buckets): only their few pairs need a unique, never all pairs.
-    crowded = _unique_pairs([r[:3] for r in results[scans:]], hashes.size)
+    crowded = _unique_pairs([r[:3] for r in blockwise], hashes.size)
     i, j, d = (
-        np.concatenate(parts)
-        for parts in zip(*(r[:3] for r in results[:scans]), crowded, strict=True)
+        np.concatenate(parts) for parts in zip(*(r[:3] for r in scanned), crowded, strict=True)
     )
     candidates = sum(r[3] for r in results)
     giant_count = sum(v.size for v in giants)
