@@ -3,6 +3,8 @@ data the cleaning job wrote, its reports, resume, and the class-balanced sampler
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import json
 import math
@@ -27,7 +29,14 @@ from pipeline.output import read_manifest
 from train.cli import main as train_main
 from train.config import ExportConfig, ExportSection, OptimSection, TrainConfig
 from train.data import TRAIN, balance_rates, class_counts, epoch_draw, read_split, split_uris
-from train.loop import CHECKPOINT_FILE, make_average, restore_weights, weights_state
+from train.job import FitError, check_sampling
+from train.loop import (
+    CHECKPOINT_FILE,
+    make_average,
+    restore_weights,
+    train_epoch,
+    weights_state,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -267,6 +276,57 @@ def test_sampler_balances_only_when_asked(s3, dataset):
     assert label_histogram(dataset, balanced=False) == raw
     for _ in range(EPOCHS_DRAWN):  # fresh draws every epoch
         assert_balanced(label_histogram(dataset, balanced=True), raw, dropped=0)
+
+
+def test_the_balance_power_moves_the_draw_from_balanced_to_natural():
+    counts = {0: 1600, 1: 400, 2: 100}
+    draws = {
+        power: {c: rate * counts[c] for c, rate in balance_rates(counts, None, power).items()}
+        for power in (0.0, 0.5, 1.0)
+    }
+    assert draws[0.0] == pytest.approx({0: 1600, 1: 1600, 2: 1600})
+    assert draws[1.0] == pytest.approx(counts)  # every row once: the natural draw
+    assert draws[0.5] == pytest.approx({0: 1600, 1: 800, 2: 400})  # square-root sampling
+    assert balance_rates(counts, 800, 0.5)[0] == pytest.approx(0.5)  # scaled, majority halved
+
+
+@pytest.mark.parametrize("power", [-0.1, 1.5])
+def test_a_balance_power_outside_0_1_fails_before_training(power: float):
+    cfg = TrainConfig()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, balance_power=power))
+    with pytest.raises(FitError, match="balance-power"):
+        check_sampling(cfg)
+
+
+def test_clipping_bounds_each_step_and_the_largest_norm_is_reported():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    batches = [{"image": 100 * torch.randn(8, 4), "label": torch.zeros(8, dtype=torch.long)}]
+
+    def one_step(clip: float) -> tuple[float, float]:
+        """Length of the plain SGD step (lr 1, no momentum: the gradient itself), and
+        the norm the epoch reports."""
+        trained = copy.deepcopy(model)
+        before = nn.utils.parameters_to_vector(trained.parameters()).detach().clone()
+        stats = train_epoch(
+            trained,
+            batches,
+            nn.CrossEntropyLoss(),
+            torch.optim.SGD(trained.parameters(), lr=1.0),
+            torch.amp.GradScaler("cpu", enabled=False),
+            2,
+            torch.device("cpu"),
+            clip_grad_norm=clip,
+        )
+        after = nn.utils.parameters_to_vector(trained.parameters()).detach()
+        return float((after - before).norm()), stats.grad_norm_max
+
+    free_step, norm = one_step(0.0)
+    clipped_step, norm_before_clip = one_step(0.5)
+    assert norm > 0.5  # the planted batch's gradient is large
+    assert free_step == pytest.approx(norm, rel=1e-4)
+    assert norm_before_clip == pytest.approx(norm)
+    assert clipped_step == pytest.approx(0.5, rel=1e-4)
 
 
 def rank0_pid_once_checkpointed(s3, run_uri: str, timeout_s: float) -> int:

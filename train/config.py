@@ -70,6 +70,13 @@ class OptimSection:
     )
     lr_step_epochs: int = option(7, "With --lr-schedule step: epochs between decays")
     lr_step_gamma: float = option(0.1, "With --lr-schedule step: decay factor")
+    clip_grad_norm: float = option(
+        0.0,
+        "Largest gradient norm of a step: a larger gradient is scaled down to it before the "
+        "step (torchvision's references' --clip-grad-norm), so one bad batch cannot throw "
+        "the weights far at a large learning rate; 0 = off. Each epoch's largest norm is in "
+        "metrics.json either way",
+    )
     ema_decay: float = option(
         0.0,
         "Evaluate, checkpoint and export an exponential moving average of the weights, "
@@ -88,6 +95,13 @@ class DataSection:
     )
     samples_per_class: int | None = option(
         None, "With --balanced: draws per class and epoch (default: the largest class's size)"
+    )
+    balance_power: float = option(
+        0.0,
+        "With --balanced: how far the draw leans back toward the natural class shares: "
+        "class c gets samples_per_class x (n_c / largest n)^q draws, so 0 balances fully, "
+        "0.5 is square-root sampling (minority classes raised, the majority's share kept "
+        "larger) and 1 is the natural draw (docs/benchmarks.md, training)",
     )
     shuffle: str = option(
         "global",

@@ -55,11 +55,18 @@ def class_counts(uris: list[str], storage: StorageConfig) -> dict[int, int]:
     return dict(Counter(labels))
 
 
-def balance_rates(counts: dict[int, int], per_class: int | None) -> dict[int, float]:
-    """Repeats per row so every class contributes `per_class` rows (default: the
-    largest class's size) per epoch."""
-    target = per_class or max(counts.values())
-    return {label: target / n for label, n in counts.items() if n}
+def balance_rates(
+    counts: dict[int, int], per_class: int | None, power: float = 0.0
+) -> dict[int, float]:
+    """Repeats per row so class c contributes per_class x (n_c / n_max)^power rows
+    (per_class defaults to the largest class's size, n_max) per epoch: power 0 draws
+    every class equally, 1 keeps the natural shares, between them the minority classes
+    are raised less than fully (square-root sampling at 0.5)."""
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"balance power must be within [0, 1], got {power}")
+    largest = max(counts.values())
+    target = per_class or largest
+    return {label: target * (n / largest) ** power / n for label, n in counts.items() if n}
 
 
 def repeat_rows(batch: dict[str, np.ndarray], rates: dict[int, float]) -> dict[str, np.ndarray]:

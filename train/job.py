@@ -74,6 +74,12 @@ def check_augmentations(cfg: TrainConfig) -> None:
         raise FitError(f"invalid augmentation setting: {err}") from err
 
 
+def check_sampling(cfg: TrainConfig) -> None:
+    """The balanced draw's settings, checked on the driver with the flag named."""
+    if not 0.0 <= cfg.data.balance_power <= 1.0:
+        raise FitError(f"--balance-power must be within [0, 1], got {cfg.data.balance_power}")
+
+
 def load_dataset_manifest(cfg: TrainConfig) -> dict[str, Any]:
     manifest = read_manifest(cfg.data_uri, cfg.storage)
     if manifest is None:
@@ -102,7 +108,7 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, ray.
     rates = None
     if cfg.data.balanced:
         counts = data.class_counts(train_uris, cfg.storage)
-        rates = data.balance_rates(counts, cfg.data.samples_per_class)
+        rates = data.balance_rates(counts, cfg.data.samples_per_class, cfg.data.balance_power)
         log.info("balanced sampling: train counts %s, repeats per row %s", counts, rates)
     train = data.train_dataset(
         train_uris,
@@ -197,6 +203,7 @@ def run_fit(cfg: TrainConfig) -> FitResult:
 
     check_run_state(cfg)
     check_augmentations(cfg)
+    check_sampling(cfg)
     manifest = load_dataset_manifest(cfg)
     ensure_ray(cfg.scaling.ray_address, cfg.scaling.num_cpus, log_to_driver=True)
     trainer = make_trainer(cfg, manifest, build_datasets(cfg, manifest))

@@ -45,6 +45,9 @@ class EpochStats:
     seen: int
     label_counts: list[int]
     batch_losses: list[float]
+    # Gradient norms of this worker's steps, before any clipping: largest and mean.
+    grad_norm_max: float = 0.0
+    grad_norm_mean: float = 0.0
     # Seconds this worker waited for its next batch (torchvision's references call it
     # "data time"): near zero when the data path keeps up with the step.
     data_wait: float = 0.0
@@ -112,11 +115,15 @@ def train_epoch(
     num_classes: int,
     device: torch.device,
     average: AveragedModel | None = None,
+    clip_grad_norm: float = 0.0,
 ) -> EpochStats:
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     counts = torch.zeros(num_classes, dtype=torch.int64)
     batch_losses: list[float] = []
+    norms: list[float] = []
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = clip_grad_norm if clip_grad_norm > 0 else float("inf")
     data_wait = 0.0
     waited_from = time.perf_counter()
     for batch in batches:
@@ -127,6 +134,8 @@ def train_epoch(
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # true gradients, for the norm and the clip
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
         scaler.step(optimizer)
         scaler.update()
         if average is not None:
@@ -138,7 +147,8 @@ def train_epoch(
         counts += torch.bincount(labels.cpu(), minlength=num_classes)
         waited_from = time.perf_counter()
     totals = reduce_stats(loss_sum, correct, seen, counts, device)
-    return EpochStats(*totals, batch_losses, data_wait)
+    grad_norms = (max(norms), sum(norms) / len(norms)) if norms else (0.0, 0.0)
+    return EpochStats(*totals, batch_losses, *grad_norms, data_wait)
 
 
 @torch.no_grad()
@@ -231,7 +241,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         lr = optimizer.param_groups[0]["lr"]
         train = train_epoch(
-            model, train_batches, criterion, optimizer, scaler, len(classes), device, average
+            model,
+            train_batches,
+            criterion,
+            optimizer,
+            scaler,
+            len(classes),
+            device,
+            average,
+            cfg.optim.clip_grad_norm,
         )
         train_seconds = time.perf_counter() - started
         scheduler.step()
@@ -254,6 +272,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # throughput benchmark compares against synthetic tensors.
             "images_per_second": train.seen / train_seconds if train_seconds else 0.0,
             "data_wait_seconds_rank0": train.data_wait,
+            "grad_norm_max_rank0": train.grad_norm_max,
+            "grad_norm_mean_rank0": train.grad_norm_mean,
             # Shows where rank 0 ran, and that a restarted worker group continued the run.
             "rank0_process": f"{socket.gethostname()}:{os.getpid()}",
         }
