@@ -74,8 +74,8 @@ class OptimSection:
         0.0,
         "Largest gradient norm of a step: a larger gradient is scaled down to it before the "
         "step (torchvision's references' --clip-grad-norm), so one bad batch cannot throw "
-        "the weights far at a large learning rate; 0 = off. Each epoch's largest norm is in "
-        "metrics.json either way",
+        "the weights far at a large learning rate; 0 = off. Each epoch's largest and mean "
+        "norm are in history.json either way",
     )
     ema_decay: float = option(
         0.0,
