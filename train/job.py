@@ -75,9 +75,12 @@ def check_augmentations(cfg: TrainConfig) -> None:
 
 
 def check_sampling(cfg: TrainConfig) -> None:
-    """The balanced draw's settings, checked on the driver with the flag named."""
-    if not 0.0 <= cfg.data.balance_power <= 1.0:
-        raise FitError(f"--balance-power must be within [0, 1], got {cfg.data.balance_power}")
+    """Work out one balanced draw on the driver: a bad setting fails here, with its flag
+    named, not later when the datasets are built."""
+    try:
+        data.balance_rates({0: 1}, cfg.data.samples_per_class, cfg.data.balance_power)
+    except ValueError as err:
+        raise FitError(f"invalid --balance-power: {err}") from err
 
 
 def load_dataset_manifest(cfg: TrainConfig) -> dict[str, Any]:

@@ -811,8 +811,7 @@ def write_review_sheet(pairs: list[tuple[str, str]], crops_dir: Path, path: Path
         top = row * (REVIEW_SIDE + label)
         for col, uri in enumerate(pair):
             name = uri.removeprefix("halmstad/")
-            image = _rgb((crops_dir / name).read_bytes())
-            image.thumbnail((REVIEW_SIDE, REVIEW_SIDE), Image.Resampling.LANCZOS)
+            image = _rgb((crops_dir / name).read_bytes())  # crops are square
             image = image.resize((REVIEW_SIDE, REVIEW_SIDE), Image.Resampling.LANCZOS)
             sheet.paste(image, (col * REVIEW_SIDE, top + label))
             draw.text((col * REVIEW_SIDE + 2, top + 1), Path(name).stem, fill="black")

@@ -62,7 +62,7 @@ from pipeline.output import read_shards, read_table
 from pipeline.report import channel_stats
 from pipeline.split import assign_splits
 from pipeline.tables import IMAGES
-from train.data import split_uris
+from train.data import balance_rates, split_uris
 
 REPO = Path(__file__).resolve().parents[2]
 CROPS = REPO.parent / "shared" / "data" / "halmstad-crops"
@@ -74,6 +74,7 @@ FIT_FLAGS = [
     "--activation", "relu",
 ]  # fmt: skip
 VAL_FRACTION = "0.1"
+COLOUR5 = ["--balanced", "--lr", "0.005", "--colour-jitter", "0.4"]
 REFUSED = 2  # export's exit status when int8 loses more than --max-int8-drop
 RUNS = {
     "balanced": ["--balanced"],
@@ -93,33 +94,15 @@ RUNS = {
     "robust5": ["--balanced", "--lr", "0.005", "--colour-jitter", "0.4", "--downscale-min", "0.4"],
     # robust5 without the resolution loss, which cost Large_QuadCopters (drones called
     # birds): does colour jitter alone keep the Small_QuadCopters videos lr5 lost?
-    "colour5": ["--balanced", "--lr", "0.005", "--colour-jitter", "0.4"],
+    "colour5": COLOUR5,
     # colour5 with square-root sampling: colour jitter took the sky away from the two
     # drone types and the fully balanced draw then pushed Large_QuadCopters, half of the
     # test images, toward the oversampled Small_QuadCopters.
-    "colour5sqrt": [
-        "--balanced",
-        "--lr",
-        "0.005",
-        "--colour-jitter",
-        "0.4",
-        "--balance-power",
-        "0.5",
-    ],
+    "colour5sqrt": [*COLOUR5, "--balance-power", "0.5"],
     # colour5sqrt diverged in fold 0 (train accuracy 0.69 -> 0.39 from epoch 3 to 5, a
     # test loss of 726 at epoch 4), with gradient norms of 12.5 on average and 22 at most
     # in colour5's first epoch: the same with every step's gradient norm capped at 10.
-    "colour5sqrtclip": [
-        "--balanced",
-        "--lr",
-        "0.005",
-        "--colour-jitter",
-        "0.4",
-        "--balance-power",
-        "0.5",
-        "--clip-grad-norm",
-        "10",
-    ],
+    "colour5sqrtclip": [*COLOUR5, "--balance-power", "0.5", "--clip-grad-norm", "10"],
     # robust5 evaluated and exported as the moving average of its weights (about the
     # last 200 of its ~750 steps): a flatter minimum for recordings it never saw.
     "robust5ema": [
@@ -181,9 +164,10 @@ def samples_per_class(data: Path, extra: list[str]) -> int:
     one (the train split's rows), whatever `--balance-power` the run leans back with:
     every arm takes the same number of steps."""
     power = float(extra[extra.index("--balance-power") + 1]) if "--balance-power" in extra else 0
-    counts = [n for n in train_counts(data) if n]
-    shares = sum((n / max(counts)) ** power for n in counts)
-    return int(sum(counts) / shares)  # power 0: train rows // classes, as before
+    counts = dict(enumerate(train_counts(data)))
+    rates = balance_rates(counts, None, power)  # the largest class drawn once per image
+    drawn = sum(rate * counts[label] for label, rate in rates.items())
+    return int(max(counts.values()) * sum(counts.values()) / drawn)
 
 
 def fit_and_export(root: Path, data: Path, name: str, extra: list[str], sizing: list[str]) -> None:
