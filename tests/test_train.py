@@ -29,7 +29,7 @@ from pipeline.output import read_manifest
 from train.cli import main as train_main
 from train.config import ExportConfig, ExportSection, OptimSection, TrainConfig
 from train.data import TRAIN, balance_rates, class_counts, epoch_draw, read_split, split_uris
-from train.job import FitError, check_sampling
+from train.job import FitError, check_head_epochs, check_sampling
 from train.loop import (
     CHECKPOINT_FILE,
     make_average,
@@ -327,6 +327,58 @@ def test_clipping_bounds_each_step_and_the_largest_norm_is_reported():
     assert free_step == pytest.approx(norm, rel=1e-4)
     assert norm_before_clip == pytest.approx(norm)
     assert clipped_step == pytest.approx(0.5, rel=1e-4)
+
+
+def test_head_epochs_hold_the_backbone_still_and_then_release_it():
+    """Linear probing, then fine-tuning: during a head epoch the backbone does not move
+    even with momentum and weight decay, and the norm is the head's alone."""
+    from train.config import ModelSection, OptimSection
+    from train.loop import backbone_held
+    from train.model import build_model
+
+    torch.manual_seed(0)
+    model, _ = build_model(2, ModelSection(weights="none", input_size=32))
+    batches = [
+        {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 0, 1])} for _ in range(2)
+    ]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    cfg = OptimSection(epochs=3, head_epochs=1)
+
+    def vector(module: nn.Module) -> torch.Tensor:
+        return nn.utils.parameters_to_vector(module.parameters()).detach().clone()
+
+    def epoch(number: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        backbone, head = vector(model.features), vector(model.classifier)
+        held = backbone_held(model, number, cfg)
+        stats = train_epoch(
+            model,
+            batches,
+            nn.CrossEntropyLoss(),
+            optimizer,
+            torch.amp.GradScaler("cpu", enabled=False),
+            2,
+            torch.device("cpu"),
+            held=held,
+        )
+        moved = vector(model.features) - backbone, vector(model.classifier) - head
+        return *moved, stats.grad_norm_max
+
+    backbone_step, head_step, head_norm = epoch(0)
+    assert backbone_step.abs().max() == 0
+    assert head_step.abs().max() > 0
+    assert head_norm > 0
+    backbone_step, head_step, _ = epoch(1)
+    assert backbone_step.abs().max() > 0  # released after the head epoch
+    assert head_step.abs().max() > 0
+    assert backbone_held(model, 1, cfg) == []
+
+
+@pytest.mark.parametrize("head_epochs", [-1, 3])
+def test_head_epochs_must_leave_the_network_an_epoch(head_epochs: int):
+    cfg = TrainConfig()
+    optim = dataclasses.replace(cfg.optim, epochs=3, head_epochs=head_epochs)
+    with pytest.raises(FitError, match="head-epochs"):
+        check_head_epochs(dataclasses.replace(cfg, optim=optim))
 
 
 def rank0_pid_once_checkpointed(s3, run_uri: str, timeout_s: float) -> int:

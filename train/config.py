@@ -77,6 +77,13 @@ class OptimSection:
         "the weights far at a large learning rate; 0 = off. Each epoch's largest and mean "
         "norm are in history.json either way",
     )
+    head_epochs: int = option(
+        0,
+        "Epochs at the start that train only the new head, the backbone held still (its "
+        "gradients are dropped, its batch-norm statistics still adapt), before the whole "
+        "network trains: linear probing, then fine-tuning (Kumar et al. 2022), so a random "
+        "head's first large gradients do not distort the pretrained features; 0 = off",
+    )
     ema_decay: float = option(
         0.0,
         "Evaluate, checkpoint and export an exponential moving average of the weights, "

@@ -83,6 +83,16 @@ def check_sampling(cfg: TrainConfig) -> None:
         raise FitError(f"invalid --balance-power: {err}") from err
 
 
+def check_head_epochs(cfg: TrainConfig) -> None:
+    """Head-only epochs must leave at least one epoch for the whole network; a head that
+    never stops training alone is --freeze-backbone."""
+    if not 0 <= cfg.optim.head_epochs < cfg.optim.epochs:
+        raise FitError(
+            f"invalid --head-epochs {cfg.optim.head_epochs}: it must be at least 0 and "
+            f"below --epochs ({cfg.optim.epochs}); use --freeze-backbone to train only the head"
+        )
+
+
 def load_dataset_manifest(cfg: TrainConfig) -> dict[str, Any]:
     manifest = read_manifest(cfg.data_uri, cfg.storage)
     if manifest is None:
@@ -207,6 +217,7 @@ def run_fit(cfg: TrainConfig) -> FitResult:
     check_run_state(cfg)
     check_augmentations(cfg)
     check_sampling(cfg)
+    check_head_epochs(cfg)
     manifest = load_dataset_manifest(cfg)
     ensure_ray(cfg.scaling.ray_address, cfg.scaling.num_cpus, log_to_driver=True)
     trainer = make_trainer(cfg, manifest, build_datasets(cfg, manifest))

@@ -14,6 +14,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,12 @@ def make_average(model: nn.Module, cfg: OptimSection) -> AveragedModel | None:
     return AveragedModel(model, avg_fn=ema, use_buffers=True)
 
 
+def backbone_held(model: nn.Module, epoch: int, cfg: OptimSection) -> list[nn.Parameter]:
+    """The backbone's parameters during the first `head_epochs` epochs (only the new
+    head trains then), else none."""
+    return list(unwrap(model).features.parameters()) if epoch < cfg.head_epochs else []
+
+
 def all_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a vector over all workers (identity with a single process)."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -116,13 +123,19 @@ def train_epoch(
     device: torch.device,
     average: AveragedModel | None = None,
     clip_grad_norm: float = 0.0,
+    held: Sequence[nn.Parameter] = (),
 ) -> EpochStats:
+    """One pass over this worker's batches. `held`: parameters whose gradients are
+    dropped after the all-reduce, so the optimizer skips them entirely (no step, no
+    momentum, no weight decay); dropping gradients instead of switching `requires_grad`
+    leaves DistributedDataParallel's hooks as they were built."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     counts = torch.zeros(num_classes, dtype=torch.int64)
     batch_losses: list[float] = []
     norms: list[float] = []
-    params = [p for p in model.parameters() if p.requires_grad]
+    held_ids = {id(p) for p in held}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in held_ids]
     max_norm = clip_grad_norm if clip_grad_norm > 0 else float("inf")
     data_wait = 0.0
     waited_from = time.perf_counter()
@@ -134,6 +147,8 @@ def train_epoch(
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        for p in held:
+            p.grad = None
         scaler.unscale_(optimizer)  # true gradients, for the norm and the clip
         norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
         scaler.step(optimizer)
@@ -240,6 +255,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_buffer_size=cfg.data.shuffle_buffer,
         )
         lr = optimizer.param_groups[0]["lr"]
+        head_only = backbone_held(model, epoch, cfg.optim)
         train = train_epoch(
             model,
             train_batches,
@@ -250,6 +266,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             device,
             average,
             cfg.optim.clip_grad_norm,
+            head_only,
         )
         train_seconds = time.perf_counter() - started
         scheduler.step()
@@ -274,6 +291,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "data_wait_seconds_rank0": train.data_wait,
             "grad_norm_max_rank0": train.grad_norm_max,
             "grad_norm_mean_rank0": train.grad_norm_mean,
+            "backbone_held": bool(head_only),
             # Shows where rank 0 ran, and that a restarted worker group continued the run.
             "rank0_process": f"{socket.gethostname()}:{os.getpid()}",
         }
