@@ -27,7 +27,7 @@ from devkit.weights import embedding_args
 from pipeline.cli import main as clean_main
 from pipeline.output import read_manifest
 from train.cli import main as train_main
-from train.config import ExportConfig, ExportSection, OptimSection, TrainConfig
+from train.config import ExportConfig, ExportSection, ModelSection, OptimSection, TrainConfig
 from train.data import TRAIN, balance_rates, class_counts, epoch_draw, read_split, split_uris
 from train.job import FitError, check_head_epochs, check_sampling
 from train.loop import (
@@ -158,7 +158,6 @@ def quantized_with(float_blocks: int):
     """A random-weight network through the export's quantization, `float_blocks` kept fp32."""
     from dataclasses import replace
 
-    from train.config import ModelSection
     from train.export import deprecations_silenced, quantize
     from train.model import build_model
     from train.presets import eval_transform
@@ -332,7 +331,6 @@ def test_clipping_bounds_each_step_and_the_largest_norm_is_reported():
 def test_head_epochs_hold_the_backbone_still_and_then_release_it():
     """Linear probing, then fine-tuning: during a head epoch the backbone does not move
     even with momentum and weight decay, and the norm is the head's alone."""
-    from train.config import ModelSection, OptimSection
     from train.loop import backbone_held
     from train.model import build_model
 

@@ -126,16 +126,15 @@ def train_epoch(
     held: Sequence[nn.Parameter] = (),
 ) -> EpochStats:
     """One pass over this worker's batches. `held`: parameters whose gradients are
-    dropped after the all-reduce, so the optimizer skips them entirely (no step, no
-    momentum, no weight decay); dropping gradients instead of switching `requires_grad`
-    leaves DistributedDataParallel's hooks as they were built."""
+    dropped after the all-reduce, so the optimizer and the norm skip them entirely (no
+    step, no momentum, no weight decay); dropping gradients instead of switching
+    `requires_grad` leaves DistributedDataParallel's hooks as they were built."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     counts = torch.zeros(num_classes, dtype=torch.int64)
     batch_losses: list[float] = []
     norms: list[float] = []
-    held_ids = {id(p) for p in held}
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in held_ids]
+    params = [p for p in model.parameters() if p.requires_grad]  # None grads are skipped
     max_norm = clip_grad_norm if clip_grad_norm > 0 else float("inf")
     data_wait = 0.0
     waited_from = time.perf_counter()
