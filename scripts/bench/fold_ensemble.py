@@ -1,0 +1,156 @@
+"""What averaging several fits gives on the video-grouped folds of `train_halmstad.py`.
+
+For each fold, the best fp32 checkpoint of each named run (as `train export` picks it),
+evaluated on the fold's test split:
+- alone, and with horizontal-flip test-time augmentation (softmax of the image and its
+  mirror, averaged);
+- the runs' softmax outputs averaged: an ensemble, which is what several seeds or
+  recipes could give at most by averaging away run-to-run variance;
+- the runs' weights averaged (a uniform "model soup", Wortsman et al. 2022: one network,
+  so it would keep the Lambda's size and latency), with the averaged batch-norm
+  statistics, and with statistics re-estimated on train images (eval transform).
+
+Then the same pooled over the folds (every kept crop tested once). Reads the runs that
+`train_halmstad.py --folds K` wrote under ROOT/runs/fold{k}-{name}; trains nothing.
+
+    RAY_AUTH_MODE=disabled PYTHONPATH=. .venv/bin/python scripts/bench/fold_ensemble.py \
+        --root /tmp/hk --folds 3 --runs colour5clip colour5sqrtclip colour5sqrtcliplpft
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.preprocess import EvalTransform
+from common.storage import StorageConfig
+from train.export import best_checkpoint, read_images, recall_per_class
+from train.loop import TEST, TRAIN
+from train.reports import load_checkpoint, model_from_state
+
+BATCH_SIZE = 64
+BN_IMAGES = 1024  # train images that re-estimate the soup's batch-norm statistics
+SEED = 0
+WIDTH_DIM = 3  # NCHW: a horizontal flip reverses the last axis
+
+
+def batches(images: list[bytes], transform: EvalTransform) -> list[torch.Tensor]:
+    """The evaluation transform's tensors, decoded once for every model of a fold."""
+    return [
+        torch.stack([transform.from_bytes(b) for b in images[start : start + BATCH_SIZE]])
+        for start in range(0, len(images), BATCH_SIZE)
+    ]
+
+
+@torch.no_grad()
+def probabilities(model: torch.nn.Module, inputs: list[torch.Tensor], flip: bool) -> np.ndarray:
+    """Softmax per image; with `flip`, averaged with the mirrored image's."""
+    out = []
+    for x in inputs:
+        p = model(x).softmax(dim=1)
+        if flip:
+            p = (p + model(torch.flip(x, dims=[WIDTH_DIM])).softmax(dim=1)) / 2
+        out.append(p.numpy())
+    return np.concatenate(out)
+
+
+def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Float tensors averaged; counters (BN's num_batches_tracked) taken from the first."""
+    return {
+        key: sum(s[key] for s in states) / len(states) if value.is_floating_point() else value
+        for key, value in states[0].items()
+    }
+
+
+@torch.no_grad()
+def reestimate_batch_norm(model: torch.nn.Module, inputs: list[torch.Tensor]) -> torch.nn.Module:
+    """Cumulative BN statistics over `inputs`: averaged weights do not match averaged
+    statistics, so the soup gets its own (as SWA does)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    for x in inputs:
+        model(x)
+    return model.eval()
+
+
+def fold_outputs(root: Path, fold: int, runs: list[str]) -> tuple[dict[str, np.ndarray], Any]:
+    """Softmax outputs of every variant on one fold's test split, and its labels."""
+    storage = StorageConfig()
+    states, meta = [], {}
+    for name in runs:
+        state, meta = load_checkpoint(
+            best_checkpoint(str(root / "runs" / f"fold{fold}-{name}"), storage)
+        )
+        print(f"fold{fold} {name}: best epoch {state['epoch']}", flush=True)
+        states.append(state["model"])
+    classes, transform = meta["classes"], EvalTransform.from_info(meta)
+    images, labels = read_images(meta, TEST, storage)
+    inputs = batches(images, transform)
+
+    def network(weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        return model_from_state({"model": weights}, len(classes), meta["activation"])
+
+    out: dict[str, np.ndarray] = {}
+    for name, weights in zip(runs, states, strict=True):
+        model = network(weights)
+        out[name] = probabilities(model, inputs, flip=False)
+        out[f"{name} + flip"] = probabilities(model, inputs, flip=True)
+    out["ensemble (softmax mean)"] = np.mean([out[name] for name in runs], axis=0)
+    soup = network(average_weights(states))
+    out["soup, averaged BN"] = probabilities(soup, inputs, flip=False)
+    bn_images, _ = read_images(meta, TRAIN, storage, BN_IMAGES, SEED)
+    soup = reestimate_batch_norm(soup, batches(bn_images, transform))
+    out["soup, BN re-estimated"] = probabilities(soup, inputs, flip=False)
+    return out, (labels, classes)
+
+
+def row(name: str, predictions: np.ndarray, labels: np.ndarray, classes: list[str]) -> str:
+    recalls = recall_per_class(predictions, labels, classes)
+    cells = " | ".join(f"{r:.3f}" for r in recalls.values())
+    return f"| {name} | {np.mean(predictions == labels):.3f} | {cells} |"
+
+
+def print_table(
+    title: str, rows: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str]
+) -> None:
+    print(f"\n{title}\n| variant | accuracy | {' | '.join(classes)} |")
+    print("|---" * (len(classes) + 2) + "|")
+    for name, (predictions, labels) in rows.items():
+        print(row(name, predictions, labels, classes))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="train_halmstad.py's --root")
+    parser.add_argument("--runs", nargs="+", required=True, help="run names, as in --runs there")
+    parser.add_argument("--folds", type=int, required=True)
+    parser.add_argument("--fold-ids", type=int, nargs="+", help="default: every fold")
+    args = parser.parse_args()
+    torch.manual_seed(SEED)
+    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    classes: list[str] = []
+    for fold in args.fold_ids if args.fold_ids is not None else range(args.folds):
+        outputs, (labels, classes) = fold_outputs(args.root, fold, args.runs)
+        rows = {name: (p.argmax(axis=1), labels) for name, p in outputs.items()}
+        print_table(f"fold {fold} (fp32)", rows, classes)
+        for name, pair in rows.items():
+            pooled.setdefault(name, []).append(pair)
+    print_table(
+        "pooled over the folds (fp32)",
+        {
+            name: (np.concatenate([p for p, _ in pairs]), np.concatenate([y for _, y in pairs]))
+            for name, pairs in pooled.items()
+        },
+        classes,
+    )
+
+
+if __name__ == "__main__":
+    main()
