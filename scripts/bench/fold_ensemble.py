@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -80,8 +79,10 @@ def reestimate_batch_norm(model: torch.nn.Module, inputs: list[torch.Tensor]) ->
     return model.eval()
 
 
-def fold_outputs(root: Path, fold: int, runs: list[str]) -> tuple[dict[str, np.ndarray], Any]:
-    """Softmax outputs of every variant on one fold's test split, and its labels."""
+def fold_outputs(
+    root: Path, fold: int, runs: list[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """Softmax outputs of every variant on one fold's test split, its labels and classes."""
     storage = StorageConfig()
     states, meta = [], {}
     for name in runs:
@@ -108,7 +109,7 @@ def fold_outputs(root: Path, fold: int, runs: list[str]) -> tuple[dict[str, np.n
     bn_images, _ = read_images(meta, TRAIN, storage, BN_IMAGES, SEED)
     soup = reestimate_batch_norm(soup, batches(bn_images, transform))
     out["soup, BN re-estimated"] = probabilities(soup, inputs, flip=False)
-    return out, (labels, classes)
+    return out, labels, classes
 
 
 def row(name: str, predictions: np.ndarray, labels: np.ndarray, classes: list[str]) -> str:
@@ -137,7 +138,7 @@ def main() -> None:
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     classes: list[str] = []
     for fold in args.fold_ids if args.fold_ids is not None else range(args.folds):
-        outputs, (labels, classes) = fold_outputs(args.root, fold, args.runs)
+        outputs, labels, classes = fold_outputs(args.root, fold, args.runs)
         rows = {name: (p.argmax(axis=1), labels) for name, p in outputs.items()}
         print_table(f"fold {fold} (fp32)", rows, classes)
         for name, pair in rows.items():
