@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,14 @@ def predict(
     return predict_each([model], images, transform, batch_size)[0]
 
 
+def eval_batches(
+    images: list[bytes], transform: EvalTransform, batch_size: int
+) -> Iterator[torch.Tensor]:
+    """JPEG bytes -> batches of the evaluation transform's tensors, in order."""
+    for start in range(0, len(images), batch_size):
+        yield torch.stack([transform.from_bytes(b) for b in images[start : start + batch_size]])
+
+
 def predict_each(
     models: Sequence[torch.nn.Module],
     images: list[bytes],
@@ -81,8 +89,7 @@ def predict_each(
 ) -> list[np.ndarray]:
     """Top class per image for each model, decoding every image once for all of them."""
     out: list[list[np.ndarray]] = [[] for _ in models]
-    for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform.from_bytes(b) for b in images[start : start + batch_size]])
+    for batch in eval_batches(images, transform, batch_size):
         for predictions, model in zip(out, models, strict=True):
             predictions.append(model(batch).argmax(dim=1).numpy())
     return [np.concatenate(p) if p else np.zeros(0, np.int64) for p in out]

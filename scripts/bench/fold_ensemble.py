@@ -24,25 +24,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import update_bn
 
 from common.preprocess import EvalTransform
 from common.storage import StorageConfig
 from train.export import best_checkpoint, read_images, recall_per_class
 from train.loop import TEST, TRAIN
-from train.reports import load_checkpoint, model_from_state
+from train.reports import eval_batches, load_checkpoint, model_from_state
 
 BATCH_SIZE = 64
 BN_IMAGES = 1024  # train images that re-estimate the soup's batch-norm statistics
-SEED = 0
+SEED = 0  # the sample of train images for the statistics
 WIDTH_DIM = 3  # NCHW: a horizontal flip reverses the last axis
 
 
 def batches(images: list[bytes], transform: EvalTransform) -> list[torch.Tensor]:
     """The evaluation transform's tensors, decoded once for every model of a fold."""
-    return [
-        torch.stack([transform.from_bytes(b) for b in images[start : start + BATCH_SIZE]])
-        for start in range(0, len(images), BATCH_SIZE)
-    ]
+    return list(eval_batches(images, transform, BATCH_SIZE))
 
 
 @torch.no_grad()
@@ -63,20 +61,6 @@ def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
         key: sum(s[key] for s in states) / len(states) if value.is_floating_point() else value
         for key, value in states[0].items()
     }
-
-
-@torch.no_grad()
-def reestimate_batch_norm(model: torch.nn.Module, inputs: list[torch.Tensor]) -> torch.nn.Module:
-    """Cumulative BN statistics over `inputs`: averaged weights do not match averaged
-    statistics, so the soup gets its own (as SWA does)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    for x in inputs:
-        model(x)
-    return model.eval()
 
 
 def fold_outputs(
@@ -107,7 +91,8 @@ def fold_outputs(
     soup = network(average_weights(states))
     out["soup, averaged BN"] = probabilities(soup, inputs, flip=False)
     bn_images, _ = read_images(meta, TRAIN, storage, BN_IMAGES, SEED)
-    soup = reestimate_batch_norm(soup, batches(bn_images, transform))
+    # Averaged weights do not match averaged statistics: re-estimate them, as SWA does.
+    update_bn(batches(bn_images, transform), soup)
     out["soup, BN re-estimated"] = probabilities(soup, inputs, flip=False)
     return out, labels, classes
 
@@ -134,7 +119,6 @@ def main() -> None:
     parser.add_argument("--folds", type=int, required=True)
     parser.add_argument("--fold-ids", type=int, nargs="+", help="default: every fold")
     args = parser.parse_args()
-    torch.manual_seed(SEED)
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     classes: list[str] = []
     for fold in args.fold_ids if args.fold_ids is not None else range(args.folds):
