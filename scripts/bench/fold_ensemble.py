@@ -4,6 +4,10 @@ For each fold, the best fp32 checkpoint of each named run (as `train export` pic
 evaluated on the fold's test split:
 - alone, and with horizontal-flip test-time augmentation (softmax of the image and its
   mirror, averaged);
+- alone with the training draw's class prior divided out (post-hoc logit adjustment,
+  Menon et al. 2021, tau = 1: log p(c|x) - log pi_c): a balanced sampler with
+  `--balance-power` above 0 still leans toward the classes it draws most, and the
+  targets ask for every class's recall;
 - the runs' softmax outputs averaged: an ensemble, which is what several seeds or
   recipes could give at most by averaging away run-to-run variance;
 - the runs' weights averaged (a uniform "model soup", Wortsman et al. 2022: one network,
@@ -20,6 +24,7 @@ Then the same pooled over the folds (every kept crop tested once). Reads the run
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +60,14 @@ def probabilities(model: torch.nn.Module, inputs: list[torch.Tensor], flip: bool
     return np.concatenate(out)
 
 
+def draw_prior(run_dir: Path) -> np.ndarray:
+    """The share of each class in the images the run trained on, over all its epochs
+    (history.json's label counts): the prior its softmax carries."""
+    history = json.loads((run_dir / "history.json").read_text())
+    counts = np.sum([epoch["train_label_counts"] for epoch in history], axis=0)
+    return counts / counts.sum()
+
+
 def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Float tensors averaged; counters (BN's num_batches_tracked) taken from the first."""
     return {
@@ -68,12 +81,15 @@ def fold_outputs(
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """Softmax outputs of every variant on one fold's test split, its labels and classes."""
     storage = StorageConfig()
-    states, meta = [], {}
+    states, priors, meta = [], [], {}
     for name in runs:
-        state, meta = load_checkpoint(
-            best_checkpoint(str(root / "runs" / f"fold{fold}-{name}"), storage)
+        run_dir = root / "runs" / f"fold{fold}-{name}"
+        state, meta = load_checkpoint(best_checkpoint(str(run_dir), storage))
+        priors.append(draw_prior(run_dir))
+        print(
+            f"fold{fold} {name}: best epoch {state['epoch']}, draw {priors[-1].round(3)}",
+            flush=True,
         )
-        print(f"fold{fold} {name}: best epoch {state['epoch']}", flush=True)
         states.append(state["model"])
     classes, transform = meta["classes"], EvalTransform.from_info(meta)
     images, labels = read_images(meta, TEST, storage)
@@ -83,10 +99,12 @@ def fold_outputs(
         return model_from_state({"model": weights}, len(classes), meta["activation"])
 
     out: dict[str, np.ndarray] = {}
-    for name, weights in zip(runs, states, strict=True):
+    for name, weights, prior in zip(runs, states, priors, strict=True):
         model = network(weights)
         out[name] = probabilities(model, inputs, flip=False)
         out[f"{name} + flip"] = probabilities(model, inputs, flip=True)
+        adjusted = out[name] / prior  # argmax of log p(c|x) - log pi_c
+        out[f"{name}, draw prior divided out"] = adjusted / adjusted.sum(axis=1, keepdims=True)
     out["ensemble (softmax mean)"] = np.mean([out[name] for name in runs], axis=0)
     soup = network(average_weights(states))
     out["soup, averaged BN"] = probabilities(soup, inputs, flip=False)
