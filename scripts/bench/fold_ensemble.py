@@ -49,15 +49,16 @@ def batches(images: list[bytes], transform: EvalTransform) -> list[torch.Tensor]
 
 
 @torch.no_grad()
-def probabilities(model: torch.nn.Module, inputs: list[torch.Tensor], flip: bool) -> np.ndarray:
-    """Softmax per image; with `flip`, averaged with the mirrored image's."""
-    out = []
-    for x in inputs:
-        p = model(x).softmax(dim=1)
-        if flip:
-            p = (p + model(torch.flip(x, dims=[WIDTH_DIM])).softmax(dim=1)) / 2
-        out.append(p.numpy())
-    return np.concatenate(out)
+def probabilities(
+    model: torch.nn.Module, inputs: list[torch.Tensor], mirrored: bool = False
+) -> np.ndarray:
+    """Softmax per image, or per horizontally mirrored image."""
+    return np.concatenate(
+        [
+            model(torch.flip(x, dims=[WIDTH_DIM]) if mirrored else x).softmax(dim=1).numpy()
+            for x in inputs
+        ]
+    )
 
 
 def draw_prior(run_dir: Path) -> np.ndarray:
@@ -101,17 +102,17 @@ def fold_outputs(
     out: dict[str, np.ndarray] = {}
     for name, weights, prior in zip(runs, states, priors, strict=True):
         model = network(weights)
-        out[name] = probabilities(model, inputs, flip=False)
-        out[f"{name} + flip"] = probabilities(model, inputs, flip=True)
+        out[name] = probabilities(model, inputs)
+        out[f"{name} + flip"] = (out[name] + probabilities(model, inputs, mirrored=True)) / 2
         adjusted = out[name] / prior  # argmax of log p(c|x) - log pi_c
         out[f"{name}, draw prior divided out"] = adjusted / adjusted.sum(axis=1, keepdims=True)
     out["ensemble (softmax mean)"] = np.mean([out[name] for name in runs], axis=0)
     soup = network(average_weights(states))
-    out["soup, averaged BN"] = probabilities(soup, inputs, flip=False)
+    out["soup, averaged BN"] = probabilities(soup, inputs)
     bn_images, _ = read_images(meta, TRAIN, storage, BN_IMAGES, SEED)
     # Averaged weights do not match averaged statistics: re-estimate them, as SWA does.
     update_bn(batches(bn_images, transform), soup)
-    out["soup, BN re-estimated"] = probabilities(soup, inputs, flip=False)
+    out["soup, BN re-estimated"] = probabilities(soup, inputs)
     return out, labels, classes
 
 

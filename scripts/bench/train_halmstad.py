@@ -116,7 +116,7 @@ RUNS = {
     "colour5sqrtcliplpft20": [*SQRT_CLIP, "--head-epochs", "1", "--epochs", "20"],
     # colour5sqrtcliplpft at the issue's 224 px instead of 160: the crops are mostly 64 px,
     # so this only upsamples more, but distant planes then span more of the ImageNet
-    # features' receptive fields (the Airplane misses are small aircraft called birds).
+    # features' receptive fields (the Airplane misses are small aircraft of unseen videos).
     "colour5sqrtcliplpft224": [*SQRT_CLIP, "--head-epochs", "1", "--input-size", "224"],
     # robust5 evaluated and exported as the moving average of its weights (about the
     # last 200 of its ~750 steps): a flatter minimum for recordings it never saw.
