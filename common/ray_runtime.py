@@ -1,4 +1,4 @@
-"""Joining Ray the same way from every job.
+"""Joining Ray the same way from every job, quietly unless asked (common/logs.py).
 
 Ray is imported inside the function: the rest of `common/` ships in the Lambda image,
 which has no Ray.
@@ -6,18 +6,56 @@ which has no Ray.
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
+
+from common import logs
+
+# Set by Ray in the driver of a job submitted with `ray job submit`: its runtime
+# environment is the submitter's to choose.
+SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+NO_BARS_ENV = "RAY_DATA_DISABLE_PROGRESS_BARS"
+PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+
+
+def init_options(log_to_driver: bool) -> dict[str, Any]:
+    """ray.init's logging options: Ray's own logs at WARNING unless verbose, and every
+    worker process set up like the driver (its library loggers quiet too)."""
+    options: dict[str, Any] = {
+        "log_to_driver": log_to_driver,
+        "logging_level": logging.INFO if logs.verbose() else logging.WARNING,
+    }
+    if not os.environ.get(SUBMITTED_JOB_ENV):
+        # Ray Train also logs what a worker prints (its print patch): with the printed
+        # line forwarded too, every epoch line would show twice.
+        env = {logs.VERBOSE_ENV: "1" if logs.verbose() else "0", PRINT_PATCH_ENV: "0"}
+        # Bars drawn inside a worker reach the driver as forwarded lines, not as bars.
+        env[NO_BARS_ENV] = "1"
+        options["runtime_env"] = {
+            "worker_process_setup_hook": "common.logs.quiet_worker",
+            "env_vars": env,
+        }
+    return options
 
 
 def ensure_ray(address: str | None, num_cpus: int | None, log_to_driver: bool = False) -> None:
     """Join `address` (or RAY_ADDRESS: a cluster, `ray job submit`), else start a local
     Ray with `num_cpus`; a Ray already running in this process (tests) is reused."""
     import ray
+    import ray.data  # noqa: F401 - its loggers exist from here on, and get quieted
 
+    logs.quiet_libraries()
+    # Progress bars on a terminal only, and only for data the driver runs: with the
+    # workers' output forwarded (Ray Train's data runs in workers), their bars arrive as
+    # hundreds of lines. A job may turn them off further (--no-progress).
+    bars = logs.show_bars() and not log_to_driver
+    ray.data.DataContext.get_current().enable_progress_bars = bars
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        ray.init(address=address, **init_options(log_to_driver))
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **init_options(log_to_driver))
+    logs.quiet_libraries()  # ray.init configures Ray's loggers again

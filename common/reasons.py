@@ -21,8 +21,14 @@ class Reason(StrEnum):
     UNDECODABLE = "undecodable"
     DECOMPRESSION_BOMB = "decompression_bomb"
     TOO_SMALL = "too_small"
+    # A native decoder died or hung on this file (it runs isolated, so the job goes on).
+    DECODER_CRASH = "decoder_crash"
     # Anything the code did not foresee: the file is still accounted for.
     INTERNAL_ERROR = "internal_error"
+    # A person decided (the run's --overrides file): dropped whatever the rules say.
+    OVERRIDE = "override"
+    # A photo whose content sits with another class, or with none (`pipeline.offclass`).
+    OFF_CLASS = "off_class"
 
 
 class Rejected(Exception):

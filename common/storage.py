@@ -44,8 +44,29 @@ def storage_options(uri: str, storage: StorageConfig) -> dict:
 
 
 def filesystem(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem for `uri` and the path inside it (no protocol)."""
-    return url_to_fs(uri, **storage_options(uri, storage))
+    """The filesystem for `uri` and the path inside it (no protocol). S3 keys are taken
+    literally, `?versionId=` included (see common.s3keys)."""
+    options = storage_options(uri, storage)
+    if uri.startswith(("s3://", "s3a://")):
+        from common.s3keys import LiteralKeyS3FileSystem  # s3fs only for S3 URIs
+
+        fs = LiteralKeyS3FileSystem(**options)
+        return fs, fs._strip_protocol(uri)
+    return url_to_fs(uri, **options)
+
+
+def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for S3-like stores, where folders need no creating (and creating the path's
+    first component would create a bucket)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(p in ("s3", "s3a", "gs", "gcs", "abfs", "az") for p in protocols)
+
+
+def ensure_parent(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Create the folder that will hold `path` on file systems that have folders; never
+    a bucket: a missing bucket stays an error."""
+    if not is_object_store(fs):
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
 
 
 def join(uri: str, *parts: str) -> str:

@@ -6,7 +6,9 @@ out, NUL-separated JSON), so no WebSocket client and no debugging port are neede
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -32,6 +34,8 @@ DUMP_TIMEOUT_S = 120
 ANSWER_TIMEOUT_S = 60.0
 POLL_S = 0.1
 READ_BYTES = 2**16
+# Pipe ends handed to the child sit above the fds (3, 4) they are moved onto.
+CHILD_FD_FLOOR = 10
 
 
 class BrowserError(Exception):
@@ -50,24 +54,43 @@ def dump_dom(url: str, profile: Path, virtual_time_ms: int = 3000) -> str:
     return done.stdout
 
 
+def _pipe() -> tuple[int, int]:
+    """os.pipe(), both ends moved to fds >= CHILD_FD_FLOOR (close-on-exec)."""
+    ends = []
+    for fd in os.pipe():
+        ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, CHILD_FD_FLOOR))
+        os.close(fd)
+    return ends[0], ends[1]
+
+
 class Chromium:
     """One headless browser with one page; `call` sends a command to that page."""
 
     def __init__(self, profile: Path) -> None:
-        self.commands_read, self.commands = os.pipe()
-        self.answers, self.answers_write = os.pipe()
+        # Chromium wants the pipes as its fds 3 and 4. The shell moves them there; the
+        # ends it moves are first raised to fds >= 10, so that neither is itself 3 or 4
+        # (then `3<&5 4>&3` would wire the wrong pipe, and closing the source afterwards
+        # could close the very fd just set up: "chromium closed the pipe").
+        commands_read, self.commands = _pipe()
+        self.answers, answers_write = _pipe()
         script = (
-            f'exec "$0" "$@" 3<&{self.commands_read} 4>&{self.answers_write} '
-            f"{self.commands_read}<&- {self.answers_write}>&-"
+            f'exec "$0" "$@" 3<&{commands_read} 4>&{answers_write} '
+            f"{commands_read}<&- {answers_write}>&-"
         )
-        self.process = subprocess.Popen(
-            ["bash", "-c", script, CHROMIUM, *FLAGS, PIPE_FLAG, f"--user-data-dir={profile}"],
-            pass_fds=(self.commands_read, self.answers_write),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(self.commands_read)
-        os.close(self.answers_write)
+        try:
+            self.process = subprocess.Popen(
+                ["bash", "-c", script, CHROMIUM, *FLAGS, PIPE_FLAG, f"--user-data-dir={profile}"],
+                pass_fds=(commands_read, answers_write),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            os.close(self.commands)
+            os.close(self.answers)
+            raise
+        finally:
+            os.close(commands_read)
+            os.close(answers_write)
         self.buffer = b""
         self.next_id = 0
         self.session: str | None = None
@@ -135,6 +158,20 @@ class Chromium:
         root = self.call("DOM.getDocument")["root"]["nodeId"]
         node = self.call("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
         self.call("DOM.setFileInputFiles", nodeId=node, files=[str(path)])
+
+    def screenshot(self, path: Path) -> Path:
+        """The page as it is now, as a PNG at `path`."""
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def boxes(self, selectors: list[str]) -> dict[str, dict[str, float]]:
+        """Each element's border box (getBoundingClientRect: x, y, width, height)."""
+        return self.evaluate(
+            f"Object.fromEntries({json.dumps(selectors)}.map(s => {{"
+            "  const r = document.querySelector(s).getBoundingClientRect();"
+            "  return [s, {x: r.x, y: r.y, width: r.width, height: r.height}]; }))"
+        )
 
     def close(self) -> None:
         with contextlib.suppress(BrowserError, OSError):

@@ -96,3 +96,59 @@ def bench_model(model_dir: str | None) -> Path:
     if not (BENCH_MODEL_DIR / "model.json").exists():
         build_model(BENCH_MODEL_DIR, BENCH_INPUT_SIZE)
     return BENCH_MODEL_DIR
+
+
+# A fresh interpreter imports the handler (as Lambda's init phase does: the model is
+# loaded), then sends one image through it. The peak is VmHWM, the high-water RSS of the
+# process's own memory: getrusage's ru_maxrss would start at the RSS of the parent that
+# forked it (Linux carries it over fork and exec), i.e. at pytest's.
+_PEAK_RSS = """
+import base64, json, sys
+from pathlib import Path
+
+def peak_mb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+import serve_lambda.handler as h
+assert not isinstance(h.STATE, Exception), h.STATE
+data = Path(sys.argv[1]).read_bytes()
+event = {"version": "2.0", "rawPath": "/predict", "headers": {"content-type": "image/png"},
+         "requestContext": {"http": {"method": "POST", "path": "/predict"}},
+         "body": base64.b64encode(data).decode(), "isBase64Encoded": True}
+del data
+loaded = peak_mb()
+answer = h.handler(event, None)
+body = json.loads(answer["body"])
+print(json.dumps({"status": answer["statusCode"], "error": body.get("error"),
+                  "loaded_mb": loaded, "peak_mb": peak_mb()}))
+"""
+PEAK_RSS_TIMEOUT_S = 300
+
+
+def handler_peak_rss(image: Path, model_dir: Path, env: dict[str, str] | None = None) -> dict:
+    """Status and peak RSS (MB) of a fresh handler process that answered `image`:
+    {"status", "error", "loaded_mb" (after the model loaded), "peak_mb"}."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    child_env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "LAKECLEAN_MODEL_DIR": str(model_dir),
+        "LAKECLEAN_TORCH_THREADS": "1",
+        **(env or {}),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, str(image)],
+        capture_output=True,
+        text=True,
+        timeout=PEAK_RSS_TIMEOUT_S,
+        env=child_env,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])

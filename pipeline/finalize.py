@@ -35,7 +35,8 @@ def _from_ipc(data: bytes) -> pa.Table:
 
 
 def work_items(candidates: pa.Table, decisions: pa.Table) -> list[dict[str, Any]]:
-    """One item per candidate shard, carrying the decisions for that shard's rows."""
+    """One item per candidate shard, carrying the decisions for that shard's rows (and
+    any further decision columns, e.g. the off-class scores, copied onto the rows)."""
     shard_of = dict(
         zip(candidates["source_uri"].to_pylist(), candidates["_shard"].to_pylist(), strict=True)
     )
@@ -44,9 +45,10 @@ def work_items(candidates: pa.Table, decisions: pa.Table) -> list[dict[str, Any]
     owner = pa.array(
         [position[shard_of[u]] for u in decisions["source_uri"].to_pylist()], pa.int32()
     )
+    extra = [c for c in decisions.column_names if c not in DECISION_COLUMNS]
     items = []
     for i, shard in enumerate(shards):
-        rows = decisions.filter(pc.equal(owner, i)).select(DECISION_COLUMNS)
+        rows = decisions.filter(pc.equal(owner, i)).select(DECISION_COLUMNS + extra)
         items.append({"shard": shard, "decisions": _to_ipc(rows)})
     return items
 
@@ -73,6 +75,7 @@ def apply_decisions(shard: pa.Table, decisions: pa.Table) -> pa.Table:
                 if d["duplicate_of"]
                 else d["reason"],
             )
+        row.update({k: v for k, v in d.items() if k not in DECISION_COLUMNS and v is not None})
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=shard.schema)
 

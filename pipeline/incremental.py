@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import ray
 
 from common.storage import StorageConfig, filesystem, join
-from pipeline.output import read_shards, read_table
+from pipeline.output import read_shards, read_table, verify_version
+from pipeline.overrides import changed, merged, newly_dropped, recorded
 from pipeline.sink import shard_name, write_parquet
 from pipeline.tables import IMAGES, INDEX, REJECTED_DIR
 
@@ -75,9 +76,11 @@ TRANSIENT_REASONS = ("read_error", "source_changed", "internal_error")
 def previous_state(
     output_uri: str, manifest: dict[str, Any] | None, storage: StorageConfig
 ) -> tuple[pa.Table | None, set[str]]:
-    """The previous version's listing and the files it rejected for a passing reason."""
+    """The previous version's listing and the files it rejected for a passing reason.
+    The version is verified first: a damaged one stops the run (OutputError)."""
     if manifest is None:
         return None, set()
+    verify_version(output_uri, manifest, storage)
     fs, path = filesystem(join(output_uri, manifest["files"]["snapshot"]), storage)
     with fs.open(path, "rb") as f:
         snapshot = pq.read_table(f)
@@ -87,6 +90,29 @@ def previous_state(
         mask = pc.is_in(rejected["reason"], value_set=pa.array(TRANSIENT_REASONS))
         retry = set(rejected.filter(mask)["source_uri"].to_pylist())
     return snapshot, retry
+
+
+def overrides_to_redo(
+    output_uri: str,
+    manifest: dict[str, Any] | None,
+    given: pa.Table | None,
+    storage: StorageConfig,
+) -> tuple[pa.Table, set[str]]:
+    """The overrides in force for this run (the previous version's, updated by `given`)
+    and the files to process again because of them: those whose override changed, and
+    those the previous version dropped as duplicates of a file that is now dropped."""
+    before = recorded(manifest)
+    in_force = merged(before, given) if given is not None else before
+    redo = changed(before, in_force)
+    dropped = newly_dropped(before, in_force)
+    if manifest is not None and dropped:
+        rejected = read_table(
+            output_uri, REJECTED_DIR, storage, ["source_uri", "duplicate_of"], manifest
+        )
+        if rejected.num_rows:
+            mask = pc.is_in(rejected["duplicate_of"], value_set=pa.array(sorted(dropped)))
+            redo |= set(rejected.filter(mask)["source_uri"].to_pylist())
+    return in_force, redo
 
 
 def _without(
@@ -100,7 +126,7 @@ def _without(
     table = table.filter(keep)
     if table.num_rows == 0:
         return None
-    name = shard_name(table["source_uri"].to_pylist(), "carried")
+    name = shard_name(table["source_uri"].to_pylist(), "carried", stage)
     write_parquet(table, join(stage, folder, name), storage)
     return f"{folder}/{name}"
 

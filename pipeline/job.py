@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -19,13 +20,15 @@ import pyarrow.compute as pc
 import ray
 
 from common.config import to_dict
+from common.logs import show_bars, stage_line
 from common.ray_runtime import ensure_ray
 from common.storage import join, relative_to
-from pipeline import dedup
+from pipeline import dedup, offclass
 from pipeline.config import CleanConfig
 from pipeline.embed import embedder
 from pipeline.finalize import finalize_stage, work_items
-from pipeline.incremental import carry_over, plan_run, previous_state
+from pipeline.incremental import carry_over, overrides_to_redo, plan_run, previous_state
+from pipeline.lease import Lease
 from pipeline.listing import list_lake
 from pipeline.normalize import normalise_batch
 from pipeline.output import (
@@ -38,12 +41,23 @@ from pipeline.output import (
     staging_uri,
     write_snapshot,
 )
-from pipeline.report import build_report, read_version, review_page
-from pipeline.sink import Shards, ShardSink, ShardWrite, write_parquet
+from pipeline.overrides import OVERRIDE, load_overrides, with_overrides
+from pipeline.report import build_report, read_version
+from pipeline.review import review_page
+from pipeline.sink import Shards, ShardSink, ShardWrite, StageFailed, write_parquet
 from pipeline.split import assign_splits, group_of, load_group_manifest
 from pipeline.tables import CANDIDATES, INDEX, INDEX_COLUMNS, route_normalized
 
 log = logging.getLogger(__name__)
+
+# A normalise task whose worker dies (a native crash, the OOM killer) is tried this
+# many more times, then the job stops with StageFailed instead of looping.
+NORMALISE_MAX_RETRIES = 2
+_WORKER_DEATHS = (
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.OutOfMemoryError,
+    ray.exceptions.NodeDiedError,
+)
 
 
 @dataclass
@@ -63,9 +77,14 @@ def stable_classes(previous: dict[str, Any] | None, snapshot: pa.Table) -> list[
 
 
 def with_work_columns(
-    snapshot: pa.Table, classes: list[str], first_seen: int, cfg: CleanConfig
+    snapshot: pa.Table,
+    classes: list[str],
+    first_seen: int,
+    cfg: CleanConfig,
+    overrides: pa.Table | None = None,
 ) -> pa.Table:
-    """Labels, the user's group key and the order files were first seen (keep policy)."""
+    """Labels, the user's group key, the order files were first seen (keep policy) and a
+    person's decision on the file (`pipeline.overrides`)."""
     manifest = load_group_manifest(cfg.split, cfg.storage)
     uris = snapshot["source_uri"].to_pylist()
     names = snapshot["class_name"].to_pylist()
@@ -75,13 +94,14 @@ def with_work_columns(
         seen[i] = first_seen + rank
     labels = [classes.index(n) if n else None for n in names]
     groups = [group_of(relative_to(u, cfg.input_uri), cfg.split, manifest) for u in uris]
-    return (
+    work = (
         snapshot.set_column(
             snapshot.schema.get_field_index("label"), "label", pa.array(labels, pa.int32())
         )
         .append_column("group", pa.array(groups, pa.string()))
         .append_column("seen_order", pa.array(seen, pa.int64()))
     )
+    return with_overrides(work, overrides)
 
 
 def normalise_stage(work: pa.Table, cfg: CleanConfig, stage: str) -> Shards:
@@ -91,11 +111,23 @@ def normalise_stage(work: pa.Table, cfg: CleanConfig, stage: str) -> Shards:
         return sink.result
     step = max(1, cfg.execution.files_per_task)
     blocks = [work.slice(i, step) for i in range(0, work.num_rows, step)]
-    (
-        ray.data.from_arrow(blocks)
-        .map_batches(partial(normalise_batch, cfg=cfg), batch_format="pyarrow", batch_size=None)
-        .write_datasink(sink)
-    )
+    try:
+        with warnings.catch_warnings():
+            # Ray 2.60 names no parameter for max_retries yet; only this warning is hidden.
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", Warning)
+            dataset = ray.data.from_arrow(blocks).map_batches(
+                partial(normalise_batch, cfg=cfg),
+                batch_format="pyarrow",
+                batch_size=None,
+                max_retries=NORMALISE_MAX_RETRIES,  # Ray Data's default retries forever
+            )
+        dataset.write_datasink(sink)
+    except _WORKER_DEATHS as exc:
+        raise StageFailed(
+            f"normalise stage: a task's worker died on each of its {NORMALISE_MAX_RETRIES + 1} "
+            f"tries ({type(exc).__name__}); a file may crash a native decoder or exhaust "
+            "memory: see the Ray worker logs"
+        ) from exc
     return sink.result
 
 
@@ -185,12 +217,29 @@ def index_shard(
 
 
 def run_clean(cfg: CleanConfig) -> CleanResult:
+    """The whole run holds the output's lease: one writer per output (`pipeline.lease`)."""
     started = time.perf_counter()
     run_id = new_run_id()
+    # A malformed overrides file stops the job here, before it writes anything.
+    given = load_overrides(cfg.overrides, cfg.storage, cfg.input_uri) if cfg.overrides else None
+    check_writable(cfg.output_uri, run_id, cfg.storage)
+    lease = Lease(cfg.output_uri, run_id, cfg.storage).acquire(cfg.execution.wait_for_lock)
+    try:
+        return _run_clean_leased(cfg, run_id, lease, started, given)
+    finally:
+        lease.release()
+
+
+def _run_clean_leased(
+    cfg: CleanConfig, run_id: str, lease: Lease, started: float, given: pa.Table | None
+) -> CleanResult:
+    ensure_ray(cfg.execution.ray_address, cfg.execution.num_cpus)  # the listing's tasks
     snapshot = list_lake(cfg.input_uri, cfg.storage)
     previous = read_manifest(cfg.output_uri, cfg.storage)
     classes = stable_classes(previous, snapshot)
     previous_snapshot, retry = previous_state(cfg.output_uri, previous, cfg.storage)
+    in_force, redo = overrides_to_redo(cfg.output_uri, previous, given, cfg.storage)
+    retry |= redo
     plan = plan_run(snapshot, previous_snapshot, retry)
     log.info(
         "listed %d files in %d classes; %d to process, %d carried over, %d removed",
@@ -204,22 +253,25 @@ def run_clean(cfg: CleanConfig) -> CleanResult:
         report = read_json_report(cfg, previous)
         return CleanResult(cfg.output_uri, previous, report, time.perf_counter() - started, True)
 
-    check_writable(cfg.output_uri, run_id, cfg.storage)
     if cfg.dedup.verified:
         embedder(cfg.dedup.embedding_weights)  # fails here, before any work, if unavailable
     stage = staging_uri(cfg.output_uri, run_id)
     write_snapshot(snapshot, join(stage, "snapshot.parquet"), cfg.storage)
-    ensure_ray(cfg.execution.ray_address, cfg.execution.num_cpus)
-    ray.data.DataContext.get_current().enable_progress_bars = cfg.execution.progress
+    # Bars on a terminal; elsewhere one line per stage (stage_line) instead of hundreds.
+    ray.data.DataContext.get_current().enable_progress_bars = cfg.execution.progress and show_bars()
 
     first_seen = previous.get("next_seen_order", 0) if previous else 0
-    work = with_work_columns(plan.todo, classes, first_seen, cfg)
-    normalised = normalise_stage(work, cfg, stage)
+    work = with_work_columns(plan.todo, classes, first_seen, cfg, in_force)
+    with stage_line("normalise", logger=log) as line:
+        normalised = normalise_stage(work, cfg, stage)
+        line.count = work.num_rows
     carried, rewritten = carry_over(cfg.output_uri, previous, plan.removed, stage, cfg.storage)
 
-    final, decision_stats = deduplicate_and_finalize(
-        normalised, carried, rewritten, stage, run_id, cfg
-    )
+    with stage_line("dedup+finalize", logger=log) as line:
+        final, decision_stats = deduplicate_and_finalize(
+            normalised, carried, rewritten, stage, run_id, cfg
+        )
+        line.count = work.num_rows
     normalised.writes = [w for w in normalised.writes if w.folder != CANDIDATES]
     staged = Shards(normalised.writes + final.writes)
 
@@ -230,9 +282,10 @@ def run_clean(cfg: CleanConfig) -> CleanResult:
         **decision_stats,
     }
     tables = read_version(cfg, staged, carried)
-    report = build_report(cfg, run_id, snapshot, classes, tables, decision_stats)
+    report = build_report(cfg, run_id, snapshot, classes, tables, decision_stats, in_force)
     report["seconds"] = round(time.perf_counter() - started, 2)
-    html = review_page(cfg, report, tables)
+    html = review_page(cfg, report, tables, in_force)
+    lease.check()  # still this run's: nobody took the output over while it worked
     manifest = publish(
         cfg.output_uri,
         run_id,
@@ -247,6 +300,7 @@ def run_clean(cfg: CleanConfig) -> CleanResult:
             "splits": report["splits"],
             "channel_stats": report["channel_stats"],
             "next_seen_order": first_seen + work.num_rows,
+            "overrides": in_force.to_pylist(),
             "config": to_dict(cfg),
         },
         cfg.storage,
@@ -269,16 +323,33 @@ def deduplicate_and_finalize(
     candidates = read_shards(
         normalised.uris(CANDIDATES),
         cfg.storage,
-        [c for c in INDEX_COLUMNS if c not in ("cluster_id", "split")],
+        [c for c in INDEX_COLUMNS if c not in ("cluster_id", "split")] + [OVERRIDE],
         with_shard=True,
     )
     final, stats = Shards(), {}
     if candidates.num_rows:
-        decisions, stats = decide(existing, candidates, cfg)
+        decisions, stats = decide_with_off_class(existing, candidates, cfg)
         final = finalize_stage(work_items(candidates, decisions), stage, cfg.storage)
         final.writes += index_shard(candidates, decisions, stage, run_id, cfg).writes
     final.writes += [ShardWrite(rel.split("/", 1)[0], join(stage, rel), 0, 0) for rel in rewritten]
     return final, stats
+
+
+def decide_with_off_class(
+    existing: pa.Table, candidates: pa.Table, cfg: CleanConfig
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Off-class photos first (`pipeline.offclass`: they are not offered to
+    de-duplication, so they never stand in for a copy), then `decide` on the rest."""
+    off = offclass.off_class_stage(candidates, existing, cfg.off_class)
+    rest = candidates.filter(pc.invert(off[offclass.REJECT]))
+    if rest.num_rows:
+        decisions, stats = decide(existing, rest, cfg)
+    else:
+        decisions, stats = dedup.DECISION_SCHEMA.empty_table().append_column(
+            "split", pa.array([], pa.string())
+        ), {}
+    stats["off_class"] = offclass.summary(off, cfg.off_class)
+    return offclass.decisions_with_off_class(decisions, off), stats
 
 
 def _existing_index(

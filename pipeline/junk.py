@@ -10,6 +10,15 @@ most 512 px) plus its source metadata into one raw float score; a threshold in
 registered checks are scored, so the `junk_<name>` columns are the same in every run;
 only the enabled ones (`junk_checks`) reject. New checks slot in with `@register_check`.
 
+Which checks reject by default: the certain ones (`vector_source`, `too_small`,
+`near_uniform`, `too_dark`) and `content`, a small learned classifier over the image's
+MobileNetV2 embedding and a few pixel scores (`pipeline.junk_model`): whether an image
+is a photograph of a thing or a logo, text, banner, chart or drawing is a question of
+what it shows. The other pixel rules stay registered and scored, opt-in: on real web
+images `flat_graphics` and `too_bright` drop product shots on white and birds against a
+plain sky, `aspect_ratio` wide side views of airliners, `few_colors` flat renders
+(scripts/bench/web_scraped_cleaning.py measures them).
+
 The pixel checks look at one small copy of the image (`junk_analysis_side`): they are
 cheap, and the statistics they use do not need more. The hard case is a real photo of a
 small bird or drone against a plain sky: it is nearly uniform, has few colours and little
@@ -45,79 +54,110 @@ BORDER_WIDTH = 2
 @dataclass
 class JunkConfig:
     junk_checks: list[str] = option(
-        [
-            "vector_source",
-            "aspect_ratio",
-            "too_small",
-            "near_uniform",
-            "too_dark",
-            "few_colors",
-            "flat_graphics",
-            "too_bright",
-        ],
+        ["vector_source", "too_small", "near_uniform", "too_dark", "content"],
         "Junk checks that reject an image, comma-separated; every registered check is "
-        "scored either way (also available: blurry)",
+        "scored either way (also available: aspect_ratio, few_colors, flat_graphics, "
+        "too_bright, blurry: they drop product shots on white and wide side views)",
+        choices=lambda: list(registered_checks()),
+    )
+    junk_model: str = option(
+        "junk_classifier_v1.npz",
+        "content: the learned junk classifier (a file under pipeline/models/ or a path); "
+        "it needs the near-duplicate embedding (--embedding-weights not 'none')",
+    )
+    max_junk_content: float = option(
+        0.5, "content: flag when the classifier's probability of junk reaches this", min=0, max=1
     )
     junk_analysis_side: int = option(
-        128, "Pixel checks work on a copy shrunk to at most this many pixels a side"
+        128, "Pixel checks work on a copy shrunk to at most this many pixels a side", min=8
     )
     max_aspect_ratio: float = option(
-        3.0, "aspect_ratio: flag sources whose long side is at least this many times the short"
+        3.0,
+        "aspect_ratio: flag sources whose long side is at least this many times the short",
+        min=1,
     )
     min_source_side: int = option(
-        64, "too_small: flag sources whose shorter side (original pixels) is below this"
+        64, "too_small: flag sources whose shorter side (original pixels) is below this", min=0
     )
     max_vector_source: float = option(
-        0.5, "vector_source: flag when the score (1 for SVG and other vector formats) reaches this"
+        0.5,
+        "vector_source: flag when the score (1 for SVG and other vector formats) reaches this",
+        min=0,
+        max=1,
     )
     min_gray_std: float = option(
-        0.6, "near_uniform: flag when the grey-level standard deviation (0-255) is below this"
+        0.6,
+        "near_uniform: flag when the grey-level standard deviation (0-255) is below this",
+        min=0,
+        max=255,
     )
     min_colors: int = option(
-        2, "few_colors: flag when fewer distinct quantised colours than this cover the image"
+        2,
+        "few_colors: flag when fewer distinct quantised colours than this cover the image",
+        min=0,
     )
     color_quantize_bits: int = option(
-        4, "few_colors: bits kept per channel when quantising colours"
+        4, "few_colors: bits kept per channel when quantising colours", min=1, max=8
     )
     min_color_share: float = option(
-        0.001, "few_colors: a quantised colour counts only if it covers this share of pixels"
+        0.001,
+        "few_colors: a quantised colour counts only if it covers this share of pixels",
+        min=0,
+        max=1,
     )
     max_flat_graphics: float = option(
-        0.4, "flat_graphics: flag drawings, text and clip art whose score reaches this"
+        0.4, "flat_graphics: flag drawings, text and clip art whose score reaches this", min=0
     )
     flat_pixel_max_span: int = option(
-        4, "flat_graphics: a pixel is flat if its 3x3 neighbourhood spans at most this (0-255)"
+        4,
+        "flat_graphics: a pixel is flat if its 3x3 neighbourhood spans at most this (0-255)",
+        min=0,
+        max=255,
     )
     drawing_min_flat_share: float = option(
         0.2,
         "flat_graphics: drawings are at least this share flat; below it the edge term "
         "shrinks in proportion (busy textures have hard edges but no flat fills)",
+        min=0,
+        max=1,
     )
     hard_edge_min_span: int = option(
-        96, "flat_graphics: a pixel is on a hard edge if its 3x3 neighbourhood spans this"
+        96,
+        "flat_graphics: a pixel is on a hard edge if its 3x3 neighbourhood spans this",
+        min=0,
+        max=255,
     )
     uniform_border_tolerance: int = option(
-        1, "flat_graphics: border pixels within this of the border's median are 'uniform'"
+        1,
+        "flat_graphics: border pixels within this of the border's median are 'uniform'",
+        min=0,
+        max=255,
     )
     flat_graphics_border_weight: float = option(
-        0.3, "flat_graphics: weight of the uniform-border share added to the edge share"
+        0.3,
+        "flat_graphics: weight of the uniform-border share added to the edge share",
+        min=0,
     )
     min_brightness: float = option(
-        10.0, "too_dark: flag when the mean grey level (0-255) is below this"
+        10.0, "too_dark: flag when the mean grey level (0-255) is below this", min=0, max=255
     )
     max_brightness: float = option(
-        245.0, "too_bright: flag when the mean grey level (0-255) reaches this"
+        245.0, "too_bright: flag when the mean grey level (0-255) reaches this", min=0, max=255
     )
     min_sharpness: float = option(
         5.0,
         "blurry (not enabled by default): flag when the variance of the Laplacian of the "
         "grey copy is below this",
+        min=0,
     )
     junk_low_detail_max_gray_std: float = option(
-        1.0, "low_detail (kept out of near-duplicate search): grey-level std below this"
+        1.0,
+        "low_detail (kept out of near-duplicate search): grey-level std below this",
+        min=0,
+        max=255,
     )
     junk_low_detail_max_colors: int = option(
-        1, "low_detail: at most this many distinct quantised colours"
+        1, "low_detail: at most this many distinct quantised colours", min=0
     )
 
 
@@ -394,6 +434,22 @@ class TooBright(JunkCheck):
 
     def calculate(self, image: ImageView, meta: ImageMeta) -> float:
         return float(image.gray.mean())
+
+
+@register_check
+class Content(JunkCheck):
+    """What the image shows: the learned classifier's probability that it is not a
+    photograph of a thing (logo, icon, clip art, drawing, text, banner, screenshot,
+    chart). It needs the image's embedding, which the normalise batch computes for
+    every decodable image at once, so `calculate` leaves it NaN (never flags) and
+    `pipeline.normalize` fills it in (`pipeline.junk_model`)."""
+
+    name = "content"
+    threshold_field = "max_junk_content"
+    flag_above = True
+
+    def calculate(self, image: ImageView, meta: ImageMeta) -> float:
+        return float("nan")
 
 
 @register_check

@@ -7,8 +7,11 @@ run; files whose size changes are rejected as `source_changed` when read.
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import ray
 
 from common.storage import StorageConfig, filesystem, join
 
@@ -22,6 +25,10 @@ SNAPSHOT_SCHEMA = pa.schema(
         ("mtime", pa.string()),
     ]
 )
+
+
+# Prefixes one listing task lists at a time (threads: listing waits on the network).
+LIST_THREADS = 16
 
 
 class LakeError(Exception):
@@ -40,42 +47,142 @@ def _etag(info: dict) -> str:
     return str(etag).strip('"')
 
 
-def list_lake(input_uri: str, storage: StorageConfig) -> pa.Table:
-    """List every object under `input_uri`; the class is the first path component."""
-    try:
-        fs, root = filesystem(input_uri, storage)
-        root = root.rstrip("/")
-        if not fs.isdir(root):
-            raise LakeError(f"input {input_uri} does not exist or is not a folder/prefix")
-        entries = fs.find(root, detail=True, withdirs=False)
-    except LakeError:
-        raise
-    except PermissionError as exc:
-        raise LakeError(f"no permission to list {input_uri}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - any listing failure stops the whole job
-        raise LakeError(f"cannot list {input_uri}: {type(exc).__name__}: {exc}") from exc
+def _row(input_uri: str, root: str, path: str, info: dict) -> dict | None:
+    """One snapshot row (without its label), or None for a directory entry."""
+    if info.get("type") == "directory" or path.endswith("/"):
+        return None
+    relative = path[len(root) :].lstrip("/")
+    parts = relative.split("/")
+    return {
+        "source_uri": join(input_uri, relative),
+        "class_name": parts[0] if len(parts) > 1 else None,
+        "size": int(info.get("size") or 0),
+        "etag": _etag(info),
+        "mtime": _mtime(info),
+    }
 
-    rows = []
-    for path, info in sorted(entries.items()):
-        if info.get("type") == "directory" or path.endswith("/"):
-            continue
-        relative = path[len(root) :].lstrip("/")
-        parts = relative.split("/")
-        rows.append(
-            {
-                "source_uri": join(input_uri, relative),
-                "class_name": parts[0] if len(parts) > 1 else None,
-                "size": int(info.get("size") or 0),
-                "etag": _etag(info),
-                "mtime": _mtime(info),
-            }
-        )
-    classes = class_names(rows)
-    for row in rows:
-        row["label"] = classes.index(row["class_name"]) if row["class_name"] else None
-    if not rows:
+
+_ROW_SCHEMA = pa.schema([f for f in SNAPSHOT_SCHEMA if f.name != "label"])
+
+
+def _rows_table(input_uri: str, root: str, entries: dict[str, dict]) -> pa.Table:
+    rows = [_row(input_uri, root, path, info) for path, info in entries.items()]
+    return pa.Table.from_pylist([r for r in rows if r], schema=_ROW_SCHEMA)
+
+
+def _listing_errors(input_uri: str):  # noqa: ANN202 - a context manager
+    """Any listing failure stops the whole job with one line (LakeError)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():  # noqa: ANN202
+        try:
+            yield
+        except LakeError:
+            raise
+        except PermissionError as exc:
+            raise LakeError(f"no permission to list {input_uri}: {exc}") from exc
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, Exception) else exc
+            if isinstance(cause, PermissionError):
+                raise LakeError(f"no permission to list {input_uri}: {cause}") from exc
+            raise LakeError(f"cannot list {input_uri}: {type(cause).__name__}: {cause}") from exc
+        except Exception as exc:  # noqa: BLE001 - any listing failure stops the whole job
+            raise LakeError(f"cannot list {input_uri}: {type(exc).__name__}: {exc}") from exc
+
+    return guard()
+
+
+def _open_root(input_uri: str, storage: StorageConfig) -> tuple[object, str]:
+    fs, root = filesystem(input_uri, storage)
+    root = root.rstrip("/")
+    if not fs.isdir(root):
+        raise LakeError(f"input {input_uri} does not exist or is not a folder/prefix")
+    return fs, root
+
+
+def _threaded(function, items: list) -> list:  # noqa: ANN001
+    """Listing is I/O bound: a task lists its prefixes `LIST_THREADS` at a time."""
+    with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+        return list(pool.map(function, items))
+
+
+@ray.remote(max_retries=3)
+def _list_level(
+    input_uri: str, storage: StorageConfig, prefixes: list[str]
+) -> tuple[pa.Table, list[str]]:
+    """Each prefix one level deep (delimiter '/'): its files as rows, its sub-prefixes."""
+    fs, root = filesystem(input_uri, storage)
+    root = root.rstrip("/")
+
+    def level(prefix: str) -> tuple[dict[str, dict], list[str]]:
+        entries = fs.ls(prefix, detail=True, refresh=True)
+        files = {e["name"]: e for e in entries if e.get("type") != "directory"}
+        subdirs = [e["name"].rstrip("/") for e in entries if e.get("type") == "directory"]
+        return files, [d for d in subdirs if d != prefix]
+
+    found = _threaded(level, prefixes)
+    files = {path: info for f, _ in found for path, info in f.items()}
+    return _rows_table(input_uri, root, files), [d for _, dirs in found for d in dirs]
+
+
+@ray.remote(max_retries=3)
+def _list_tree(input_uri: str, storage: StorageConfig, prefixes: list[str]) -> pa.Table:
+    """Every object below each of `prefixes` (recursive, as the sequential listing)."""
+    fs, root = filesystem(input_uri, storage)
+    root = root.rstrip("/")
+    tables = _threaded(
+        lambda p: _rows_table(input_uri, root, fs.find(p, detail=True, withdirs=False)), prefixes
+    )
+    return pa.concat_tables(tables) if tables else _ROW_SCHEMA.empty_table()
+
+
+def _groups(items: list[str], count: int) -> list[list[str]]:
+    """`items` dealt round-robin into at most `count` non-empty groups."""
+    return [g for g in (items[i::count] for i in range(count)) if g]
+
+
+def _with_labels(rows: pa.Table, input_uri: str) -> pa.Table:
+    """Sorted by path, labelled by the sorted class names (`class_names`)."""
+    if rows.num_rows == 0:
         raise LakeError(f"input {input_uri} holds no files")
-    return pa.Table.from_pylist(rows, schema=SNAPSHOT_SCHEMA)
+    rows = rows.take(pc.sort_indices(rows["source_uri"]))
+    classes = pc.unique(rows["class_name"].drop_null()).sort()
+    label = pc.index_in(rows["class_name"], value_set=classes).cast(pa.int32())
+    return pa.table(
+        [label if f.name == "label" else rows[f.name] for f in SNAPSHOT_SCHEMA],
+        schema=SNAPSHOT_SCHEMA,
+    )
+
+
+def list_lake(input_uri: str, storage: StorageConfig, concurrent: bool | None = None) -> pa.Table:
+    """List every object under `input_uri`; the class is the first path component.
+
+    With Ray running (or concurrent=True), the listing fans out in Ray tasks: one task
+    per cluster CPU lists the class prefixes' own level, then as many tasks list the
+    sub-prefixes one level below the classes, each `LIST_THREADS` prefixes at a time;
+    the driver only merges Arrow tables. Without Ray, one sequential recursive listing. Both give
+    the same snapshot."""
+    if concurrent is None:
+        concurrent = ray.is_initialized()
+    with _listing_errors(input_uri):
+        fs, root = _open_root(input_uri, storage)
+        if not concurrent:
+            rows = _rows_table(input_uri, root, fs.find(root, detail=True, withdirs=False))
+            return _with_labels(rows, input_uri)
+        top = fs.ls(root, detail=True, refresh=True)
+        loose = {e["name"]: e for e in top if e.get("type") != "directory"}
+        tables = [_rows_table(input_uri, root, loose)]
+        classes = [e["name"].rstrip("/") for e in top if e.get("type") == "directory"]
+        tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        levels = ray.get(
+            [_list_level.remote(input_uri, storage, g) for g in _groups(classes, tasks)]
+        )
+        tables += [rows for rows, _ in levels]
+        subdirs = sorted(d for _, found in levels for d in found)
+        refs = [_list_tree.remote(input_uri, storage, g) for g in _groups(subdirs, tasks)]
+        tables += ray.get(refs)
+        return _with_labels(pa.concat_tables(tables), input_uri)
 
 
 def class_names(rows: list[dict]) -> list[str]:

@@ -26,9 +26,18 @@ from common.decode import DecodeLimits, decode_within
 from common.reasons import Reason, Rejected
 from common.storage import filesystem
 from pipeline.config import CleanConfig, NormalizeConfig
-from pipeline.dedup import hash_signals
+from pipeline.dedup.signals import hash_signals
 from pipeline.embed import colour_layout, embedder, embedding_input, grey_layout
-from pipeline.junk import is_low_detail, registered_checks, score_column, score_image, verdict
+from pipeline.junk import (
+    Content,
+    is_low_detail,
+    registered_checks,
+    score_column,
+    score_image,
+    verdict,
+)
+from pipeline.junk_model import junk_probability, load_model
+from pipeline.overrides import DROP, KEEP, OVERRIDE, OVERRIDE_NOTE
 from pipeline.tables import KEPT, REJECTED, work_schema
 
 log = logging.getLogger(__name__)
@@ -36,6 +45,7 @@ log = logging.getLogger(__name__)
 THUMBNAIL_QUALITY = 80
 # Set by `signals` and consumed by `normalise_batch`, which embeds a batch at once.
 EMBEDDING_INPUT = "_embedding_input"
+CONTENT_COLUMN = score_column(Content.name)
 
 
 def decode_limits(cfg: NormalizeConfig) -> DecodeLimits:
@@ -148,6 +158,8 @@ def _source_row(item: dict[str, Any]) -> dict[str, Any]:
         "source_bytes": item["size"],
         "group": item.get("group"),
         "seen_order": item.get("seen_order"),
+        OVERRIDE: item.get(OVERRIDE),
+        OVERRIDE_NOTE: item.get(OVERRIDE_NOTE),
     }
 
 
@@ -193,12 +205,21 @@ def normalise_item(item: dict[str, Any], data: bytes | Exception, cfg: CleanConf
     except Exception as exc:  # noqa: BLE001 - the file is recorded, the job goes on
         log.exception("unexpected error normalising %s", item["source_uri"])
         return _rejection(row, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+    if row[OVERRIDE] == DROP:
+        row.pop(EMBEDDING_INPUT, None)  # a person dropped it: nothing to embed or score
+        return _rejection(row, Reason.OVERRIDE, f"override: {row[OVERRIDE_NOTE] or 'drop'}")
+    return {**row, "status": KEPT}  # junk is decided per batch, once every row is embedded
+
+
+def judge_junk(row: dict[str, Any], cfg: CleanConfig) -> dict[str, Any]:
+    """The junk verdict on a decoded, scored row; a person's "keep" overrides it (the
+    scores stay, so the review page still shows what a rule thought)."""
+    if row["status"] != KEPT or row.get(OVERRIDE) == KEEP:
+        return row
     junk_reason, junk_score = verdict(row, cfg.junk)
-    if junk_reason:
-        row = {**row, "score": junk_score}
-        row.pop(EMBEDDING_INPUT, None)  # rejected: never compared
-        return _rejection(row, junk_reason, f"score {junk_score:.4g}")
-    return {**row, "status": KEPT}
+    if not junk_reason:
+        return row
+    return _rejection({**row, "score": junk_score}, junk_reason, f"score {junk_score:.4g}")
 
 
 def normalise_batch(batch: pa.Table, cfg: CleanConfig) -> pa.Table:
@@ -219,24 +240,54 @@ def normalise_batch(batch: pa.Table, cfg: CleanConfig) -> pa.Table:
             fetched = pool.map(lambda item: _fetch(fs, item["source_uri"]), window)
             for item, data in zip(window, fetched, strict=True):
                 out.append(normalise_item(item, data, cfg))
-    inputs = [row.pop(EMBEDDING_INPUT, None) for row in out]
+    out, vectors, todo = judge_batch(out, cfg)
     table = pa.Table.from_pylist(out, schema=work_schema(score_columns(cfg)))
-    if cfg.dedup.verified:
-        table = with_embeddings(table, inputs, cfg.dedup.embedding_weights)
-    return table
+    kept = [j for j, i in enumerate(todo) if out[i]["status"] == KEPT]  # only they are compared
+    return with_embeddings(table, vectors[kept], [todo[j] for j in kept], len(out))
 
 
-def with_embeddings(table: pa.Table, inputs: list[np.ndarray | None], weights: str) -> pa.Table:
-    """Fill the `embedding` column of the rows that have an input, in one batched pass:
-    a CNN costs far less per image in batches than one image at a time."""
+def judge_batch(
+    rows: list[dict[str, Any]], cfg: CleanConfig
+) -> tuple[list[dict[str, Any]], np.ndarray, list[int]]:
+    """Embed every decodable row once (one batched pass), score what it shows, then
+    give every row its junk verdict: (rows, embeddings, the rows they belong to)."""
+    inputs = [row.pop(EMBEDDING_INPUT, None) for row in rows]
+    vectors, todo = embed_inputs(inputs, cfg)
+    add_content_scores(rows, vectors, todo, cfg)
+    return [judge_junk(row, cfg) for row in rows], vectors, todo
+
+
+def embed_inputs(inputs: list[np.ndarray | None], cfg: CleanConfig) -> tuple[np.ndarray, list[int]]:
+    """Embed every decodable row once, in one batched pass (a CNN costs far less per
+    image in batches): (vectors, the row positions they belong to)."""
     todo = [i for i, x in enumerate(inputs) if x is not None]
+    if not todo or not cfg.dedup.verified:
+        return np.zeros((0, 0), np.float16), []
+    return embedder(cfg.dedup.embedding_weights)([inputs[i] for i in todo]), todo
+
+
+def add_content_scores(
+    rows: list[dict[str, Any]], vectors: np.ndarray, todo: list[int], cfg: CleanConfig
+) -> None:
+    """Set `junk_content` (the learned classifier's P(junk)) on the embedded rows; the
+    others keep NaN, which never flags (no embedding: the content check is off)."""
     if not todo:
+        return
+    if load_model(cfg.junk.junk_model).embedding_side != cfg.dedup.embedding_side:
+        return  # fitted on another input size: its scores would mean nothing (config check)
+    probability = junk_probability(vectors, [rows[i] for i in todo], cfg.junk.junk_model)
+    for i, p in zip(todo, probability, strict=True):
+        rows[i][CONTENT_COLUMN] = float(p)
+
+
+def with_embeddings(table: pa.Table, vectors: np.ndarray, rows: list[int], n: int) -> pa.Table:
+    """Fill the `embedding` column of `rows` (positions in a table of n rows)."""
+    if not rows:
         return table
-    vectors = embedder(weights)([inputs[i] for i in todo])
     dim = vectors.shape[1]
-    offsets = np.zeros(len(inputs) + 1, dtype=np.int32)
-    lengths = np.zeros(len(inputs), dtype=np.int32)
-    lengths[todo] = dim
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    lengths = np.zeros(n, dtype=np.int32)
+    lengths[rows] = dim
     np.cumsum(lengths, out=offsets[1:])
     mask = pa.array(lengths == 0)
     column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(vectors.ravel()), mask=mask)

@@ -2,14 +2,14 @@
 reason, the class balance and split, duplicate clusters and label conflicts, and the
 train split's per-channel mean/std (the seed computed these by hand for Normalize).
 
-Built from the tables' metadata columns; only the review page goes back for the
-thumbnails of the few rows it shows.
+Built from the tables' metadata columns; the review page (`pipeline.review`) goes
+back for the pictures of the few rows it shows.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from common.storage import join
+from common.reasons import Reason
+from common.storage import StorageConfig, join
+from pipeline import offclass
+from pipeline import overrides as ov
 from pipeline.config import CleanConfig
 from pipeline.output import read_shards
-from pipeline.report_html import render_report_html
 from pipeline.sink import Shards
 from pipeline.tables import IMAGES, REJECTED_DIR
 
@@ -37,6 +39,8 @@ _IMAGE_STATS = [
     "cluster_id",
     "split",
 ]
+# Read where present: the review page shows the kept images that look most off-class.
+_OPTIONAL_STATS = {offclass.SCORE: pa.float32(), offclass.LIKE: pa.string()}
 _REJECTED_STATS = [
     "source_uri",
     "class_name",
@@ -190,9 +194,29 @@ class VersionTables:
     rejected: pa.Table
 
 
+def _with_optional(
+    uris: list[str], storage: StorageConfig, columns: list[str], optional: dict[str, pa.DataType]
+) -> pa.Table:
+    """read_shards of `columns` and `optional`; a shard written by an earlier version that
+    lacks an optional column (e.g. off_class_score) reads it as nulls."""
+    try:
+        return read_shards(uris, storage, [*columns, *optional], with_shard=True)
+    except (pa.ArrowInvalid, KeyError):
+        parts = []
+        for uri in uris:
+            try:
+                parts.append(read_shards([uri], storage, [*columns, *optional], with_shard=True))
+            except (pa.ArrowInvalid, KeyError):
+                part = read_shards([uri], storage, columns, with_shard=True)
+                for name, kind in optional.items():
+                    part = part.append_column(name, pa.nulls(part.num_rows, kind))
+                parts.append(part)
+        return pa.concat_tables(parts, promote_options="default")
+
+
 def read_version(cfg: CleanConfig, staged: Shards, carried: dict[str, list[str]]) -> VersionTables:
-    images = read_shards(
-        current_uris(cfg, IMAGES, staged, carried), cfg.storage, _IMAGE_STATS, with_shard=True
+    images = _with_optional(
+        current_uris(cfg, IMAGES, staged, carried), cfg.storage, _IMAGE_STATS, _OPTIONAL_STATS
     )
     rejected = read_shards(
         current_uris(cfg, REJECTED_DIR, staged, carried),
@@ -201,9 +225,16 @@ def read_version(cfg: CleanConfig, staged: Shards, carried: dict[str, list[str]]
         with_shard=True,
     )
     return VersionTables(
-        images if images.num_rows else _empty([*_IMAGE_STATS, "_shard"]),
+        images if images.num_rows else _empty([*_IMAGE_STATS, *_OPTIONAL_STATS, "_shard"]),
         rejected if rejected.num_rows else _empty([*_REJECTED_STATS, "_shard"]),
     )
+
+
+def off_class_section(decision_stats: dict[str, Any]) -> dict[str, Any]:
+    """The off-class stage's figures for this run's images, and the possible label issues
+    (kept images whose nearest neighbours mostly carry another class: `pipeline.offclass`),
+    moved out of `this_run` so report.json lists them once, at the top level."""
+    return decision_stats.pop("off_class", {})
 
 
 def build_report(
@@ -213,6 +244,7 @@ def build_report(
     classes: list[str],
     tables: VersionTables,
     decision_stats: dict[str, Any],
+    overrides: pa.Table | None = None,
 ) -> dict[str, Any]:
     images, rejected = tables.images, tables.rejected
     formats = pa.table(
@@ -258,8 +290,33 @@ def build_report(
         },
         "channel_stats": channel_stats(train),
         "channel_stats_all_kept": channel_stats(images),
+        "overrides": override_stats(overrides, snapshot, images, rejected),
+        "off_class": off_class_section(decision_stats),
         "this_run": decision_stats,
     }
+
+
+def override_stats(
+    overrides: pa.Table | None, snapshot: pa.Table, images: pa.Table, rejected: pa.Table
+) -> dict[str, Any]:
+    """The person's decisions in force and what became of them: kept / dropped as asked,
+    and keeps that could not be honoured (e.g. the file does not decode), with why."""
+    overrides = overrides if overrides is not None else ov.empty()
+    out = ov.summary(overrides, snapshot)
+    wanted = {d: overrides.filter(pc.equal(overrides["decision"], d)) for d in (ov.KEEP, ov.DROP)}
+    kept_uris = images["source_uri"]
+    keep_kept = pc.is_in(wanted[ov.KEEP]["source_uri"], value_set=kept_uris)
+    blocked = rejected.filter(
+        pc.is_in(rejected["source_uri"], value_set=wanted[ov.KEEP]["source_uri"])
+    )
+    out.update(
+        kept=int(pc.sum(keep_kept).as_py() or 0),
+        dropped=int(pc.sum(pc.equal(rejected["reason"], Reason.OVERRIDE)).as_py() or 0)
+        if rejected.num_rows
+        else 0,
+        keep_not_honoured=dict(sorted(counts(blocked, ["reason"]).items())),
+    )
+    return out
 
 
 def _empty(columns: list[str]) -> pa.Table:
@@ -270,56 +327,11 @@ def _empty(columns: list[str]) -> pa.Table:
         "height": pa.int32(),
         "distance": pa.int32(),
         "score": pa.float64(),
+        **_OPTIONAL_STATS,
         "channel_mean": pa.list_(pa.float32(), 3),
         "channel_sqmean": pa.list_(pa.float32(), 3),
     }
     return pa.schema([(c, types.get(c, pa.string())) for c in columns]).empty_table()
-
-
-def _sample_per_reason(rejected: pa.Table, limit: int) -> pa.Table:
-    taken: Counter = Counter()
-    keep = []
-    for i, reason in enumerate(rejected["reason"].to_pylist()):
-        if taken[reason] < limit:
-            taken[reason] += 1
-            keep.append(i)
-    return rejected.take(keep)
-
-
-def _thumbnails(uris_by_shard: dict[str, set[str]], cfg: CleanConfig) -> dict[str, bytes]:
-    """Thumbnails of just these rows, reading only the shards that hold them."""
-    found: dict[str, bytes] = {}
-    for shard, wanted in uris_by_shard.items():
-        table = read_shards([shard], cfg.storage, ["source_uri", "thumbnail"])
-        for uri, thumb in zip(
-            table["source_uri"].to_pylist(), table["thumbnail"].to_pylist(), strict=True
-        ):
-            if uri in wanted and thumb:
-                found[uri] = thumb
-    return found
-
-
-def review_page(cfg: CleanConfig, report: dict[str, Any], tables: VersionTables) -> str:
-    """report.html: galleries of dropped files (duplicates beside their kept copy)."""
-    limit = cfg.report.gallery_per_reason
-    rejected, images = tables.rejected, tables.images
-    sample = _sample_per_reason(rejected, limit).to_pylist() if rejected.num_rows else []
-    wanted: dict[str, set[str]] = defaultdict(set)
-    for r in sample:
-        wanted[r["_shard"]].add(r["source_uri"])
-    thumbs = _thumbnails(wanted, cfg)
-    keepers = {r["duplicate_of"] for r in sample if r.get("duplicate_of")}
-    kept_thumbs: dict[str, bytes] = {}
-    if keepers:
-        by_shard: dict[str, set[str]] = defaultdict(set)
-        for uri, shard in zip(
-            images["source_uri"].to_pylist(), images["_shard"].to_pylist(), strict=True
-        ):
-            if uri in keepers:
-                by_shard[shard].add(uri)
-        kept_thumbs = _thumbnails(by_shard, cfg)
-    rows = [{**r, "thumbnail": thumbs.get(r["source_uri"])} for r in sample]
-    return render_report_html(report, rows, kept_thumbs, limit)
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -336,6 +348,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines += [
         f"  rejected {reason:<22} {n:>7}" for reason, n in report["rejected_by_reason"].items()
     ]
+    given = report.get("overrides", {}).get("given", {})
+    if any(given.values()):
+        o = report["overrides"]
+        lines.append(
+            f"  overrides: kept {o['kept']} of {given['keep']}, dropped {o['dropped']} of "
+            f"{given['drop']}, not in the lake {o['not_in_lake']}"
+        )
     stats = report["channel_stats"]
     if stats["mean"]:
         lines.append(f"  train mean {stats['mean']}  std {stats['std']}")

@@ -2,8 +2,9 @@
 
 A route function splits a block into {relative folder: table}, e.g. kept rows to
 `images/split=train/` and the rest to `rejected/`. Shard names derive from the rows
-they hold, so a retried task overwrites its own shard instead of adding a second
-copy: every input stays in the output exactly once.
+they hold and the run's staging prefix: a retried task overwrites its own shard
+instead of adding a second copy (every input stays in the output exactly once), and
+two runs never name a shard alike, so one run's files never replace another's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ray.data import Datasink
 from ray.data.block import Block
 from ray.data.datasource.datasink import WriteResult
 
-from common.storage import StorageConfig, filesystem, join
+from common.storage import StorageConfig, ensure_parent, filesystem, join
 
 Route = Callable[[pa.Table], dict[str, pa.Table]]
 # Already-compressed JPEG columns gain nothing from Parquet compression.
@@ -46,15 +47,21 @@ class Shards:
         )
 
 
-def shard_name(source_uris: list[str], prefix: str = "part") -> str:
-    digest = hashlib.sha256("\n".join(sorted(source_uris)).encode()).hexdigest()[:20]
+class StageFailed(Exception):
+    """A Ray Data stage gave up (a task failed on every try): one-line error, exit 2."""
+
+
+def shard_name(source_uris: list[str], prefix: str = "part", run: str = "") -> str:
+    """`prefix-<digest>.parquet`; the digest covers the rows' sources and `run` (the
+    run's staging URI), so it is stable across retries and unique across runs."""
+    digest = hashlib.sha256("\n".join([run, *sorted(source_uris)]).encode()).hexdigest()[:20]
     return f"{prefix}-{digest}.parquet"
 
 
 def write_parquet(table: pa.Table, uri: str, storage: StorageConfig) -> int:
     """Write one shard; returns its size in bytes."""
     fs, path = filesystem(uri, storage)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    ensure_parent(fs, path)
     compression = {
         name: ("none" if name in _UNCOMPRESSED_COLUMNS else "zstd") for name in table.column_names
     }
@@ -78,7 +85,7 @@ class ShardSink(Datasink[list[ShardWrite]]):
         if not tables:
             return []
         table = pa.concat_tables(tables)
-        name = shard_name(table.column("source_uri").to_pylist(), self.name_prefix)
+        name = shard_name(table.column("source_uri").to_pylist(), self.name_prefix, self.prefix)
         written = []
         for folder, part in self.route(table).items():
             if part.num_rows:

@@ -21,15 +21,18 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from common.config import option
+from common.dataset import TEST, TRAIN, VAL
 from common.storage import StorageConfig, filesystem, relative_to
-
-TRAIN, VAL, TEST = "train", "val", "test"
 
 
 @dataclass
 class SplitConfig:
-    train_fraction: float = option(0.7, "Share of each class's images in the train split")
-    val_fraction: float = option(0.0, "Share in a validation split (the rest is test)")
+    train_fraction: float = option(
+        0.7, "Share of each class's images in the train split", above=0, max=1
+    )
+    val_fraction: float = option(
+        0.0, "Share in a validation split (the rest is test)", min=0, max=1
+    )
     group_regex: str | None = option(
         None,
         "Regex on the source path whose match (first group if any) keeps files together, "

@@ -9,8 +9,12 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-KEPT, REJECTED = "kept", "rejected"
-IMAGES, REJECTED_DIR, CANDIDATES, INDEX = "images", "rejected", "candidates", "index"
+# The published tables' names are the data set's (`common.dataset`), re-exported here.
+from common.dataset import IMAGES, INDEX, split_folder  # noqa: F401
+from common.dataset import REJECTED as REJECTED_DIR  # noqa: F401
+
+KEPT, REJECTED = "kept", "rejected"  # a row's status
+CANDIDATES = "candidates"  # the normalise stage's output (staging only, never published)
 
 _SOURCE = [
     ("source_uri", pa.string()),
@@ -24,6 +28,9 @@ _SOURCE = [
     ("frames", pa.int32()),
     ("group", pa.string()),
     ("seen_order", pa.int64()),
+    # A person's decision from --overrides (`pipeline.overrides`): keep, drop or null.
+    ("override", pa.string()),
+    ("override_note", pa.string()),
 ]
 _OUTCOME = [
     ("status", pa.string()),
@@ -52,11 +59,32 @@ _PIXELS = [
     ("colour_layout", pa.list_(pa.float32())),
     ("grey_layout", pa.list_(pa.uint8())),
 ]
+# The off-class stage's verdict on a kept image (`pipeline.offclass`); null until it ran.
+_OFF_CLASS = [
+    ("off_class_score", pa.float32()),
+    ("off_class_like", pa.string()),
+    ("off_class_like_probability", pa.float32()),
+    ("off_class_neighbour_share", pa.float32()),
+]
+OFF_CLASS_COLUMNS = [name for name, _ in _OFF_CLASS]
+# The de-duplication stage's verdict on a candidate (`pipeline.dedup`); its other
+# decision columns are the outcome's above.
+_DEDUP_DECISION = [("keep", pa.bool_())]
 
 
 def work_schema(score_columns: list[str]) -> pa.Schema:
     """Every column any stage may set; junk check scores are `junk_<check>` floats."""
-    return pa.schema(_SOURCE + _OUTCOME + _PIXELS + [(c, pa.float32()) for c in score_columns])
+    scores = [(c, pa.float32()) for c in score_columns]
+    return pa.schema(_SOURCE + _OUTCOME + _PIXELS + _OFF_CLASS + scores)
+
+
+def schema_of(names: list[str], score_columns: list[str] | None = None) -> pa.Schema:
+    """The declared types of `names`, in that order: every table that carries some of
+    these columns (de-duplication's input and decisions, the published tables) is typed
+    here, so the types cannot drift apart."""
+    declared = dict(_DEDUP_DECISION)
+    declared.update((f.name, f.type) for f in work_schema(score_columns or []))
+    return pa.schema([(name, declared[name]) for name in names])
 
 
 def image_columns(score_columns: list[str]) -> list[str]:
@@ -65,14 +93,15 @@ def image_columns(score_columns: list[str]) -> list[str]:
         "width", "height", "source_format", "source_bytes", "source_width", "source_height",
         "frames", "image_bytes", "channel_mean", "channel_sqmean", "low_detail",
         "hash_stability", "cluster_id",
-        "group", "split", "seen_order", "thumbnail", *score_columns,
+        "group", "split", "seen_order", "thumbnail", "override", "override_note",
+        *OFF_CLASS_COLUMNS, *score_columns,
     ]  # fmt: skip
 
 
 REJECTED_COLUMNS = [
     "source_uri", "class_name", "reason", "detail", "score", "duplicate_of", "distance",
     "cluster_id", "source_etag", "source_bytes", "source_format", "sha256", "phash",
-    "width", "height", "thumbnail",
+    "width", "height", "thumbnail", "override", "override_note",
 ]  # fmt: skip
 
 # The hash index kept with the output: what de-duplicating new files against the
@@ -103,7 +132,7 @@ def route_final(table: pa.Table) -> dict[str, pa.Table]:
     scores = [c for c in table.column_names if c.startswith("junk_")]
     columns = image_columns(scores)
     routes = {
-        f"{IMAGES}/split={split}": kept.filter(pc.equal(kept["split"], split)).select(columns)
+        split_folder(split): kept.filter(pc.equal(kept["split"], split)).select(columns)
         for split in sorted(set(kept["split"].to_pylist()))
     }
     routes[REJECTED_DIR] = _by_status(table, REJECTED).select(REJECTED_COLUMNS)

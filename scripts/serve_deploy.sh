@@ -18,7 +18,7 @@ rm -rf out/model && mkdir -p out/model
 cp "$model_dir/model.pt" "$model_dir/model.json" out/model/
 tag=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha256"][:12])' out/model/model.json)
 
-# 2. Build (BuildKit reads serve_lambda/Dockerfile.dockerignore).
+# 2. Build (the root .dockerignore keeps the context small).
 DOCKER_BUILDKIT=1 docker build --platform linux/amd64 --provenance=false \
   -f serve_lambda/Dockerfile --build-arg MODEL_DIR=out/model -t "$repository:$tag" .
 

@@ -11,7 +11,7 @@ stamp=".venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut
 if [ ! -f "$stamp" ]; then
   echo "installing into .venv (first run: a few minutes, torch is large)..." >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c requirements.lock -e '.[test]'
+  .venv/bin/python -m pip install -q -c requirements.lock -e '.[all,test]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from common.config import add_config_command, config_from_args
+from common.flags import ConfigParser, add_config_command, run_command
 from serve_lambda.config import LocalConfig
 from serve_lambda.local import (
     HttpFront,
@@ -38,12 +38,11 @@ def run_local(cfg: LocalConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve_lambda", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_commands(commands: argparse._SubParsersAction, name: str = "local") -> None:
+    """`local` here, `serve` in the `lakeclean` console command."""
     add_config_command(
         commands,
-        "local",
+        name,
         LocalConfig,
         {"model_dir": "Folder with model.pt and model.json"},
         help="run the function under the Runtime Interface Emulator, with an HTTP front",
@@ -51,10 +50,20 @@ def main(argv: list[str] | None = None) -> int:
             "Runs `python -m awslambdaric serve_lambda.handler.handler` under "
             "aws-lambda-rie and serves plain HTTP as API Gateway v2 events."
         ),
+        run=serve,
     )
-    args = parser.parse_args(argv)
+
+
+def serve(cfg: LocalConfig) -> int:
+    """`run_local`, with exit status 2 and one line when it cannot start."""
     try:
-        return run_local(config_from_args(LocalConfig, args))
+        return run_local(cfg)
     except (LocalError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ConfigParser(prog="python -m serve_lambda", description=__doc__)
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser, argv)

@@ -219,6 +219,17 @@ def gateway_error(status: int, message: str) -> tuple[int, dict[str, str], bytes
     return status, {"Content-Type": "application/json"}, body
 
 
+def content_length(values: list[str]) -> int | None:
+    """Content-Length header values -> the length (0 when absent); None when they are not
+    one non-negative decimal integer ("abc", "-5", two different values)."""
+    if not values:
+        return 0
+    value = values[0].strip()
+    if len(set(values)) != 1 or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
 def proxy(function: LocalFunction, lock: threading.Lock, event: dict[str, Any]):
     """Invoke with `event`; the function's proxy response as (status, headers, body)."""
     payload = json.dumps(event).encode()
@@ -228,13 +239,15 @@ def proxy(function: LocalFunction, lock: threading.Lock, event: dict[str, Any]):
             f"the request event is {len(payload)} bytes; Lambda takes at most "
             f"{LAMBDA_SYNC_PAYLOAD_LIMIT} (a binary body grows by a third in base64)",
         )
-    with lock:  # one invoke at a time, like one Lambda execution environment
-        answer = json.loads(function.invoke_raw(payload))
-    if not isinstance(answer, dict) or "statusCode" not in answer:
+    try:
+        with lock:  # one invoke at a time, like one Lambda execution environment
+            answer = json.loads(function.invoke_raw(payload))
+        body = answer.get("body") or ""
+        data = base64.b64decode(body) if answer.get("isBase64Encoded") is True else body.encode()
+        return int(answer["statusCode"]), dict(answer.get("headers") or {}), data
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        # No answer, or not a proxy response: API Gateway answers 502 for both.
         return gateway_error(HTTPStatus.BAD_GATEWAY, "Internal Server Error")
-    body = answer.get("body") or ""
-    data = base64.b64decode(body) if answer.get("isBase64Encoded") else body.encode()
-    return int(answer["statusCode"]), dict(answer.get("headers") or {}), data
 
 
 def front_handler(function: LocalFunction, log_requests: bool) -> type[BaseHTTPRequestHandler]:
@@ -243,10 +256,18 @@ def front_handler(function: LocalFunction, log_requests: bool) -> type[BaseHTTPR
     class Front(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def _too_large(self, sent: bool) -> bool:
-            """Refuse a body over API Gateway's limit. A body already `sent` is read and
-            dropped (a client still writing it would see a broken pipe, not the 413)."""
-            length = int(self.headers.get("Content-Length") or 0)
+        def _length(self) -> int | None:
+            """The body's length; None when the header is not one non-negative integer."""
+            return content_length(self.headers.get_all("Content-Length") or [])
+
+        def _refused(self, sent: bool) -> bool:
+            """Answer a request that never reaches the function, as API Gateway would: a
+            Content-Length that is not a number (400), a body over its limit (413)."""
+            length = self._length()
+            if length is None:
+                self.close_connection = True  # where the body ends is unknown
+                self._send(*gateway_error(HTTPStatus.BAD_REQUEST, "Bad Request"))
+                return True
             if length <= API_GATEWAY_PAYLOAD_LIMIT:
                 return False
             if sent and length <= DRAIN_LIMIT:
@@ -267,12 +288,12 @@ def front_handler(function: LocalFunction, log_requests: bool) -> type[BaseHTTPR
 
         def handle_expect_100(self) -> bool:
             # curl asks before sending a large body: answer 413 instead of "continue".
-            return not self._too_large(sent=False) and super().handle_expect_100()
+            return not self._refused(sent=False) and super().handle_expect_100()
 
         def _forward(self) -> None:
-            if self._too_large(sent=True):
+            if self._refused(sent=True):
                 return
-            length = int(self.headers.get("Content-Length") or 0)
+            length = self._length() or 0
             body = self.rfile.read(length) if length else b""
             event = http_event(self.command, self.path, dict(self.headers.items()), body)
             self._send(*proxy(function, lock, event))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.message
 import email.parser
 import email.policy
 import json
@@ -29,6 +30,8 @@ def from_json(body: bytes) -> bytes:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad("malformed_json", f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # `[[[[...` thousands deep: the parser recurses per level
+        raise _bad("malformed_json", "the body's JSON is nested too deeply") from exc
     if not isinstance(document, dict) or IMAGE_FIELD not in document:
         raise _bad("missing_image", 'JSON bodies must be {"image": "<base64 of the image>"}')
     value = document[IMAGE_FIELD]
@@ -45,17 +48,29 @@ def from_json(body: bytes) -> bytes:
 def from_multipart(content_type: str, body: bytes) -> bytes:
     """The part named image/file, else the first part that carries a file name."""
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    try:
+        chosen = _form_file(
+            email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        )
+        data = chosen.get_payload(decode=True) if chosen is not None else None
+    except HttpError:
+        raise
+    except (ValueError, TypeError, LookupError, AttributeError, RecursionError) as exc:
+        # The stdlib's MIME parser raises these on hostile headers and parameters.
+        raise _bad("malformed_multipart", f"the multipart body cannot be parsed: {exc}") from exc
+    if chosen is None:
+        raise _bad("missing_image", f"the form has no file field (name it {IMAGE_FIELD!r})")
+    return data if isinstance(data, bytes) else b""
+
+
+def _form_file(message: email.message.Message) -> email.message.Message | None:
     if not message.is_multipart():
         raise _bad("malformed_multipart", "the multipart body has no parts (boundary?)")
     parts = [p for p in message.iter_parts() if p.get_content_disposition() == "form-data"]
     chosen = next(
         (p for p in parts if p.get_param("name", header="content-disposition") in FORM_FIELDS), None
     )
-    chosen = chosen or next((p for p in parts if p.get_filename()), None)
-    if chosen is None:
-        raise _bad("missing_image", f"the form has no file field (name it {IMAGE_FIELD!r})")
-    return chosen.get_payload(decode=True) or b""
+    return chosen or next((p for p in parts if p.get_filename()), None)
 
 
 def image_bytes(request: HttpRequest, max_bytes: int) -> bytes:

@@ -20,6 +20,7 @@ from devkit.planted import DUPLICATE_OF, planted_cases
 from devkit.weights import embedding_args, local_embedding_weights
 from pipeline.cli import main
 from pipeline.dedup import DedupConfig
+from pipeline.tables import INDEX_COLUMNS, REJECTED_COLUMNS, image_columns, schema_of
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 CFG = DedupConfig(embedding_weights=local_embedding_weights())  # what the job runs with
@@ -82,6 +83,25 @@ def test_junk_rows_carry_their_score_and_thumbnail(cleaned):
     for row in tables["rejected"].values():
         if row["reason"].startswith("junk_"):
             assert row["score"] is not None and row["thumbnail"]
+
+
+def test_published_schemas_are_the_declared_ones(cleaned, s3):
+    """Every published table's Parquet schema is `pipeline.tables`' declaration of its
+    columns, name for name and type for type (one declaration, no drift)."""
+    bucket, *_ = cleaned
+    fs = s3.filesystem()
+    manifest = json.loads(fs.cat_file(f"{bucket}/out/_manifest.json"))
+    for name in ("images", "rejected", "index"):
+        for rel in manifest["files"][name]:
+            written = pq.read_schema(fs.open(f"{bucket}/out/{rel}", "rb")).remove_metadata()
+            scores = [c for c in written.names if c.startswith("junk_")]
+            columns = {
+                "images": image_columns(scores),
+                "rejected": REJECTED_COLUMNS,
+                "index": INDEX_COLUMNS,
+            }[name]
+            assert written.names == columns, rel
+            assert written == schema_of(columns, scores), rel
 
 
 def near(a: dict, b: dict) -> bool:

@@ -131,3 +131,38 @@ def test_same_pixels_same_name_whatever_the_container():
 def test_never_upscales():
     row = normalise_bytes(encode(photo(100, 60), "PNG"), NormalizeConfig(max_side=512))
     assert (row["width"], row["height"]) == (100, 60)
+
+
+def _reference_8bit(arr: np.ndarray) -> np.ndarray:
+    """The former full-size 64-bit conversion, kept here as the definition of the result."""
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        peak = arr.max() if arr.size else 0.0
+        arr = arr * 255.0 if 0 < peak <= 1.0 else arr
+    else:
+        arr = arr.astype(np.int64)
+        if arr.size and arr.max() > 255:
+            arr = arr >> 8
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["I;16", "I", "F-unit", "F-wide", "F-nan"])
+def test_strip_conversion_matches_the_full_size_one(kind, monkeypatch):
+    from common import decode
+
+    monkeypatch.setattr(decode, "_STRIP_PIXELS", 4096)  # many strips on a small image
+    rng = np.random.default_rng(3)
+    shape = (300, 257)
+    arr = {
+        "I;16": lambda: rng.integers(0, 65536, shape).astype(np.uint16),
+        "I": lambda: rng.integers(-70_000, 70_000, shape).astype(np.int32),
+        "F-unit": lambda: rng.random(shape).astype(np.float32),
+        "F-wide": lambda: (rng.random(shape) * 400 - 50).astype(np.float32),
+        "F-nan": lambda: np.where(rng.random(shape) < 0.1, np.nan, rng.random(shape)).astype(
+            np.float32
+        ),
+    }[kind]()
+    image = Image.fromarray(arr)
+    assert image.mode == {"I;16": "I;16", "I": "I"}.get(kind, "F")
+    got = np.asarray(decode._to_8bit_gray(image))
+    assert np.array_equal(got, _reference_8bit(np.asarray(image)))

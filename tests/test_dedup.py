@@ -25,8 +25,6 @@ from pipeline.dedup import (
     NEAR_DUPLICATE,
     BandPlan,
     DedupConfig,
-    _build_band_index,
-    _search_range,
     compute_hashes,
     deduplicate,
     degenerate_hashes,
@@ -36,6 +34,8 @@ from pipeline.dedup import (
     hash_stability,
     hashes_to_uint64,
 )
+from pipeline.dedup.search import _build_band_index, _search_range
+from pipeline.dedup.verify import FAILS_COLOUR, FAILS_EMBEDDING, FAILS_GREY, explain_pair
 from pipeline.embed import (
     Embedder,
     colour_layout,
@@ -486,6 +486,31 @@ def test_colours_must_agree_and_more_so_on_plain_sky():
     low = [r | {"hash_stability": 100.0} for r in rows]  # low structure: strict_colour_angle
     out, _ = run(low, **VERIFIED)
     assert out["b"]["keep"]
+
+
+def test_explain_pair_names_the_check_deduplicate_fails_on():
+    """The benchmarks' diagnostic is the job's own check: it passes exactly the pairs
+    deduplicate merges and names the first check that fails otherwise."""
+    cfg = DedupConfig(**VERIFIED)
+    blue, greyer = (0.50, 0.60, 0.80), (0.52, 0.60, 0.78)
+    kept = row("a", A) | signals(1, sky=blue)
+    copy = row("b", A, seen=1) | signals(1, 1, sky=greyer)
+    cases = [
+        (None, kept, copy),
+        (FAILS_EMBEDDING, kept, copy | signals(2, sky=greyer)),
+        (FAILS_COLOUR, kept, copy | signals(1, 1, sky=(0.8, 0.6, 0.5))),
+        (
+            FAILS_GREY,
+            kept | {"grey_layout": grey().tolist()},
+            copy | {"grey_layout": grey(16).tolist()},
+        ),
+    ]
+    for expected, keeper, candidate in cases:
+        assert explain_pair(keeper, candidate, cfg) == expected
+        out, _ = run([keeper, candidate], **VERIFIED)
+        assert out["b"]["keep"] == (expected is not None), expected
+    with pytest.raises(ValueError, match="verification"):
+        explain_pair(kept, kept, DedupConfig(embedding_weights=NO_WEIGHTS))
 
 
 GREY_FIELD = np.random.default_rng(0).integers(0, 256, size=(24, 40))

@@ -9,13 +9,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import math
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from common.backbone import NO_WEIGHTS
 from common.config import add_config_args, section
+from devkit.weights import local_embedding_weights
 from pipeline import junk
 from pipeline.config import CleanConfig
 from pipeline.junk import (
@@ -28,8 +32,15 @@ from pipeline.junk import (
     score_image,
     verdict,
 )
+from pipeline.junk_model import PIXEL_FEATURES, load_model
+from pipeline.normalize import judge_batch, normalise_item
 
 CFG = JunkConfig()
+# The opt-in pixel rules (the defaults before issue 27), to test each rule where it fires.
+PIXEL_RULES = JunkConfig(
+    junk_checks=["vector_source", "aspect_ratio", "too_small", "near_uniform", "too_dark",
+                 "few_colors", "flat_graphics", "too_bright"]
+)  # fmt: skip
 JPEG_QUALITY = 90  # what the normalise stage writes
 WHITE = (255, 255, 255)
 
@@ -137,20 +148,20 @@ def test_solid_colour_is_near_uniform_and_low_detail():
 
 
 def test_clip_art_is_flat_graphics():
-    (reason, score), _ = judge(clip_art())
+    (reason, score), _ = judge(clip_art(), cfg=PIXEL_RULES)
     assert reason == "junk_flat_graphics"
     assert score >= CFG.max_flat_graphics
 
 
 def test_rendered_text_is_flat_graphics():
-    (reason, _), scores = judge(text_image())
+    (reason, _), scores = judge(text_image(), cfg=PIXEL_RULES)
     assert reason == "junk_flat_graphics"
     assert not is_low_detail(scores, CFG)
 
 
 def test_extreme_aspect_banner_is_caught_by_its_source_shape():
     banner = photo_like(512, 64)
-    (reason, score), _ = judge(banner, ImageMeta(1456, 182, "JPEG"))
+    (reason, score), _ = judge(banner, ImageMeta(1456, 182, "JPEG"), PIXEL_RULES)
     assert reason == "junk_aspect_ratio"
     assert score == pytest.approx(8.0)
 
@@ -165,7 +176,7 @@ def test_very_dark_image():
 def test_very_bright_image():
     washed_out = np.clip(np.asarray(photo_like()) * 0.2 + 225, 0, 255)
     bright = Image.fromarray(washed_out.astype(np.uint8))
-    (reason, _), _ = judge(normalised(bright))
+    (reason, _), _ = judge(normalised(bright), cfg=PIXEL_RULES)
     assert reason == "junk_too_bright"
 
 
@@ -197,7 +208,9 @@ def test_every_registered_check_has_a_float_score_column():
 
 def test_numpy_array_and_pil_image_score_the_same():
     image = clip_art()
-    assert score_image(np.asarray(image), None, CFG) == score_image(image, None, CFG)
+    # nan_ok: junk_content is NaN until the normalise batch fills it in from the embedding.
+    expected = score_image(image, None, CFG)
+    assert score_image(np.asarray(image), None, CFG) == pytest.approx(expected, nan_ok=True)
 
 
 def test_missing_metadata_falls_back_to_the_image_size():
@@ -218,7 +231,8 @@ def test_first_flagged_check_in_registry_order_is_the_reason():
 
 
 def test_disabled_check_does_not_reject_but_is_still_scored():
-    cfg = dataclasses.replace(CFG, junk_checks=[c for c in CFG.junk_checks if c != "flat_graphics"])
+    checks = [c for c in PIXEL_RULES.junk_checks if c != "flat_graphics"]
+    cfg = dataclasses.replace(PIXEL_RULES, junk_checks=checks)
     (reason, _), scores = judge(clip_art(), cfg=cfg)
     assert reason != "junk_flat_graphics"
     assert scores["junk_flat_graphics"] >= cfg.max_flat_graphics
@@ -230,7 +244,8 @@ def test_no_enabled_checks_keeps_everything():
 
 
 def test_threshold_comes_from_config():
-    cfg = dataclasses.replace(CFG, max_flat_graphics=10.0)
+    assert judge(clip_art(), cfg=PIXEL_RULES)[0][0] == "junk_flat_graphics"
+    cfg = dataclasses.replace(PIXEL_RULES, max_flat_graphics=10.0)
     assert judge(clip_art(), cfg=cfg)[0][0] != "junk_flat_graphics"
 
 
@@ -298,3 +313,123 @@ def test_config_fields_have_help_and_flags_that_do_not_clash():
             ],
         )
     add_config_args(argparse.ArgumentParser(), combined)
+
+
+# --- junk by content: the learned classifier, through the job's own functions ------------
+# Real files (tests/data/web/README.md says where each comes from and its licence) and
+# images made here; the classifier needs the MobileNetV2 embedding, hence real weights.
+
+WEB = Path(__file__).parent / "data" / "web"
+needs_weights = pytest.mark.skipif(
+    local_embedding_weights() == NO_WEIGHTS, reason="no local MobileNetV2 weights"
+)
+
+
+def encoded(image: Image.Image, fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, fmt, quality=90)
+    return buffer.getvalue()
+
+
+def ad_banner() -> bytes:
+    """A promo banner: the product photo beside a flat panel with big text and a button."""
+    photo = Image.open(WEB / "drone_product_shot_on_white.jpg").convert("RGB")
+    banner = Image.new("RGB", (728, 224), (200, 20, 40))
+    banner.paste(photo, (504, 0))
+    draw = ImageDraw.Draw(banner)
+    draw.text((24, 30), "MEGA SALE", (255, 255, 255), ImageFont.load_default(size=64))
+    draw.text((24, 110), "-30% on all drones", (255, 230, 0), ImageFont.load_default(size=32))
+    draw.rounded_rectangle((24, 160, 204, 205), 10, fill=(255, 255, 255))
+    draw.text((44, 168), "BUY NOW", (200, 20, 40), ImageFont.load_default(size=26))
+    return encoded(banner)
+
+
+def job_verdicts(files: dict[str, bytes], **junk: object) -> dict[str, dict]:
+    """name -> the row the normalise batch makes of it (status, reason, scores)."""
+    cfg = CleanConfig()
+    cfg.dedup.embedding_weights = local_embedding_weights()
+    cfg.junk = dataclasses.replace(cfg.junk, **junk)
+    rows = []
+    for name, data in files.items():
+        item = {"source_uri": f"s3://lake/raw/Drones/{name}", "class_name": "Drones",
+                "label": 0, "etag": "e", "mtime": None, "size": len(data)}  # fmt: skip
+        rows.append(normalise_item(item, data, cfg))
+    judged, _, _ = judge_batch(rows, cfg)
+    return {name: row for name, row in zip(files, judged, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def web_verdicts() -> dict[str, dict]:
+    files = {p.name: p.read_bytes() for p in sorted(WEB.glob("*.jpg")) + sorted(WEB.glob("*.png"))}
+    files["text.png"] = encoded(text_image(), "PNG")
+    files["banner.jpg"] = ad_banner()
+    return job_verdicts(files)
+
+
+@needs_weights
+@pytest.mark.parametrize("name", ["drone_product_shot_on_white.jpg", "airliner_side_3.5to1.jpg"])
+def test_real_product_shot_on_white_and_wide_photo_are_kept(web_verdicts, name):
+    row = web_verdicts[name]
+    assert row["status"] == "kept", (row.get("reason"), row.get("detail"))
+    assert row["junk_content"] < CFG.max_junk_content
+    # What the old default rules said about them (kept as scores, no longer enabled):
+    if name.startswith("airliner"):
+        assert row["junk_aspect_ratio"] >= PIXEL_RULES.max_aspect_ratio
+
+
+@needs_weights
+@pytest.mark.parametrize("name", ["logo_omoda.png", "text.png", "banner.jpg"])
+def test_logo_text_and_ad_banner_are_rejected_by_content(web_verdicts, name):
+    row = web_verdicts[name]
+    assert (row["status"], row["reason"]) == ("rejected", "junk_content")
+    assert row["score"] == pytest.approx(row["junk_content"])
+    assert row["score"] >= CFG.max_junk_content
+    assert row["detail"].startswith("score ")
+
+
+@needs_weights
+def test_content_threshold_comes_from_config():
+    rows = job_verdicts({"text.png": encoded(text_image(), "PNG")}, max_junk_content=1.01)
+    assert rows["text.png"]["status"] == "kept" and rows["text.png"]["junk_content"] > 0.5
+
+
+@needs_weights
+def test_overrides_keep_skips_junk_verdicts_and_drop_rejects_a_photo():
+    cfg = CleanConfig()
+    cfg.dedup.embedding_weights = local_embedding_weights()
+    logo, photo = (
+        (WEB / "logo_omoda.png").read_bytes(),
+        (WEB / "airliner_side_3.5to1.jpg").read_bytes(),
+    )
+    rows = []
+    for name, data, decision in (("logo.png", logo, "keep"), ("plane.jpg", photo, "drop")):
+        item = {"source_uri": f"s3://lake/raw/Drones/{name}", "class_name": "Drones",
+                "label": 0, "etag": "e", "mtime": None, "size": len(data),
+                "override": decision, "override_note": "checked by eye"}  # fmt: skip
+        rows.append(normalise_item(item, data, cfg))
+    (logo_row, plane_row), _, _ = judge_batch(rows, cfg)
+    assert logo_row["status"] == "kept" and logo_row["junk_content"] >= CFG.max_junk_content
+    assert (plane_row["status"], plane_row["reason"]) == ("rejected", "override")
+    assert plane_row["detail"] == "override: checked by eye"
+
+
+def test_without_embeddings_the_content_check_never_fires():
+    cfg = CleanConfig()
+    cfg.dedup.embedding_weights = NO_WEIGHTS
+    data = encoded(text_image(), "PNG")
+    item = {"source_uri": "s3://lake/raw/Drones/t.png", "class_name": "Drones", "label": 0,
+            "etag": "e", "mtime": None, "size": len(data)}  # fmt: skip
+    (row,), vectors, todo = judge_batch([normalise_item(item, data, cfg)], cfg)
+    assert row["status"] == "kept" and todo == []
+    assert math.isnan(row.get("junk_content", float("nan")))
+
+
+def test_shipped_classifier_loads_and_scores_in_numpy():
+    model = load_model()
+    assert (
+        model.embedding_dim == 1280 and model.embedding_side == CleanConfig().dedup.embedding_side
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, model.embedding_dim + len(PIXEL_FEATURES)))
+    p = model.probability(x)
+    assert p.shape == (4,) and ((p >= 0) & (p <= 1)).all()

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -42,11 +48,13 @@ pytestmark = pytest.mark.skipif(
     not rie_installed(), reason="aws-lambda-rie not installed (scripts/setup.sh extracts it)"
 )
 
+REPO = Path(__file__).resolve().parent.parent
 # The function's own body limit, lowered so a direct invoke (capped at 6 MB by Lambda
 # and the emulator) can exceed it.
 FUNCTION_MAX_BODY = 2**20
 PROBABILITY_TOLERANCE = 1e-5
 MUTATIONS = 20
+RAW_TIMEOUT_S = 30
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +166,7 @@ def text_event(text: bytes, content_type: str) -> dict:
 
 
 JPEG = encode(photo(160, 120, 1), "JPEG", quality=90)
+DEEP = 100_000  # JSON nesting levels: far past Python's recursion limit
 FORM_WITHOUT_FILE = b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\n1\r\n--b--\r\n"
 SVG = svg('<rect width="9" height="9"/>')
 HEIC = b"\0\0\0\x18ftypheic" + b"\0" * 64
@@ -192,6 +201,43 @@ BAD_INPUTS = {
     "wrong path": (v2_event("POST", "/classify", JPEG, "image/jpeg"), 404, "not_found"),
     "not an HTTP event": ({"Records": []}, 400, "unsupported_event"),
     "not an object": ([1, 2, 3], 400, "unsupported_event"),
+    # Issue 29 item 6: each answered 500 (an escaped exception) before.
+    "deeply nested json": (json_event("[" * DEEP + "]" * DEEP), 400, "malformed_json"),
+    "deeply nested image": (
+        json_event('{"image": ' + "[" * DEEP + "]" * DEEP + "}"),
+        400,
+        "malformed_json",
+    ),
+    "requestContext.http a string": (
+        {**post(JPEG), "requestContext": {"http": "POST /predict"}},
+        400,
+        "unsupported_event",
+    ),
+    "requestContext.http a list": (
+        {**post(JPEG), "requestContext": {"http": ["POST", "/predict"]}},
+        400,
+        "unsupported_event",
+    ),
+    "body with a lone surrogate": (
+        {**post(None, "application/json"), "body": '{"image": "\ud800"}', "isBase64Encoded": False},
+        400,
+        "malformed_text",
+    ),
+    "header with a lone surrogate": (
+        {**post(JPEG, "multipart/form-data; boundary=\udfff"), "isBase64Encoded": True},
+        400,
+        "malformed_text",
+    ),
+    "isBase64Encoded neither true nor false": (
+        {**post(JPEG), "isBase64Encoded": "yes"},
+        400,
+        "unsupported_event",
+    ),
+    "header value an object": (
+        {**post(JPEG), "headers": {"content-type": {"type": "image/jpeg"}}},
+        400,
+        "unsupported_event",
+    ),
 }
 
 
@@ -203,6 +249,18 @@ def test_bad_input_is_a_clear_4xx(function, case):
     body = body_of(answer)
     assert body["error"] == code and len(body["message"]) > 10, body
     assert body["request_id"]  # the Lambda request id, to find the log line
+
+
+def test_is_base64_encoded_false_as_a_string_is_false(function, in_process):
+    """A hand-written event's "false" is not Python's truthy string (issue 29 item 6)."""
+    document = json.dumps({"image": base64.b64encode(JPEG).decode()})
+    for flag in ("false", "False", False, None):
+        event = {**post(None, "application/json"), "body": document, "isBase64Encoded": flag}
+        answer = function.invoke(event)
+        assert answer["statusCode"] == 200, (flag, answer)
+        assert body_of(answer)["class"] == in_process.predict(JPEG).class_name
+    raw = {**post(JPEG), "isBase64Encoded": "true"}
+    assert function.invoke(raw)["statusCode"] == 200
 
 
 def test_mutated_images_never_answer_5xx(function):
@@ -260,6 +318,32 @@ def test_http_front_refuses_what_api_gateway_would(front):
     assert status == 413 and b"6291456" in raw
 
 
+def raw_http(url: str, request: bytes) -> bytes:
+    """Send `request` as written (http.client refuses a bad Content-Length) and read the
+    whole answer; the front closes the connection after refusing it."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    with socket.create_connection((host, port), timeout=RAW_TIMEOUT_S) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(2**16):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", "1e3", "5, 7", ""])
+def test_http_front_answers_400_to_a_bad_content_length(front, length):
+    """Issue 29 item 6: the front sent no response at all for these."""
+    request = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        f"Content-Length: {length}\r\n\r\nabc"
+    ).encode()
+    if length == "5, 7":  # two headers that disagree
+        request = request.replace(b"5, 7", b"5\r\nContent-Length: 7")
+    answer = raw_http(front.url, request)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert answer.endswith(b'{"message": "Bad Request"}'), answer[-200:]
+
+
 def test_the_runtime_survived_every_request(function):
     """All of the above ran in one runtime process: no crash, no restart."""
     assert function.process.poll() is None
@@ -291,3 +375,81 @@ def test_web_page_uploads_an_image_and_shows_every_class(front, in_process, tmp_
     assert best == [expected.class_name]
     got = [row[1] for row in shown["rows"]]
     assert np.allclose(got, expected.probabilities, atol=PROBABILITY_TOLERANCE)
+
+
+PAGE_PARTS = ["h1", "#model", "#drop", "#preview", "#result"]
+
+
+def overlaps(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Two boxes share some area (touching edges do not count)."""
+    return (
+        min(a["x"] + a["width"], b["x"] + b["width"]) - max(a["x"], b["x"]) > 0
+        and min(a["y"] + a["height"], b["y"] + b["height"]) - max(a["y"], b["y"]) > 0
+    )
+
+
+@pytest.mark.skipif(not browser.available(), reason="Debian chromium not installed")
+def test_web_page_parts_do_not_overlap(front, tmp_path):
+    """Issue 31: the drop zone (an inline label) overlapped the model line and the
+    preview. Laid out after a prediction, every part has its own box; the screenshot
+    is kept next to the test's files for a person to look at."""
+    image = tmp_path / "airplane.jpg"
+    image.write_bytes(good_images()["Airplane"])
+    with browser.Chromium(tmp_path / "profile") as chromium:
+        chromium.open(f"{front.url}/")
+        chromium.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=900,
+            height=1000,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        chromium.wait_for("document.getElementById('model').textContent.startsWith('model ')")
+        chromium.upload("#file", image)
+        chromium.wait_for("document.body.dataset.state === 'done'")
+        chromium.wait_for("document.getElementById('preview').complete")
+        boxes = chromium.boxes(PAGE_PARTS)
+        chromium.screenshot(tmp_path / "page.png")
+    assert all(box["width"] > 0 and box["height"] > 0 for box in boxes.values()), boxes
+    clashes = [
+        (a, b)
+        for i, a in enumerate(PAGE_PARTS)
+        for b in PAGE_PARTS[i + 1 :]
+        if overlaps(boxes[a], boxes[b])
+    ]
+    assert not clashes, (clashes, boxes)
+    assert (tmp_path / "page.png").stat().st_size > 0
+
+
+# A fresh interpreter with every fd above stderr closed, so the harness's first
+# os.pipe() returns fds 3 and 4: the fds Chromium's --remote-debugging-pipe uses.
+LOW_FDS = """
+import os, sys
+from pathlib import Path
+from devkit import browser
+os.closerange(3, 4096)
+pipes = []
+real_pipe = os.pipe
+def recording_pipe():
+    pipes.append(real_pipe())
+    return pipes[-1]
+os.pipe = recording_pipe
+with browser.Chromium(Path(sys.argv[1])) as chromium:
+    chromium.open("data:text/html,<p id=x>fds</p>")
+    text = chromium.wait_for("document.querySelector('#x')?.textContent")
+print(pipes[0], text)
+"""
+
+
+@pytest.mark.skipif(not browser.available(), reason="Debian chromium not installed")
+def test_browser_harness_works_when_its_pipes_are_fds_3_and_4(tmp_path):
+    """Issue 31: "chromium closed the pipe" when os.pipe() returned fds 3 and 4."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOW_FDS, str(tmp_path / "profile")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["(3,", "4)", "fds"], done.stdout

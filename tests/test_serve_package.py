@@ -155,6 +155,32 @@ def test_sam_template_passes_cfn_lint_and_a_broken_copy_fails(tmp_path):
     assert any("NoSuchParameter" in m for m in found), found
 
 
+def test_sam_build_metadata_builds_the_image_the_deploy_script_builds():
+    """`sam build` reads Dockerfile/DockerContext/DockerTag (paths relative to the
+    template's folder) and sends the context through docker-py, which honours only the
+    context root's .dockerignore: the context must hold every file the image copies and
+    nothing else of the checkout (.venv, data, runs)."""
+    from cfnlint.decode import decode
+    from docker.utils.build import exclude_paths
+
+    template, problems = decode(str(SERVE / "template.yaml"))
+    assert not problems, problems
+    metadata = template["Resources"]["InferenceFunction"]["Metadata"]
+    context = (SERVE / metadata["DockerContext"]).resolve()
+    assert context == REPO and (context / metadata["Dockerfile"]) == SERVE / "Dockerfile"
+    assert metadata["DockerTag"]
+    model_arg = re.search(r"^ARG MODEL_DIR=(\S+)$", dockerfile(), re.M).group(1)
+    assert metadata["DockerBuildArgs"]["MODEL_DIR"] == model_arg
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    patterns = [line for line in ignore if line.strip() and not line.startswith("#")]
+    sent = exclude_paths(str(REPO), patterns, dockerfile=metadata["Dockerfile"])
+    copied = {"requirements.lock", "serve_lambda/requirements.txt", "serve_lambda/handler.py"}
+    copied |= set(re.search(r"^COPY (common/.*) common/$", dockerfile(), re.M).group(1).split())
+    assert copied <= sent, sorted(copied - sent)
+    assert not {p for p in sent if p.split("/")[0] in (".venv", "tests", "pipeline", "train")}
+    assert any(re.fullmatch(r"!?out/model/?", p) for p in patterns)  # the staged model
+
+
 def dockerfile() -> str:
     return (SERVE / "Dockerfile").read_text()
 

@@ -29,14 +29,8 @@ from pipeline.output import read_manifest
 from train.cli import main as train_main
 from train.config import ExportConfig, ExportSection, ModelSection, OptimSection, TrainConfig
 from train.data import TRAIN, balance_rates, class_counts, epoch_draw, read_split, split_uris
-from train.job import FitError, check_head_epochs, check_sampling
-from train.loop import (
-    CHECKPOINT_FILE,
-    make_average,
-    restore_weights,
-    train_epoch,
-    weights_state,
-)
+from train.job import FitError, check_settings
+from train.loop import CHECKPOINT_FILE, train_epoch
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -226,13 +220,15 @@ def assert_balanced(counts: list[int], raw: list[int], dropped: int) -> None:
         assert abs(count - target) <= dropped + NOISE_SDS * sd, (counts, raw)
 
 
-def drawn_labels(dataset: str, balanced: bool, shuffle: str = "global") -> np.ndarray:
-    """The labels of one epoch's draw, in order (what the workers share, before decoding)."""
+def drawn_labels(dataset: str, balanced: bool, drawn: bool = True) -> np.ndarray:
+    """The labels of one epoch's draw, in order (what the workers share, before decoding);
+    `drawn=False`: the rows as the shards hold them."""
     storage = StorageConfig()
     manifest = read_manifest(dataset, storage)
     uris = split_uris(dataset, manifest, TRAIN)
     rates = balance_rates(class_counts(uris, storage), None) if balanced else None
-    ds = epoch_draw(read_split(uris, storage), rates, shuffle)
+    ds = read_split(uris, storage)
+    ds = epoch_draw(ds, rates) if drawn else ds
     return np.concatenate([b["label"] for b in ds.iter_batches(batch_size=None)])
 
 
@@ -244,10 +240,10 @@ def test_global_shuffle_mixes_the_one_class_shards(dataset):
     """The cleaning job writes shards by class: shuffling blocks alone leaves one-class
     runs (one-class batches: unstable SGD and skewed BatchNorm statistics)."""
     changes = {
-        shuffle: int((np.diff(drawn_labels(dataset, True, shuffle)) != 0).sum())
-        for shuffle in ("blocks", "global")
+        drawn: int((np.diff(drawn_labels(dataset, drawn, drawn)) != 0).sum())
+        for drawn in (False, True)
     }
-    assert changes["global"] > 2 * changes["blocks"], changes
+    assert changes[True] > 2 * changes[False], changes
 
 
 def test_the_draw_streams_in_small_blocks(dataset):
@@ -291,10 +287,10 @@ def test_the_balance_power_moves_the_draw_from_balanced_to_natural():
 
 @pytest.mark.parametrize("power", [-0.1, 1.5])
 def test_a_balance_power_outside_0_1_fails_before_training(power: float):
-    cfg = TrainConfig()
+    cfg = TrainConfig(data_uri="s3://d", run_uri="s3://r")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, balance_power=power))
     with pytest.raises(FitError, match="balance-power"):
-        check_sampling(cfg)
+        check_settings(cfg)
 
 
 def test_clipping_bounds_each_step_and_the_largest_norm_is_reported():
@@ -373,10 +369,10 @@ def test_head_epochs_hold_the_backbone_still_and_then_release_it():
 
 @pytest.mark.parametrize("head_epochs", [-1, 3])
 def test_head_epochs_must_leave_the_network_an_epoch(head_epochs: int):
-    cfg = TrainConfig()
+    cfg = TrainConfig(data_uri="s3://d", run_uri="s3://r")
     optim = dataclasses.replace(cfg.optim, epochs=3, head_epochs=head_epochs)
     with pytest.raises(FitError, match="head-epochs"):
-        check_head_epochs(dataclasses.replace(cfg, optim=optim))
+        check_settings(dataclasses.replace(cfg, optim=optim))
 
 
 def rank0_pid_once_checkpointed(s3, run_uri: str, timeout_s: float) -> int:
@@ -413,38 +409,3 @@ def test_a_killed_worker_is_survived(s3, dataset):
     # Epoch 1 came from the killed process and survived in the checkpoint; a new
     # worker group resumed from it and finished the run.
     assert pids[0] == killed and pids[-1] != killed, (pids, killed)
-
-
-def test_the_weight_average_follows_the_steps_and_survives_a_resume():
-    """EMA of weights and batch-norm statistics; a checkpoint evaluates the average and a
-    resume continues both the trained weights and the average."""
-    assert make_average(nn.Linear(2, 2), OptimSection()) is None  # off by default
-    decay = 0.5
-    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.BatchNorm1d(2))
-    average = make_average(model, OptimSection(ema_decay=decay))
-    weight, expected = model[0].weight, model[0].weight.detach().clone()
-    for step in range(3):
-        with torch.no_grad():
-            weight.add_(1.0)
-        model(torch.randn(4, 2))  # moves the batch-norm running mean
-        average.update_parameters(model)
-        # The first update copies the weights; each later one moves halfway to them.
-        expected = weight.detach().clone() if step == 0 else decay * expected + (1 - decay) * weight
-    averaged = average.module
-    assert torch.allclose(averaged[0].weight, expected)
-    assert not torch.allclose(averaged[0].weight, weight)
-    assert not torch.allclose(averaged[1].running_mean, torch.zeros(2))
-
-    state = weights_state(model, average)
-    assert torch.equal(state["model"]["0.weight"], averaged[0].weight)
-    assert torch.equal(state["trained_model"]["0.weight"], weight)
-    resumed = nn.Sequential(nn.Linear(2, 2, bias=False), nn.BatchNorm1d(2))
-    resumed_average = make_average(resumed, OptimSection(ema_decay=decay))
-    restore_weights(state, resumed, resumed_average)
-    assert torch.equal(resumed[0].weight, weight)
-    assert torch.equal(resumed_average.module[0].weight, averaged[0].weight)
-    assert int(resumed_average.n_averaged) == 3
-    # A checkpoint without an average resumes the trained weights, the average from them.
-    plain = weights_state(model, None)
-    restore_weights(plain, resumed, make_average(resumed, OptimSection(ema_decay=decay)))
-    assert torch.equal(resumed[0].weight, weight)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
-from common.config import add_config_command, config_from_args
+from common.flags import ConfigParser, add_config_command, run_command
 from common.storage import join
 from train.config import ExportConfig, TrainConfig
 
 EXIT_JOB_FAILED = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m train", description="Fine-tune MobileNetV2 on a cleaned data set."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
+    parser = ConfigParser(prog=prog, description="Fine-tune MobileNetV2 on a cleaned data set.")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """`fit` and `export`, here and in the `lakeclean` console command."""
     add_config_command(
         commands,
         "fit",
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read DATA_URI (the cleaning job's output) through Ray Data, train "
         "MobileNetV2 with Ray Train's TorchTrainer, checkpoint every epoch and write the "
         "reports to RUN_URI. Exit status 2 when the job cannot run.",
+        run=fit,
     )
     add_config_command(
         commands,
@@ -38,20 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize the best checkpoint of RUN_URI (static int8, calibrated on "
         "train images), script it, and write model.pt and model.json to MODEL_DIR. Exit "
         "status 2 when int8 loses more than --max-int8-drop accuracy points.",
+        run=export,
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config_class = TrainConfig if args.command == "fit" else ExportConfig
-    try:
-        cfg = config_from_args(config_class, args)
-    except (ValueError, OSError) as exc:
-        print(f"error: bad configuration: {exc}", file=sys.stderr)
-        return EXIT_JOB_FAILED
-    return fit(cfg) if args.command == "fit" else export(cfg)
+    # run_command validates the settings (each config's validate() included) before Ray
+    # or torch start: a bad value is one line and exit status 2, not minutes of work.
+    return run_command(build_parser(), argv)
 
 
 def export(cfg: ExportConfig) -> int:

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
 
 from common.backbone import DEFAULT_WEIGHTS
 from common.config import option, section
 from common.storage import StorageConfig
 
 SCHEDULES = ("constant", "cosine", "step")
-SHUFFLES = ("global", "blocks")
+OPTIMIZERS = ("sgd", "adamw")
 ACTIVATIONS = ("relu6", "relu")
+MIN_INPUT_SIZE = 32  # MobileNetV2 halves the side five times
 
 
 @dataclass
 class ScalingSection:
     workers: int = option(1, "Ray Train workers (one process each; one GPU each with --gpu)")
-    cpus_per_worker: float = option(
-        1.0,
-        "CPUs reserved per worker; fractions leave CPUs to Ray Data's decode and "
-        "augmentation tasks on small machines",
+    cpus_per_worker: float | None = option(
+        None,
+        "CPUs reserved per worker (fractions are fine). Default: 1, or less on a small "
+        "cluster, so that one CPU stays free for Ray Data's decode and augmentation tasks "
+        "(workers that reserve every CPU starve them and the run would wait forever)",
     )
     gpu: bool = option(False, "Train on GPUs (nccl, mixed precision)")
     worker_resource: str | None = option(
@@ -35,6 +39,11 @@ class ScalingSection:
         None,
         "Intra-op threads per worker (default: what Ray sets from --cpus-per-worker, "
         "at least 1); more than the reserved CPUs can pay off when decoding is light",
+    )
+    stall_minutes: float = option(
+        10.0,
+        "Stop the run with an error when no training or evaluation batch arrived for this "
+        "many minutes (worker start-up included): a stalled data path fails, never waits",
     )
 
 
@@ -61,35 +70,52 @@ class ModelSection:
 class OptimSection:
     epochs: int = option(20, "Epochs to train (the total, including resumed ones)")
     batch_size: int = option(32, "Images per batch on each worker")
-    lr: float = option(0.001, "SGD learning rate (per worker batch; not scaled by workers)")
-    momentum: float = option(0.95, "SGD momentum")
-    weight_decay: float = option(0.0, "SGD weight decay")
-    label_smoothing: float = option(0.0, "CrossEntropy label smoothing")
+    optimizer: str = option(
+        "adamw",
+        "'adamw' (decoupled weight decay; steps of a similar size whatever the gradient's "
+        "scale, so a fresh head's large early gradients cannot throw the pretrained "
+        "weights far) or 'sgd' with --momentum (docs/history.md, training)",
+        choices=OPTIMIZERS,
+    )
+    lr: float = option(
+        0.0005,
+        "Peak learning rate, for a global batch of 32 images: scaled by "
+        "batch-size x workers / 32 (the square root of that for AdamW)",
+    )
+    head_lr_scale: float = option(
+        1.0,
+        "The new head's learning rate as a multiple of --lr (discriminative fine-tuning: "
+        "a random head has far to go, the pretrained backbone little)",
+    )
+    momentum: float = option(0.9, "With --optimizer sgd: momentum")
+    weight_decay: float = option(0.05, "Weight decay (AdamW's decoupled one; SGD's L2)")
+    label_smoothing: float = option(0.1, "CrossEntropy label smoothing")
     lr_schedule: str = option(
-        "constant", "Learning-rate schedule over the epochs", choices=SCHEDULES
+        "cosine", "Learning-rate schedule after the warm-up, per step", choices=SCHEDULES
+    )
+    warmup_epochs: float = option(
+        1.0,
+        "Epochs over which the learning rate rises linearly from near 0 to --lr, step by "
+        "step, before the schedule; 0 = off",
     )
     lr_step_epochs: int = option(7, "With --lr-schedule step: epochs between decays")
     lr_step_gamma: float = option(0.1, "With --lr-schedule step: decay factor")
     clip_grad_norm: float = option(
-        0.0,
+        5.0,
         "Largest gradient norm of a step: a larger gradient is scaled down to it before the "
         "step (torchvision's references' --clip-grad-norm), so one bad batch cannot throw "
-        "the weights far at a large learning rate; 0 = off. Each epoch's largest and mean "
-        "norm are in history.json either way",
+        "the weights far; 0 = off. Each epoch's largest and mean norm are in history.json",
     )
     head_epochs: int = option(
         0,
         "Epochs at the start that train only the new head, the backbone held still (its "
         "gradients are dropped, its batch-norm statistics still adapt), before the whole "
-        "network trains: linear probing, then fine-tuning (Kumar et al. 2022), so a random "
-        "head's first large gradients do not distort the pretrained features; 0 = off",
+        "network trains: linear probing, then fine-tuning (Kumar et al. 2022); 0 = off",
     )
-    ema_decay: float = option(
-        0.0,
-        "Evaluate, checkpoint and export an exponential moving average of the weights, "
-        "updated every step with this decay (torchvision's references' model EMA; 0.995 "
-        "averages about the last 200 steps); 0 = off, the trained weights themselves "
-        "(docs/benchmarks.md, training)",
+    divergence_epochs: int = option(
+        2,
+        "Stop the run when the train loss rose and the train accuracy fell this many "
+        "epochs in a row (a non-finite loss stops it at once); 0 = only non-finite losses",
     )
 
 
@@ -108,14 +134,7 @@ class DataSection:
         "With --balanced: how far the draw leans back toward the natural class shares: "
         "class c gets samples_per_class x (n_c / largest n)^q draws, so 0 balances fully, "
         "0.5 is square-root sampling (minority classes raised, the majority's share kept "
-        "larger) and 1 is the natural draw (docs/benchmarks.md, training)",
-    )
-    shuffle: str = option(
-        "global",
-        "Per-epoch order of the train rows: 'global' shuffles the (still compressed) rows "
-        "across all shards, 'blocks' only randomises shard order (cheaper on huge data "
-        "sets, but the cleaning job writes shards by class, so batches come out one-class)",
-        choices=SHUFFLES,
+        "larger) and 1 is the natural draw (docs/history.md, training)",
     )
     shuffle_buffer: int = option(256, "Rows in each worker's local shuffle buffer")
     augment_batch_size: int = option(32, "Rows per Ray Data decode/augment task batch")
@@ -126,22 +145,22 @@ class DataSection:
     colour_jitter: float = option(
         0.0,
         "Random brightness, contrast and saturation change up to this share (hue a quarter "
-        "of it), on 4 in 5 draws; 0 = off, the seed's augmentations. Helps when the "
-        "background's colour differs between recordings (docs/benchmarks.md, training)",
+        "of it), on 4 in 5 draws; 0 = off. Helps when the "
+        "background's colour differs between recordings (docs/history.md, training)",
     )
     downscale_min: float = option(
         1.0,
         "Smallest factor of a random resolution loss (the image shrunk by a factor between "
-        "this and 1, then enlarged back), on half the draws; 1 = off, the seed's "
-        "augmentations. Why: distant objects of unseen recordings arrive as few, soft "
-        "pixels, while nearer ones teach sharp detail (docs/benchmarks.md, training)",
+        "this and 1, then enlarged back), on half the draws; 1 = off. "
+        "Why: distant objects of unseen recordings arrive as few, soft "
+        "pixels, while nearer ones teach sharp detail (docs/history.md, training)",
     )
     contrast_gain: float = option(
         1.0,
         "Largest contrast gain of the input preprocessing, in training and serving alike: "
         "each image's differences from its mean colour are scaled until its brightness "
         "range fills 0-255, by at most this factor, so faint small objects on plain sky "
-        "stand out; 1 = off (docs/benchmarks.md, training)",
+        "stand out; 1 = off (docs/history.md, training)",
     )
 
 
@@ -150,7 +169,7 @@ class RunSection:
     resume: bool = option(False, "Continue the run in RUN_URI from its latest checkpoint")
     seed: int = option(0, "Seed for weights of the new head and the run's randomness")
     checkpoints_to_keep: int = option(
-        2, "Checkpoints kept: the best by test accuracy and the latest"
+        2, "Checkpoints kept: the best by selection accuracy (val, else test) and the latest"
     )
     max_failures: int = option(2, "Worker failures survived (the run restarts from a checkpoint)")
     report_images: int = option(8, "Images per class in the misclassified / sample grids")
@@ -167,6 +186,10 @@ class TrainConfig:
     data: DataSection = section(DataSection)
     run: RunSection = section(RunSection)
 
+    def validate(self) -> None:
+        """See `validate`: a pluggable hook for a general settings check."""
+        validate(self)
+
 
 @dataclass
 class ExportSection:
@@ -179,14 +202,14 @@ class ExportSection:
         False,
         "7-bit activations: set it to serve on x86 CPUs without AVX-512 VNNI (fbgemm's "
         "int16 accumulation can saturate there); off, int8 keeps more accuracy on CPUs "
-        "with VNNI (docs/benchmarks.md, training section)",
+        "with VNNI (docs/history.md, training section)",
     )
     float_blocks: int = option(
         4,
         "Leading MobileNetV2 blocks (features.0 .. N-1) kept in fp32. On small objects "
         "against plain backgrounds their activations are heavy-tailed (the object is the "
         "tail) and 8-bit activations lose it; 0 quantizes the whole network "
-        "(docs/benchmarks.md, training section)",
+        "(docs/history.md, training section)",
     )
     batch_size: int = option(32, "Images per inference batch while calibrating and testing")
     max_int8_drop: float = option(
@@ -200,3 +223,98 @@ class ExportConfig:
     model_dir: str = option("", "Local folder for model.pt and model.json")
     storage: StorageConfig = section(StorageConfig)
     export: ExportSection = section(ExportSection)
+
+    def validate(self) -> None:
+        """See `validate`."""
+        validate(self)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# (field, test, what it must be): every numeric setting of both commands, checked on the
+# driver before Ray starts, so a bad value is one line naming its flag, not a traceback.
+def _at_least(low: float) -> tuple[Any, str]:
+    return (lambda v: v >= low), f"at least {low:g}"
+
+
+def _within(low: float, high: float, high_open: bool = False) -> tuple[Any, str]:
+    if high_open:
+        return (lambda v: low <= v < high), f"in [{low:g}, {high:g})"
+    return (lambda v: low <= v <= high), f"in [{low:g}, {high:g}]"
+
+
+_POSITIVE = ((lambda v: v > 0), "above 0")
+RULES: dict[str, tuple[Any, str]] = {
+    "workers": _at_least(1),
+    "cpus_per_worker": _POSITIVE,
+    "num_cpus": _at_least(1),
+    "torch_threads": _at_least(1),
+    "stall_minutes": _POSITIVE,
+    "input_size": _at_least(MIN_INPUT_SIZE),
+    "dropout": _within(0, 1, high_open=True),
+    "epochs": _at_least(1),
+    "batch_size": _at_least(1),
+    "lr": _POSITIVE,
+    "head_lr_scale": _POSITIVE,
+    "momentum": _within(0, 1, high_open=True),
+    "weight_decay": _at_least(0),
+    "label_smoothing": _within(0, 1, high_open=True),
+    "warmup_epochs": _at_least(0),
+    "lr_step_epochs": _at_least(1),
+    "lr_step_gamma": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "clip_grad_norm": _at_least(0),
+    "head_epochs": _at_least(0),
+    "divergence_epochs": _at_least(0),
+    "samples_per_class": _at_least(1),
+    "balance_power": _within(0, 1),
+    "shuffle_buffer": _at_least(0),
+    "augment_batch_size": _at_least(1),
+    "cutout_fraction": _within(0.05, 1),
+    "rotate_degrees": _within(0, 180),
+    "colour_jitter": _at_least(0),
+    "downscale_min": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "contrast_gain": _at_least(1),
+    "checkpoints_to_keep": _at_least(1),
+    "max_failures": _at_least(-1),
+    "report_images": _at_least(0),
+    "calibration_images": _at_least(1),
+    "float_blocks": _within(0, 18),
+    "max_int8_drop": _at_least(0),
+}
+
+
+def _leaves(config: Any) -> list[tuple[str, Any]]:
+    """(field name, value) of every setting, sections flattened (names are unique)."""
+    out: list[tuple[str, Any]] = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        out += _leaves(value) if is_dataclass(value) else [(f.name, value)]
+    return out
+
+
+def validate(config: TrainConfig | ExportConfig) -> None:
+    """Raise ValueError naming the flag of the first bad setting: each value within its
+    range (None = the documented automatic choice), then the rules between settings."""
+    for name, value in _leaves(config):
+        if name in ("data_uri", "run_uri", "model_dir") and not value:
+            raise ValueError(f"{name.upper()} is empty")
+        if name not in RULES or value is None or isinstance(value, bool):
+            continue
+        test, what = RULES[name]
+        if not (math.isfinite(value) and test(value)):
+            raise ValueError(f"{_flag(name)} must be {what}, got {value!r}")
+    if isinstance(config, TrainConfig):
+        optim = config.optim
+        if optim.head_epochs >= optim.epochs:
+            raise ValueError(
+                f"--head-epochs ({optim.head_epochs}) must be below --epochs ({optim.epochs}): "
+                "the whole network needs at least one epoch (--freeze-backbone trains only "
+                "the head)"
+            )
+        if optim.warmup_epochs > optim.epochs:
+            raise ValueError(
+                f"--warmup-epochs ({optim.warmup_epochs:g}) must not exceed --epochs "
+                f"({optim.epochs})"
+            )

@@ -98,13 +98,12 @@ def eval_batch(batch: dict[str, np.ndarray], transform: EvalTransform) -> dict[s
 
 
 def epoch_draw(
-    ds: ray.data.Dataset,
-    rates: dict[int, float] | None,
-    shuffle: str = "global",
-    block_rows: int | None = None,
+    ds: ray.data.Dataset, rates: dict[int, float] | None, block_rows: int | None = None
 ) -> ray.data.Dataset:
     """One epoch's draw of rows (all of them, once, when `rates` is None), in a fresh
-    random order. The shuffle moves compressed rows, before decoding, and comes after
+    random order. The shuffle is global (the cleaning job writes shards by class, so
+    shuffling shard order alone gives one-class batches, which did not learn: docs/
+    history.md, training); it moves compressed rows, before decoding, and comes after
     the repeats so a minority image's copies land in different batches. With
     `block_rows`, the draw is cut into blocks of that many rows, so decoding runs as
     many small tasks that stream into training instead of one task per shuffled block
@@ -112,7 +111,7 @@ def epoch_draw(
     whole epoch to be augmented)."""
     if rates is not None:
         ds = ds.map_batches(repeat_rows, fn_kwargs={"rates": rates}, batch_format="numpy")
-    ds = ds.random_shuffle() if shuffle == "global" else ds.randomize_block_order()
+    ds = ds.random_shuffle()
     return ds.repartition(target_num_rows_per_block=block_rows) if block_rows else ds
 
 
@@ -130,7 +129,7 @@ def train_dataset(
     fills), not listed and read again from storage every epoch: each epoch's draw,
     shuffle and augmentation start from there."""
     compressed = read_split(uris, storage).materialize()
-    draw = epoch_draw(compressed, rates, data.shuffle, data.augment_batch_size)
+    draw = epoch_draw(compressed, rates, data.augment_batch_size)
     return draw.map_batches(
         augment_batch,
         fn_kwargs={"input_size": input_size, "mean": mean, "std": std, "data": data},
@@ -154,3 +153,30 @@ def eval_dataset(
             batch_format="numpy",
         )
     )
+
+
+def train_labels(uris: list[str], storage: StorageConfig) -> tuple[list[int], list[str]]:
+    """Every train row's label and shard, from the label column only (no pixels read)."""
+    table = read_shards(uris, storage, columns=["label"], with_shard=True)
+    return table["label"].to_pylist(), table["_shard"].to_pylist()
+
+
+def mixed_sample(
+    labels: list[int], shards: list[str], storage: StorageConfig, count: int
+) -> list[tuple[bytes, int]]:
+    """`count` train images (at least one per class) taken in turn from every class, so
+    a sample batch shows them all; reads one shard per class."""
+    first_shard = {}
+    for label, shard in zip(labels, shards, strict=True):
+        first_shard.setdefault(label, shard)
+    per_class: dict[int, list[bytes]] = {}
+    for label, shard in sorted(first_shard.items()):
+        table = read_shards([shard], storage, columns=["image", "label"])
+        rows = zip(table["image"].to_pylist(), table["label"].to_pylist(), strict=True)
+        per_class[label] = [image for image, y in rows if y == label]
+    sample: list[tuple[bytes, int]] = []
+    for turn in range(max(count, 1)):
+        for label, images in per_class.items():
+            if turn < len(images) and len(sample) < max(count, len(per_class)):
+                sample.append((images[turn], label))
+    return sample

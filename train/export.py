@@ -2,7 +2,7 @@
 
 Post-training static quantization of torchvision's quantizable MobileNetV2 (conv-bn-relu
 fused, x86/fbgemm observers) from block `float_blocks` on, the leading blocks kept in
-fp32 (their activations are heavy-tailed on small objects: docs/benchmarks.md, section
+fp32 (their activations are heavy-tailed on small objects: docs/history.md, section
 9), calibrated on train images with the evaluation transform, scripted, saved,
 reloaded and evaluated against the fp32 model on the test split. The export fails when
 int8 loses more than `max_int8_drop` accuracy points.

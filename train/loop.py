@@ -10,11 +10,12 @@ from outside.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from train.config import OptimSection, TrainConfig
+from train.guards import STOP_REASON, Beat, divergence, write_stop
+from train.live import LiveBoard
 from train.model import build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -52,6 +54,8 @@ class EpochStats:
     # Seconds this worker waited for its next batch (torchvision's references call it
     # "data time"): near zero when the data path keeps up with the step.
     data_wait: float = 0.0
+    # Steps skipped because the loss or the gradient was not finite (all workers).
+    nonfinite_steps: int = 0
 
     @property
     def mean_loss(self) -> float:
@@ -62,34 +66,73 @@ class EpochStats:
         return self.correct / self.seen if self.seen else 0.0
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimSection
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """The configured per-epoch schedule ('constant' keeps the seed's fixed lr)."""
+REFERENCE_BATCH = 32  # --lr is the learning rate of a global batch of this many images
+
+
+def scaled_lr(cfg: OptimSection, workers: int) -> float:
+    """--lr for the global batch (batch size x workers): linear scaling for SGD (Goyal
+    et al. 2017), square-root scaling for AdamW (Malladi et al. 2022)."""
+    ratio = cfg.batch_size * workers / REFERENCE_BATCH
+    return cfg.lr * (math.sqrt(ratio) if cfg.optimizer == "adamw" else ratio)
+
+
+def make_optimizer(model: nn.Module, cfg: OptimSection, lr: float) -> torch.optim.Optimizer:
+    """AdamW or SGD. The new head learns at `head_lr_scale` x lr (discriminative
+    fine-tuning: a random head has far to go, the pretrained backbone little); biases
+    and batch-norm parameters get no weight decay (torchvision's --norm-weight-decay 0)."""
+    head = {id(p) for p in unwrap(model).classifier.parameters()}
+    groups = []
+    for is_head in (False, True):
+        scale = cfg.head_lr_scale if is_head else 1.0
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in head) == is_head]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append(
+                    {
+                        "params": chosen,
+                        "weight_decay": cfg.weight_decay if decay else 0.0,
+                        "lr": lr * scale,
+                        "lr_scale": scale,
+                    }
+                )
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: OptimSection) -> float:
+    """The learning rate of `step` as a share of the peak: a linear warm-up over
+    `warmup_epochs`, then the schedule over the remaining steps."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
     if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        rest = max(1, cfg.epochs * steps_per_epoch - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / rest)))
     if cfg.lr_schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=cfg.lr_step_epochs, gamma=cfg.lr_step_gamma
-        )
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        return cfg.lr_step_gamma ** (step // (cfg.lr_step_epochs * steps_per_epoch))
+    return 1.0
 
 
-def make_average(model: nn.Module, cfg: OptimSection) -> AveragedModel | None:
-    """An exponential moving average of the weights and the batch-norm statistics, as
-    torchvision's references keep one (`--model-ema`), or None when `ema_decay` is 0.
-    Why: an average sits in a flatter region than the last step's weights, which often
-    generalises better to unseen domains (SWA, SWAD); on halmstad's unseen recordings it
-    did not (docs/benchmarks.md, section 9). Every worker holds the same weights after
-    DDP's all-reduce, so each updates its own copy in step."""
-    if cfg.ema_decay <= 0:
-        return None
-    decay = cfg.ema_decay
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimSection, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step schedule (`lr_factor`); `steps_per_epoch` is the driver's estimate."""
+    steps = max(1, steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, cfg))
 
-    def ema(averaged: torch.Tensor, current: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
-        return decay * averaged + (1.0 - decay) * current
 
-    return AveragedModel(model, avg_fn=ema, use_buffers=True)
+def use_flag_lr(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float
+) -> None:
+    """After a resume: the flags' peak learning rate at the checkpoint's place in the
+    schedule, so a diverged run can continue from its last checkpoint with a lower --lr."""
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        peak = lr * group.get("lr_scale", 1.0)
+        group["initial_lr"], group["lr"] = peak, peak * factor
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
 
 
 def backbone_held(model: nn.Module, epoch: int, cfg: OptimSection) -> list[nn.Parameter]:
@@ -106,13 +149,6 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def reduce_stats(
-    loss: float, correct: int, seen: int, counts: torch.Tensor, device: torch.device
-) -> tuple[float, int, int, list[int]]:
-    summed = all_sum([loss, correct, seen, *counts.tolist()], device)
-    return summed[0], int(summed[1]), int(summed[2]), [int(c) for c in summed[3:]]
-
-
 def train_epoch(
     model: nn.Module,
     batches: Any,
@@ -121,16 +157,20 @@ def train_epoch(
     scaler: torch.amp.GradScaler,
     num_classes: int,
     device: torch.device,
-    average: AveragedModel | None = None,
     clip_grad_norm: float = 0.0,
     held: Sequence[nn.Parameter] = (),
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    on_batch: Callable[[float], None] | None = None,
 ) -> EpochStats:
     """One pass over this worker's batches. `held`: parameters whose gradients are
     dropped after the all-reduce, so the optimizer and the norm skip them entirely (no
     step, no momentum, no weight decay); dropping gradients instead of switching
-    `requires_grad` leaves DistributedDataParallel's hooks as they were built."""
+    `requires_grad` leaves DistributedDataParallel's hooks as they were built. A step
+    whose gradient norm is not finite is skipped (the norm is taken after the
+    all-reduce, so every worker skips the same steps and the weights stay equal); the
+    epoch counts them and the run stops after it. `on_batch(loss)` follows each step."""
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
     counts = torch.zeros(num_classes, dtype=torch.int64)
     batch_losses: list[float] = []
     norms: list[float] = []
@@ -149,31 +189,58 @@ def train_epoch(
         for p in held:
             p.grad = None
         scaler.unscale_(optimizer)  # true gradients, for the norm and the clip
-        norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
-        scaler.step(optimizer)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        value = loss.item()
+        if scaler.is_enabled():  # the scaler skips overflowing steps itself
+            skipped += not math.isfinite(value)
+            scaler.step(optimizer)
+        elif math.isfinite(norm):
+            scaler.step(optimizer)
+        else:
+            skipped += 1
         scaler.update()
-        if average is not None:
-            average.update_parameters(unwrap(model))
-        batch_losses.append(loss.item())
-        loss_sum += loss.item() * len(labels)
+        if scheduler is not None:
+            scheduler.step()
+        if math.isfinite(norm):
+            norms.append(norm)
+        batch_losses.append(value)
+        loss_sum += value * len(labels)
         correct += int((logits.argmax(dim=1) == labels).sum())
         seen += len(labels)
         counts += torch.bincount(labels.cpu(), minlength=num_classes)
+        if on_batch is not None:
+            on_batch(value)
         waited_from = time.perf_counter()
-    totals = reduce_stats(loss_sum, correct, seen, counts, device)
+    summed = all_sum([loss_sum, correct, seen, skipped, *counts.tolist()], device)
     grad_norms = (max(norms), sum(norms) / len(norms)) if norms else (0.0, 0.0)
-    return EpochStats(*totals, batch_losses, *grad_norms, data_wait)
+    return EpochStats(
+        summed[0],
+        int(summed[1]),
+        int(summed[2]),
+        [int(c) for c in summed[4:]],
+        batch_losses,
+        *grad_norms,
+        data_wait,
+        int(summed[3]),
+    )
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Any, criterion: nn.Module, num_classes: int, device: torch.device
+    model: nn.Module,
+    batches: Any,
+    criterion: nn.Module,
+    num_classes: int,
+    device: torch.device,
+    on_batch: Callable[[], None] | None = None,
 ) -> EpochStats:
     """Local evaluation of a whole split (no collectives: rank 0 only)."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     counts = torch.zeros(num_classes, dtype=torch.int64)
     for batch in batches:
+        if on_batch is not None:
+            on_batch()
         images, labels = batch["image"].to(device), batch["label"].to(device)
         logits = model(images)
         loss_sum += criterion(logits, labels).item() * len(labels)
@@ -191,13 +258,14 @@ def evaluate_on_rank0(
     cfg: TrainConfig,
     classes: list[str],
     device: torch.device,
+    on_batch: Callable[[], None] | None = None,
 ) -> EpochStats:
     """The evaluation split is not split across workers (Ray Train's split drops rows to
     make shards equal, which would bias the metrics): rank 0 evaluates all of it."""
     if rank != 0:
         return EpochStats(0.0, 0, 0, [0] * len(classes), [])
     batches = eval_data.iter_torch_batches(batch_size=cfg.optim.batch_size)
-    return evaluate(model, batches, criterion, len(classes), device)
+    return evaluate(model, batches, criterion, len(classes), device, on_batch)
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -219,7 +287,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point; `config`: cfg (TrainConfig), classes, meta (for reports;
-    its `selection_split` names the split evaluated every epoch)."""
+    its `selection_split` names the split evaluated every epoch), steps_per_epoch (the
+    driver's estimate, for the per-step schedule), beacon (the stall watch's actor),
+    sample ([(jpeg, label)]: a batch mixing every class, for TensorBoard)."""
     cfg: TrainConfig = config["cfg"]
     classes: list[str] = config["classes"]
     selection = config["meta"]["selection_split"]
@@ -229,31 +299,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model, _ = build_model(len(classes), cfg.model)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
-    )
-    scheduler = make_scheduler(optimizer, cfg.optim)
+    context = ray.train.get_context()
+    lr = scaled_lr(cfg.optim, context.get_world_size())
+    optimizer = make_optimizer(model, cfg.optim, lr)
+    scheduler = make_scheduler(optimizer, cfg.optim, config["steps_per_epoch"])
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.scaling.gpu)
-    average = make_average(unwrap(model), cfg.optim)
     start_epoch, history = 0, []
     state = load_state(ray.train.get_checkpoint())
     if state is not None:
-        restore_weights(state, model, average)
-        optimizer.load_state_dict(state["optimizer"])
+        unwrap(model).load_state_dict(state["model"])
+        if state.get("optimizer_name") == cfg.optim.optimizer:  # else: a fresh optimizer
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        use_flag_lr(optimizer, scheduler, lr)
         start_epoch, history = state["epoch"], state["history"]
-    rank = ray.train.get_context().get_world_rank()
+    rank = context.get_world_rank()
+    beat = Beat(config.get("beacon"))
+    board = LiveBoard(
+        rank, cfg.run_uri, cfg.storage, sum(len(h["batch_losses_rank0"]) for h in history)
+    )
+    if start_epoch == 0 and rank == 0:
+        board.samples(*config.get("sample_views", ([], [])), epoch=0)
     train_shard = ray.train.get_dataset_shard(TRAIN)
     eval_shard = ray.train.get_dataset_shard(selection)
+
+    def on_train_batch(loss: float) -> None:
+        beat()
+        board.batch_loss(loss)
+
     for epoch in range(start_epoch, cfg.optim.epochs):
         started = time.perf_counter()
         train_batches = train_shard.iter_torch_batches(
             batch_size=cfg.optim.batch_size,
             local_shuffle_buffer_size=cfg.data.shuffle_buffer,
         )
-        lr = optimizer.param_groups[0]["lr"]
+        epoch_lr = optimizer.param_groups[0]["lr"]
         head_only = backbone_held(model, epoch, cfg.optim)
         train = train_epoch(
             model,
@@ -263,18 +344,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             scaler,
             len(classes),
             device,
-            average,
             cfg.optim.clip_grad_norm,
             head_only,
+            scheduler,
+            on_train_batch,
         )
         train_seconds = time.perf_counter() - started
-        scheduler.step()
-        evaluated = unwrap(model) if average is None else average.module
-        held = evaluate_on_rank0(rank, evaluated, eval_shard, criterion, cfg, classes, device)
+        held = evaluate_on_rank0(
+            rank, unwrap(model), eval_shard, criterion, cfg, classes, device, beat
+        )
         seconds = time.perf_counter() - started
         metrics = {
             "epoch": epoch + 1,
-            "lr": lr,
+            "lr": epoch_lr,
             "train_loss": train.mean_loss,
             "train_accuracy": train.accuracy,
             f"{selection}_loss": held.mean_loss,
@@ -290,61 +372,58 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "data_wait_seconds_rank0": train.data_wait,
             "grad_norm_max_rank0": train.grad_norm_max,
             "grad_norm_mean_rank0": train.grad_norm_mean,
+            "nonfinite_steps": train.nonfinite_steps,
             "backbone_held": bool(head_only),
             # Shows where rank 0 ran, and that a restarted worker group continued the run.
             "rank0_process": f"{socket.gethostname()}:{os.getpid()}",
         }
-        history.append({**metrics, "batch_losses_rank0": train.batch_losses})
-        report_epoch(rank, metrics, model, average, optimizer, scheduler, history, config["meta"])
+        # Every worker sees the same summed figures, so all of them stop together.
+        stop = divergence([*history, metrics], cfg.optim.divergence_epochs, lr)
+        if stop:
+            metrics[STOP_REASON] = stop
+            if rank == 0:
+                write_stop(cfg.run_uri, cfg.storage, stop, epoch + 1)
+        else:
+            history.append({**metrics, "batch_losses_rank0": train.batch_losses})
+        board.epoch(metrics)
         if rank == 0:
-            print(
-                f"epoch {epoch + 1}/{cfg.optim.epochs}  train loss {train.mean_loss:.4f} "
-                f"acc {train.accuracy:.3f}  {selection} loss {held.mean_loss:.4f} "
-                f"acc {held.accuracy:.3f}  {metrics['images_per_second']:.1f} img/s "
-                f"(waited {train.data_wait:.1f} of {train_seconds:.1f} s for data)",
-                flush=True,
-            )
+            print(progress_line(metrics, cfg.optim.epochs, selection, held), flush=True)
+        report_epoch(rank, metrics, model, optimizer, scheduler, history, config["meta"], stop)
+        if stop:
+            break
+    board.close()
 
 
-def weights_state(model: nn.Module, average: AveragedModel | None) -> dict[str, Any]:
-    """`model`: the weights every reader of a checkpoint evaluates (reports, export),
-    the average when there is one; the trained weights and the average's update count
-    are kept beside it for `--resume`."""
-    if average is None:
-        return {"model": unwrap(model).state_dict()}
-    return {
-        "model": average.module.state_dict(),
-        "trained_model": unwrap(model).state_dict(),
-        "average_updates": int(average.n_averaged),
-    }
-
-
-def restore_weights(state: dict[str, Any], model: nn.Module, average: AveragedModel | None) -> None:
-    """The inverse of `weights_state`; a run resumed with an average it did not keep
-    starts the average from the trained weights."""
-    unwrap(model).load_state_dict(state.get("trained_model", state["model"]))
-    if average is not None and "trained_model" in state:
-        average.module.load_state_dict(state["model"])
-        average.n_averaged.fill_(state["average_updates"])
+def progress_line(metrics: dict[str, Any], epochs: int, selection: str, held: EpochStats) -> str:
+    return (
+        f"epoch {metrics['epoch']}/{epochs}  lr {metrics['lr']:.2e}  train loss "
+        f"{metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.3f}  {selection} loss "
+        f"{held.mean_loss:.4f} acc {held.accuracy:.3f}  {metrics['images_per_second']:.1f} "
+        f"img/s (waited {metrics['data_wait_seconds_rank0']:.1f} of "
+        f"{metrics['train_seconds']:.1f} s for data)"
+    )
 
 
 def report_epoch(
     rank: int,
     metrics: dict[str, Any],
     model: nn.Module,
-    average: AveragedModel | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     history: list[dict[str, Any]],
     meta: dict[str, Any],
+    stop: str | None = None,
 ) -> None:
-    """Every worker reports (it is a barrier); only rank 0 writes the checkpoint."""
+    """Every worker reports (it is a barrier); only rank 0 writes the checkpoint, and
+    not for an epoch that stopped the run (its weights are the diverged ones: the last
+    checkpoint stays the one `--resume` continues from)."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        if rank == 0:
+        if rank == 0 and not stop:
             state = {
-                **weights_state(model, average),
+                "model": unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "optimizer_name": meta["config"]["optim"]["optimizer"],
                 "scheduler": scheduler.state_dict(),
                 "epoch": metrics["epoch"],
                 "history": history,

@@ -1,7 +1,8 @@
-"""The seed's reports, written to RUN_URI at the end of `fit`.
+"""The seed's reports, written to RUN_URI at the end of `fit` (TensorBoard is written
+while it trains: `train.live`).
 
-TensorBoard curves come from the history stored in the latest checkpoint (so a
-resumed run's curves are complete); the classification report, metrics, confusion
+history.json comes from the latest checkpoint (so a resumed run's is complete); the
+classification report, metrics, confusion
 matrix and misclassified grid evaluate the best checkpoint (picked on the val split
 when there is one) on the test split with the evaluation transform the Lambda uses.
 """
@@ -30,7 +31,6 @@ from sklearn.metrics import (  # noqa: E402
     confusion_matrix,
     precision_recall_fscore_support,
 )
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torchvision.models import mobilenet_v2  # noqa: E402
 
 from common.preprocess import EvalTransform, decode_rgb  # noqa: E402
@@ -38,11 +38,10 @@ from common.storage import filesystem, join  # noqa: E402
 from pipeline.output import read_shards  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.data import split_uris  # noqa: E402
-from train.loop import CHECKPOINT_FILE, META_FILE, TEST, TRAIN, VAL  # noqa: E402
+from train.live import sample_views  # noqa: E402
+from train.loop import CHECKPOINT_FILE, META_FILE, TEST  # noqa: E402
 from train.model import replace_head, use_activation  # noqa: E402
-from train.presets import augment, train_transform  # noqa: E402
 
-TENSORBOARD_DIR = "tensorboard"
 FIGURE_INCHES = 2.0
 DPI = 100
 
@@ -93,23 +92,6 @@ def predict_each(
         for predictions, model in zip(out, models, strict=True):
             predictions.append(model(batch).argmax(dim=1).numpy())
     return [np.concatenate(p) if p else np.zeros(0, np.int64) for p in out]
-
-
-def write_tensorboard(history: list[dict[str, Any]], directory: Path) -> None:
-    """The seed's curves: per-batch train loss (rank 0's batches), per-epoch loss/accuracy."""
-    with SummaryWriter(log_dir=str(directory)) as writer:
-        step = 0
-        for row in history:
-            for loss in row["batch_losses_rank0"]:
-                writer.add_scalar("batch/train_loss", loss, step)
-                step += 1
-            for split in (TRAIN, VAL, TEST):
-                if f"{split}_loss" in row:  # train, and the selection split (val or test)
-                    writer.add_scalar(f"epoch/{split}_loss", row[f"{split}_loss"], row["epoch"])
-                    writer.add_scalar(
-                        f"epoch/{split}_accuracy", row[f"{split}_accuracy"], row["epoch"]
-                    )
-            writer.add_scalar("epoch/lr", row["lr"], row["epoch"])
 
 
 def classification_metrics(
@@ -195,26 +177,18 @@ def misclassified_grid(
     image_grid(rows, path)
 
 
-def denormalize(chw: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
-    """A normalised CHW array back to a displayable HWC image in [0, 1]."""
-    hwc = chw.transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
-    return np.clip(hwc, 0.0, 1.0)
-
-
 def augmentation_grids(
-    cfg: TrainConfig, images: list[bytes], labels: list[int], meta: dict[str, Any], out: Path
+    cfg: TrainConfig, sample: list[tuple[bytes, int]], meta: dict[str, Any], out: Path
 ) -> None:
-    """A sample batch before (decoded) and after the training augmentation."""
-    transform = train_transform(cfg.model.input_size, meta["mean"], meta["std"], cfg.data)
+    """A train batch mixing every class, before (decoded) and after one draw of the
+    training augmentation (the same views TensorBoard shows)."""
     classes = meta["classes"]
-    sample = list(zip(images, labels, strict=True))[: cfg.run.report_images]
-    before = [(decode_rgb(b), classes[y]) for b, y in sample]
-    after = [
-        (denormalize(augment(transform, decode_rgb(b)), meta["mean"], meta["std"]), classes[y])
-        for b, y in sample
-    ]
-    image_grid([("decoded", before)], out / "samples_before_augmentation.png")
-    image_grid([("augmented", after)], out / "samples_after_augmentation.png")
+    before, after = sample_views(sample, cfg, meta["mean"], meta["std"])
+    names = [classes[label] for _, label in sample]
+    for title, views in (("decoded", before), ("augmented", after)):
+        name = "before" if title == "decoded" else "after"
+        grid = [(title, list(zip(views, names, strict=True)))]
+        image_grid(grid, out / f"samples_{name}_augmentation.png")
 
 
 def write_reports(
@@ -222,6 +196,7 @@ def write_reports(
     manifest: dict[str, Any],
     latest: ray.train.Checkpoint,
     best: ray.train.Checkpoint,
+    sample: list[tuple[bytes, int]],
 ) -> dict[str, Any]:
     """Write every report into RUN_URI; returns metrics.json's content."""
     latest_state, meta = load_checkpoint(latest)
@@ -247,12 +222,8 @@ def write_reports(
         "epochs": latest_state["epoch"],
         "classes": classes,
     }
-    train = read_shards(
-        split_uris(cfg.data_uri, manifest, TRAIN)[:1], cfg.storage, columns=["image", "label"]
-    )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        write_tensorboard(latest_state["history"], out / TENSORBOARD_DIR)
         (out / "history.json").write_text(json.dumps(latest_state["history"], indent=2))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (out / "classification_report.txt").write_text(
@@ -268,7 +239,7 @@ def write_reports(
         misclassified_grid(
             images, y_true, y_pred, classes, cfg.run.report_images, out / "misclassified.png"
         )
-        augmentation_grids(cfg, train["image"].to_pylist(), train["label"].to_pylist(), meta, out)
+        augmentation_grids(cfg, sample, meta, out)
         upload(out, cfg.run_uri, cfg)
     return metrics
 

@@ -40,13 +40,12 @@ import ray  # noqa: F401 - puts Ray's bundled psutil on sys.path
 
 import psutil  # isort: skip
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from _common import HALMSTAD_CROPS, REPO, print_table
 
-from devkit.local_s3 import LocalS3  # noqa: E402
-from devkit.weights import embedding_args  # noqa: E402
+from devkit.local_s3 import LocalS3
+from devkit.weights import embedding_args
 
-CROPS_DIR = REPO.parent / "shared" / "data" / "halmstad-crops"
+CROPS_DIR = HALMSTAD_CROPS
 BUCKET = "lake"
 INPUT_PREFIX, OUTPUT_PREFIX = "raw", "clean"
 DEFAULT_FILES = 10_000
@@ -355,12 +354,6 @@ HEADER = [
     "moto CPU s",
     "rc",
 ]
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
 
 
 def print_ratios(results: list[RunResult]) -> None:

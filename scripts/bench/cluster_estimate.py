@@ -1,9 +1,9 @@
 """A paper estimate, not a measurement: wall time and cost of the cleaning job for 1M and
 100M images on an AWS fleet (cluster.yaml's node types), from per-image costs measured
-on the 2-core machine (docs/benchmarks.md) and prices and rates that are assumptions.
+on the 2-core machine (docs/history.md) and prices and rates that are assumptions.
 
 Every input is a constant below, marked MEASURED (with the section of
-docs/benchmarks.md it comes from) or ASSUMED. The model:
+docs/history.md it comes from) or ASSUMED. The model:
 
 - normalise (Ray Data tasks) scales linearly over the fleet's vCPUs, one task per vCPU
   at the speed of one core of the benchmark machine (optimistic: a c7i vCPU is a
@@ -17,7 +17,7 @@ docs/benchmarks.md it comes from) or ASSUMED. The model:
 
 from __future__ import annotations
 
-# --- MEASURED on the benchmark machine (2-core AMD EPYC), docs/benchmarks.md ------------
+# --- MEASURED on the benchmark machine (2-core AMD EPYC), docs/history.md ------------
 NORMALISE_CAMERA_MS = 35.3  # section 1: normalise_bytes, camera JPEG 12-24 MP, median
 JUNK_SCORES_512_MS = 0.7  # section 6: score_image on a 512 px image, median
 JOB_CPU_PER_FILE_MS = 633_000 / 100_000  # section 2: job CPU-s / files, 100k crops lake

@@ -42,13 +42,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from _common import REPO
 
-from devkit.local_cluster import LocalCluster, _process_table  # noqa: E402
-from devkit.local_s3 import LocalS3  # noqa: E402
-from devkit.sample_lake import COMMITTED_CROPS, SHARED_DATA  # noqa: E402
-from devkit.weights import embedding_args  # noqa: E402
+from devkit.local_cluster import LocalCluster, _process_table
+from devkit.local_s3 import LocalS3
+from devkit.sample_lake import COMMITTED_CROPS, SHARED_DATA
+from devkit.weights import embedding_args
 
 BUCKET = "lake"
 LAYOUTS = {

@@ -6,9 +6,10 @@ Pillow's test images (`PILLOW_PHOTOS`) and one crop per video of halmstad-crops 
 middle frame). Every original gets the variants of `VARIANTS` (JPEG re-encodes,
 resizes, format changes, crops, brightness changes and combinations). Each file then
 goes through the job's own steps: `normalise` (decode, shrink to 512, JPEG q90), the
-junk scores with the job's verdict (a file the job would reject never reaches
-de-duplication; counted as "filtered"), `is_low_detail`, `compute_hashes`, and last the
-real `deduplicate` on local Ray, at each threshold of `--thresholds`.
+stage's `signals` (hashes, junk scores, low detail, layouts) with the job's junk verdict
+(a file the job would reject never reaches de-duplication; counted as "filtered"), the
+job's `dedup_input`, and last the real `deduplicate` on local Ray, at each threshold of
+`--thresholds`. Why a variant was missed is the job's own `explain_pair`.
 
 Ground truth: an original and its variants are duplicates of each other; any other
 pair is not. Measured:
@@ -46,7 +47,6 @@ import csv
 import io
 import os
 import statistics
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -56,28 +56,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from _common import SHARED_DATA
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from common.backbone import NO_WEIGHTS
+from common.reasons import Rejected
+from common.storage import StorageConfig
+from devkit.weights import local_embedding_weights
+from pipeline import dedup
+from pipeline.config import CleanConfig, NormalizeConfig
+from pipeline.embed import embedder
+from pipeline.job import dedup_input
+from pipeline.junk import verdict
+from pipeline.normalize import EMBEDDING_INPUT, normalise, signals
 
-from common.backbone import NO_WEIGHTS  # noqa: E402
-from common.reasons import Rejected  # noqa: E402
-from common.storage import StorageConfig  # noqa: E402
-from devkit.weights import local_embedding_weights  # noqa: E402
-from pipeline import dedup  # noqa: E402
-from pipeline.config import NormalizeConfig  # noqa: E402
-from pipeline.embed import (  # noqa: E402
-    colour_layout,
-    embedder,
-    embedding_input,
-    grey_correlation,
-    grey_layout,
-)
-from pipeline.junk import JunkConfig, is_low_detail, score_image, verdict  # noqa: E402
-from pipeline.normalize import normalise  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 CROPS_DIR = SHARED / "halmstad-crops"
 SKIMAGE_DIR = SHARED / "messy-ingredients" / "skimage-data"
 PILLOW_DIR = SHARED / "messy-ingredients" / "pillow-test-images"
@@ -320,38 +313,26 @@ def load_originals(crops_dir: Path, position: float = MIDDLE_FRAME) -> list[Orig
 
 
 def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
-    """The normalise stage's work for one file (normalise, hash, junk scores, verdict),
-    leaving deduplicate()'s input columns in sample.row or the rejection in .filtered."""
-    junk = JunkConfig()
+    """The normalise stage's work for one file (the job's `normalise` and `signals`: hashes,
+    junk scores, layouts; then its junk verdict), leaving deduplicate()'s input columns in
+    sample.row (as `pipeline.job.dedup_input` passes them) or the rejection in .filtered."""
+    cfg = CleanConfig()
     try:
-        normalised = normalise(data, NormalizeConfig())
+        normalised = normalise(data, cfg.normalize)
     except Rejected as rej:
         sample.filtered = str(rej.reason)
         return
-    fields = normalised.fields
-    meta = {k: fields[k] for k in ("source_width", "source_height", "source_format")}
-    scores = score_image(normalised.image, meta, junk)
-    reason, _ = verdict(scores, junk)
+    found = signals(normalised, cfg)
+    reason, _ = verdict({k: v for k, v in found.items() if k.startswith("junk_")}, cfg.junk)
     if reason:
         sample.filtered = reason
-    cfg = dedup.DedupConfig()
-    phash, stability = dedup.hash_signals(normalised.image, cfg.hash_kind)
-    sample.embedding_input = embedding_input(normalised.image, cfg.embedding_side)
-    sample.row = {
-        "source_uri": sample.uri,
-        "class_name": CLASS,
-        "sha256": fields["sha256"],
-        "phash": phash,
-        # As the job passes them: the source's size (the keep policy's resolution).
-        "width": fields["source_width"],
-        "height": fields["source_height"],
-        "source_format": fields["source_format"],
-        "seen_order": seen_order,
-        "low_detail": is_low_detail(scores, junk),
-        "hash_stability": stability,
-        "colour_layout": colour_layout(normalised.image),
-        "grey_layout": grey_layout(normalised.image),
-    }
+    sample.embedding_input = found.pop(EMBEDDING_INPUT, None)
+    work = {"source_uri": sample.uri, "class_name": CLASS, "seen_order": seen_order}
+    work.update(normalised.fields)
+    work.update(found)
+    columns = [*dedup.REQUIRED_COLUMNS, *dedup.OPTIONAL_COLUMNS, "source_width", "source_height"]
+    work_row = pa.Table.from_pylist([{k: work.get(k) for k in columns if k != "embedding"}])
+    sample.row = dedup_input(work_row).to_pylist()[0]
 
 
 def add_embeddings(samples: list[Sample], weights: str) -> float:
@@ -655,24 +636,9 @@ def _miss_reason(
         return "low detail: matched exactly only"
     if orig.dropped and not orig.correct_drop:
         return "its original was dropped as another group's copy"
-    cosine = float(np.dot(v["embedding"], o["embedding"]))
-    colour_a, colour_b = np.array(v["colour_layout"]), np.array(o["colour_layout"])
-    angle = np.degrees(
-        np.arccos(
-            np.clip(
-                colour_a @ colour_b / np.linalg.norm(colour_a) / np.linalg.norm(colour_b), -1, 1
-            )
-        )
-    )
-    low = min(v["hash_stability"], o["hash_stability"]) < cfg.min_hash_stability
-    grey = float(grey_correlation(np.array(v["grey_layout"]), np.array([o["grey_layout"]]))[0])
-    if grey < cfg.min_grey_correlation:
-        return "fails the checks against its original: grey layout"
-    grey_match = grey >= cfg.grey_match_correlation and angle <= cfg.max_colour_angle
-    if not grey_match and cosine < cfg.min_embedding_similarity:
-        return "fails the checks against its original: embedding"
-    if not grey_match and angle > (cfg.strict_colour_angle if low else cfg.max_colour_angle):
-        return "fails the checks against its original: colour layout"
+    failed = dedup.explain_pair(o, v, cfg)  # the job's own checks, original as keeper
+    if failed:
+        return f"fails the checks against its original: {failed}"
     sim = (sim_of[v["source_uri"]] ^ sim_of[o["source_uri"]]).bit_count()
     grey_reached = (
         cfg.grey_hash_distance > 0

@@ -23,7 +23,7 @@ start-up is excluded (a warm-up search runs first).
 times one task's search (`_search_range`, one core, no Ray) on a probe-bound lake
 (random 1M, t=8) and a candidate-bound one (realistic 100k, t=12), and solves the two
 for the cost of one probe and of one candidate check: their ratio is
-`pipeline.dedup.PROBE_COST`. `--against` times pipeline/dedup.py as it was at GIT_REV
+`pipeline.dedup.search.PROBE_COST`. `--against` times the search as it was at GIT_REV
 in the same run, on the same plans.
 """
 
@@ -40,14 +40,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+from _common import REPO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import pyarrow as pa  # noqa: E402
-
-from common.backbone import NO_WEIGHTS  # noqa: E402
-from pipeline import dedup  # noqa: E402
-from pipeline.dedup import DedupConfig, deduplicate, find_near_pairs  # noqa: E402
+from common.backbone import NO_WEIGHTS
+from pipeline.dedup import DedupConfig, deduplicate, find_near_pairs, search
 
 SCENE_SIZE = 100  # images per scene (look-alikes)
 SCENE_SHARE = 0.6  # correlation of an image's coefficients with its scene's
@@ -189,11 +186,15 @@ def end_to_end(n: int, threshold: int, seed: int) -> dict:
 
 
 def dedup_at(rev: str) -> object:
-    """pipeline/dedup.py as it was at git revision `rev`, loaded as its own module."""
-    root = Path(__file__).resolve().parents[2]
-    source = subprocess.run(
-        ["git", "show", f"{rev}:pipeline/dedup.py"], cwd=root, check=True, capture_output=True
-    ).stdout
+    """The search as it was at git revision `rev` (pipeline/dedup/search.py, or the
+    single pipeline/dedup.py before the package), loaded as its own module."""
+    for rel in ("pipeline/dedup/search.py", "pipeline/dedup.py"):
+        shown = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=REPO, capture_output=True)
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"no pipeline/dedup search at git revision {rev}")
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / f"dedup_{rev}.py"
     path.write_bytes(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -218,7 +219,7 @@ def time_task(module: object, hashes: np.ndarray, plan: object, threshold: int) 
 def kernel(against: str | None) -> None:
     """Cost of a probe and of a candidate check, one core (see the module docstring)."""
     lakes = [("random", 1_000_000, 8), ("realistic", 100_000, 12)]
-    modules = [("current", dedup)] + ([(against, dedup_at(against))] if against else [])
+    modules = [("current", search)] + ([(against, dedup_at(against))] if against else [])
     print("one task, one core, no Ray; best of 2")
     print(
         f"{'lake':<22} {'plan':>16} {'probes':>13} {'candidates':>14} "
@@ -228,10 +229,12 @@ def kernel(against: str | None) -> None:
     for kind, n, threshold in lakes:
         rng = np.random.default_rng(0)
         hashes = np.unique((random_hashes if kind == "random" else realistic_hashes)(n, rng)[0])
-        plan = dedup.plan_bands(hashes, threshold)
+        plan = search.plan_bands(hashes, threshold)
         probes = hashes.size * sum(plan.masks(b).size for b in range(len(plan.widths)))
-        indexes = [dedup._build_band_index(hashes, plan, b, 4096) for b in range(len(plan.widths))]
-        candidates = dedup._search_range(hashes, None, plan, 0, hashes.size, threshold, *indexes)[3]
+        indexes = [search._build_band_index(hashes, plan, b, 4096) for b in range(len(plan.widths))]
+        candidates = search._search_range(hashes, None, plan, 0, hashes.size, threshold, *indexes)[
+            3
+        ]
         seconds = [time_task(m, hashes, plan, threshold) for _, m in modules]
         rows.append((probes, candidates, seconds))
         plan_text = "/".join(map(str, plan.widths)) + f" r{plan.radius}"
@@ -247,7 +250,7 @@ def kernel(against: str | None) -> None:
             f"{name}: {probe * 1e9:.2f} ns per probe, {check * 1e9:.2f} ns per candidate, "
             f"ratio {probe / check:.1f}"
         )
-    print(f"pipeline.dedup.PROBE_COST is {dedup.PROBE_COST}")
+    print(f"pipeline.dedup.search.PROBE_COST is {search.PROBE_COST}")
     if against:
         for (_, _, seconds), (kind, n, t) in zip(rows, lakes, strict=True):
             print(f"{kind} {n:,} t={t}: {against} / current = x{seconds[1] / seconds[0]:.1f}")

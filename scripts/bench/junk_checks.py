@@ -18,6 +18,13 @@ metadata checks vector_source, too_small and aspect_ratio catch the SVGs for rea
 a PNG of the same drawing would not show); and, per pixel check, the threshold at
 which it would drop a given share of the crops.
 
+It measures the pixel rules alone: the `content` check needs the embedding, which this
+script does not compute (it scores NaN here and never flags). Since issue 27 most pixel
+rules are opt-in; by default this script enables the rule set the job used before
+(`PIXEL_RULES`), so its tables stay comparable; `--set junk_checks=...` picks others.
+The job's current defaults, content included, are measured on real web images by
+``scripts/bench/web_scraped_cleaning.py``.
+
 Run from the repository root:
 
     .venv/bin/python scripts/bench/junk_checks.py [--sample 300] [--set max_flat_graphics=0.5]
@@ -119,8 +126,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+PIXEL_RULES = ["vector_source", "aspect_ratio", "too_small", "near_uniform", "too_dark",
+               "few_colors", "flat_graphics", "too_bright"]  # fmt: skip
+
+
 def junk_config(overrides: list[str]) -> JunkConfig:
-    cfg = JunkConfig()
+    cfg = JunkConfig(junk_checks=list(PIXEL_RULES))
     types = {f.name: type(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     for item in overrides:
         key, _, value = item.partition("=")

@@ -28,7 +28,6 @@ import io
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,15 +36,13 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
+from _common import SHARED_DATA, print_table
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from pipeline.config import NormalizeConfig
+from pipeline.normalize import normalise_bytes
 
-from pipeline.config import NormalizeConfig  # noqa: E402
-from pipeline.normalize import normalise_bytes  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 SKIMAGE_DIR = SHARED / "messy-ingredients" / "skimage-data"
 CROPS_DIR = SHARED / "halmstad-crops"
 PHOTOS = (
@@ -186,12 +183,6 @@ def summary_row(label: str, files: dict[str, bytes], t: Timings) -> list[str]:
         f"{naive_mean / ours_mean:.2f}x",
         f"{statistics.median(t.phash_distance):.0f}/{max(t.phash_distance)}",
     ]
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ import io
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -37,19 +36,17 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from _common import MESSY_INGREDIENTS
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from common.reasons import Rejected
+from common.storage import StorageConfig
+from common.svg import looks_like_svg
+from devkit.weights import embedding_args
+from pipeline.config import NormalizeConfig
+from pipeline.normalize import normalise_bytes
 
-from common.reasons import Rejected  # noqa: E402
-from common.storage import StorageConfig  # noqa: E402
-from common.svg import looks_like_svg  # noqa: E402
-from devkit.weights import embedding_args  # noqa: E402
-from pipeline.config import NormalizeConfig  # noqa: E402
-from pipeline.normalize import normalise_bytes  # noqa: E402
-
-INGREDIENTS = REPO.parent / "shared" / "data" / "messy-ingredients"
+INGREDIENTS = MESSY_INGREDIENTS
 CORPORA = ("pillow-test-images", "openclipart-svg", "skimage-data")
 HANG_SECONDS = 60.0
 WATCHDOG_POLL_S = 1.0

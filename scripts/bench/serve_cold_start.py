@@ -25,12 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from devkit.messy_lake import encode, photo  # noqa: E402
-from devkit.serve_model import bench_model  # noqa: E402
-from serve_lambda.local import LocalFunction, http_event, threads_env  # noqa: E402
+from devkit.messy_lake import encode, photo
+from devkit.serve_model import bench_model
+from serve_lambda.local import LocalFunction, http_event, threads_env
 
 MS = 1000.0
 SIDE = 224

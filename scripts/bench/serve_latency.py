@@ -18,21 +18,17 @@ import argparse
 import importlib.metadata
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from devkit.messy_lake import encode, photo  # noqa: E402
-from devkit.serve_model import bench_model, save_fp32  # noqa: E402
-from serve_lambda.config import ServeSettings  # noqa: E402
-from serve_lambda.model import (  # noqa: E402
+from devkit.messy_lake import encode, photo
+from devkit.serve_model import bench_model, save_fp32
+from serve_lambda.config import ServeSettings
+from serve_lambda.model import (
     JIT_DEPRECATION,
     MS,
     ServedModel,

@@ -26,13 +26,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from devkit.messy_lake import bomb_png, corrupt_png, encode, photo, svg  # noqa: E402
-from devkit.serve_model import bench_model  # noqa: E402
-from serve_lambda.config import API_GATEWAY_PAYLOAD_LIMIT  # noqa: E402
-from serve_lambda.local import HttpFront, LocalFunction, threads_env  # noqa: E402
+from devkit.messy_lake import bomb_png, corrupt_png, encode, photo, svg
+from devkit.serve_model import bench_model
+from serve_lambda.config import API_GATEWAY_PAYLOAD_LIMIT
+from serve_lambda.local import HttpFront, LocalFunction, threads_env
 
 BAD_SHARE = 3  # one request in three is bad
 SIZES = ((224, 224), (640, 480), (1152, 864), (96, 160))

@@ -30,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from common.config import add_config_args, config_from_args  # noqa: E402
 from common.ray_runtime import ensure_ray  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.job import build_datasets, load_dataset_manifest, make_trainer  # noqa: E402
+from train.job import (  # noqa: E402
+    build_datasets,
+    load_dataset,
+    make_trainer,
+    steps_per_epoch,
+    with_worker_cpus,
+)
 from train.loop import TRAIN  # noqa: E402
 
 EVAL_ROWS = 32  # the per-epoch test pass: kept negligible
@@ -55,17 +61,18 @@ def synthetic_train(rows: int, input_size: int, num_classes: int, batch_rows: in
 
 def one_run(cfg: TrainConfig, synthetic: bool, run_dir: Path) -> float:
     """Last-epoch training images/s of one short fit."""
-    cfg = replace(cfg, run_uri=str(run_dir))
-    manifest = load_dataset_manifest(cfg)
-    datasets = build_datasets(cfg, manifest)
+    cfg = with_worker_cpus(replace(cfg, run_uri=str(run_dir)))
+    info = load_dataset(cfg)
+    datasets, _ = build_datasets(cfg, info)
     rows = datasets[TRAIN].count()  # one epoch's draw (balanced or not)
     if synthetic:
         datasets[TRAIN] = synthetic_train(
-            rows, cfg.model.input_size, len(manifest["classes"]), cfg.data.augment_batch_size
+            rows, cfg.model.input_size, len(info.manifest["classes"]), cfg.data.augment_batch_size
         )
     held_out = next(name for name in datasets if name != TRAIN)  # val or test
     datasets[held_out] = datasets[held_out].limit(EVAL_ROWS)
-    result = make_trainer(cfg, manifest, datasets).fit()
+    trainer = make_trainer(cfg, info, datasets, steps_per_epoch(cfg, rows), beacon=None)
+    result = trainer.fit()
     if result.error is not None:
         raise SystemExit(f"fit failed: {result.error}")
     figure = float(result.metrics["images_per_second"])
@@ -84,7 +91,7 @@ def main() -> None:
     add_config_args(parser, TrainConfig, skip=("data_uri", "run_uri"))
     args = parser.parse_args()
     rounds = args.__dict__.pop("rounds")
-    cfg = config_from_args(TrainConfig, args, run_uri="")
+    cfg = config_from_args(TrainConfig, args, run_uri="per-round")  # each round sets its own
     cfg = replace(cfg, optim=replace(cfg.optim, epochs=EPOCHS))
     ensure_ray(cfg.scaling.ray_address, cfg.scaling.num_cpus, log_to_driver=False)
     real, fake = [], []

@@ -1,0 +1,126 @@
+"""The published data set: the format the cleaning job writes and training reads.
+
+Both jobs (and the benchmarks) name its parts from here, so neither reaches into the
+other. Layout of a data set's root (the cleaning job's OUTPUT_URI):
+
+    _manifest.json                        the commit point: the current version's shards
+    images/split=<split>/part-*.parquet   kept images, partitioned by split
+    rejected/part-*.parquet               every file not kept, with its reason
+    index/part-*.parquet                  the hash index of kept images (no pixels)
+    report.json, report.html              the current version's report and review page
+
+How a version is written and verified is `pipeline.output`'s business; this module
+only names the parts and reads a published version.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common.storage import StorageConfig, filesystem, join
+
+MANIFEST = "_manifest.json"
+REPORT = "report.json"
+REPORT_HTML = "report.html"
+# 2: the manifest records each shard's rows, bytes and footer digest ("shards").
+FORMAT_VERSION = 2
+
+# The tables of a version (the manifest's "files" keys and the root's folders).
+IMAGES, REJECTED, INDEX = "images", "rejected", "index"
+TABLES = (IMAGES, REJECTED, INDEX)
+
+# The splits kept images are assigned to (`pipeline.split`), and how images are partitioned.
+TRAIN, VAL, TEST = "train", "val", "test"
+SPLITS = (TRAIN, VAL, TEST)
+SPLIT_PARTITION = "split"
+
+_READ_THREADS = 16
+
+
+class OutputError(Exception):
+    """The output location cannot be written, or a published version cannot be read:
+    the job stops with a one-line message."""
+
+
+def split_folder(split: str) -> str:
+    """The images table's folder of one split, relative to the root: images/split=<split>."""
+    return f"{IMAGES}/{SPLIT_PARTITION}={split}"
+
+
+def read_json(uri: str, storage: StorageConfig) -> dict[str, Any] | None:
+    fs, path = filesystem(uri, storage)
+    if not fs.exists(path):
+        return None
+    return json.loads(fs.cat_file(path))
+
+
+def read_manifest(output_uri: str, storage: StorageConfig) -> dict[str, Any] | None:
+    """The current published version of a cleaning output, or None if there is none yet.
+    A manifest that is not a manifest is an OutputError (one line), not a traceback."""
+    uri = join(output_uri, MANIFEST)
+    try:
+        manifest = read_json(uri, storage)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OutputError(f"{uri} is damaged (not valid JSON: {exc})") from exc
+    if manifest is None:
+        return None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+        isinstance(files.get(table, []), list) for table in TABLES
+    ):
+        raise OutputError(f"{uri} is damaged (no valid 'files' section)")
+    return manifest
+
+
+def table_uris(output_uri: str, manifest: dict[str, Any], table: str) -> list[str]:
+    """Full URIs of a version's shards of `table` ("images", "rejected" or "index")."""
+    return [join(output_uri, rel) for rel in manifest["files"][table]]
+
+
+def split_uris(output_uri: str, manifest: dict[str, Any], split: str) -> list[str]:
+    """Full URIs of a version's image shards of one split."""
+    folder = f"/{split_folder(split)}/"
+    return [u for u in table_uris(output_uri, manifest, IMAGES) if folder in u]
+
+
+def read_table(
+    output_uri: str,
+    table: str,
+    storage: StorageConfig,
+    columns: list[str] | None = None,
+    manifest: dict[str, Any] | None = None,
+) -> pa.Table:
+    """Read one table of the current (or the given) version, e.g. without the image column."""
+    manifest = manifest or read_manifest(output_uri, storage)
+    if manifest is None:
+        raise OutputError(f"{output_uri} has no published cleaning output ({MANIFEST} missing)")
+    return read_shards(table_uris(output_uri, manifest, table), storage, columns)
+
+
+def read_shards(
+    uris: list[str],
+    storage: StorageConfig,
+    columns: list[str] | None = None,
+    with_shard: bool = False,
+) -> pa.Table:
+    """Concatenate Parquet shards (fetched concurrently); `with_shard` adds a `_shard`
+    column naming each row's file, so a later pass can go back for other columns."""
+    if not uris:
+        return pa.table({})
+    fs, _ = filesystem(uris[0], storage)
+
+    def read_one(uri: str) -> pa.Table:
+        with fs.open(fs._strip_protocol(uri), "rb") as f:
+            table = pq.read_table(f, columns=columns)
+        if with_shard:
+            table = table.append_column("_shard", pa.array([uri] * table.num_rows, pa.string()))
+        return table
+
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        tables = list(pool.map(read_one, uris))
+    return pa.concat_tables(tables, promote_options="default")

@@ -1,0 +1,179 @@
+"""The review page's data: which cards report.html shows and the pictures on them.
+
+Per rejection reason the worst `gallery_per_reason` rows (highest score first: a junk
+check's or the off-class score; for duplicates the closest copy first). The stored
+thumbnail is small (`thumbnail_side`, 96 px), too small to judge a banner or a bird
+at a glance, so the shown cards get a larger preview (`preview_side`): rejected rows
+re-read their source (the cards shown are few: the page stays bounded by
+`gallery_per_reason`), and so do the kept rows shown (the kept copy of a dropped
+duplicate, files kept by an override, the kept images that look most off-class). Only
+the shards that hold a shown row are read back, for their thumbnails.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+
+from common.decode import decode_within
+from common.storage import filesystem
+from pipeline import overrides as ov
+from pipeline.config import CleanConfig
+from pipeline.normalize import decode_limits
+from pipeline.offclass import LIKE, SCORE
+from pipeline.output import read_shards
+from pipeline.report import VersionTables
+from pipeline.report_html import render_report_html
+
+log = logging.getLogger(__name__)
+
+PREVIEW_QUALITY = 75
+_FETCH_THREADS = 8
+
+
+def worst_first(rejected: pa.Table, limit: int) -> pa.Table:
+    """At most `limit` rows per reason, each reason's highest score first (then the
+    closest duplicate, then by URI, so the page is the same for the same data)."""
+    if rejected.num_rows == 0:
+        return rejected
+    keys = [("reason", "ascending"), ("score", "descending"), ("distance", "ascending")]
+    keys.append(("source_uri", "ascending"))
+    order = pc.sort_indices(rejected, sort_keys=[(k, o, "at_end") for k, o in keys])
+    ordered = rejected.take(order)
+    reasons = ordered["reason"].to_pylist()
+    taken: dict[str | None, int] = defaultdict(int)
+    keep = []
+    for i, reason in enumerate(reasons):
+        if taken[reason] < limit:
+            taken[reason] += 1
+            keep.append(i)
+    return ordered.take(keep)
+
+
+def _column_of(uris: set[str], table: pa.Table, column: str, cfg: CleanConfig) -> dict[str, bytes]:
+    """`column` (thumbnail or image) of just these rows, reading only their shards."""
+    by_shard: dict[str, set[str]] = defaultdict(set)
+    for uri, shard in zip(
+        table["source_uri"].to_pylist(), table["_shard"].to_pylist(), strict=True
+    ):
+        if uri in uris:
+            by_shard[shard].add(uri)
+    found: dict[str, bytes] = {}
+    for shard, wanted in by_shard.items():
+        part = read_shards([shard], cfg.storage, ["source_uri", column])
+        for uri, value in zip(
+            part["source_uri"].to_pylist(), part[column].to_pylist(), strict=True
+        ):
+            if uri in wanted and value:
+                found[uri] = value
+    return found
+
+
+def _jpeg(image: Image.Image, side: int) -> bytes:
+    small = image.convert("RGB")
+    small.thumbnail((side, side), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=PREVIEW_QUALITY)
+    return buffer.getvalue()
+
+
+def source_previews(rows: list[dict[str, Any]], cfg: CleanConfig) -> dict[str, bytes]:
+    """Previews of rejected rows that decoded in the run, from their source files (with
+    the job's decode limits); a file that changed size since, or fails now, keeps its
+    thumbnail."""
+    side = cfg.report.preview_side
+    todo = [r for r in rows if r.get("thumbnail") and r.get("source_bytes")]
+    if side <= 0 or not todo:
+        return {}
+    fs, _ = filesystem(cfg.input_uri, cfg.storage)
+    limits = decode_limits(cfg.normalize)
+
+    def one(row: dict[str, Any]) -> tuple[str, bytes | None]:
+        try:
+            data = fs.cat_file(fs._strip_protocol(row["source_uri"]))
+            if len(data) != row["source_bytes"]:
+                return row["source_uri"], None
+            return row["source_uri"], _jpeg(decode_within(data, limits, side).image, side)
+        except Exception as exc:  # noqa: BLE001 - a preview is optional: the thumbnail stays
+            log.debug("no preview for %s: %s", row["source_uri"], exc)
+            return row["source_uri"], None
+
+    with ThreadPoolExecutor(max_workers=_FETCH_THREADS) as pool:
+        return {uri: jpeg for uri, jpeg in pool.map(one, todo) if jpeg}
+
+
+def _with_pictures(rows: list[dict[str, Any]], table: pa.Table, cfg: CleanConfig) -> list[dict]:
+    """Rows plus their stored thumbnail and a preview from their source."""
+    thumbs = _column_of({r["source_uri"] for r in rows}, table, "thumbnail", cfg)
+    rows = [{**r, "thumbnail": thumbs.get(r["source_uri"])} for r in rows]
+    previews = source_previews(rows, cfg)
+    return [{**r, "preview": previews.get(r["source_uri"])} for r in rows]
+
+
+def kept_sections(
+    images: pa.Table, overrides: pa.Table | None, limit: int
+) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """Kept images worth a second look, each offered for a drop: the ones a person chose
+    to keep, and the ones that look most off-class (highest off_class_score first)."""
+    sections = []
+    if overrides is not None and overrides.num_rows and images.num_rows:
+        keeps = overrides.filter(pc.equal(overrides["decision"], ov.KEEP))
+        chosen = images.filter(pc.is_in(images["source_uri"], value_set=keeps["source_uri"]))
+        notes = dict(zip(keeps["source_uri"].to_pylist(), keeps["note"].to_pylist(), strict=True))
+        rows = [
+            {**r, "reason": None, "signal": "kept", "override_note": notes.get(r["source_uri"])}
+            for r in chosen.sort_by("source_uri").slice(0, limit).to_pylist()
+        ]
+        if rows:
+            sections.append(("kept-by-override", "kept by a person's override", rows))
+    if images.num_rows and SCORE in images.column_names and images[SCORE].null_count < len(images):
+        order = pc.sort_indices(
+            images, sort_keys=[(SCORE, "descending", "at_end"), ("source_uri", "ascending")]
+        )
+        top = images.take(order).slice(0, limit)
+        top = top.filter(pc.is_valid(top[SCORE]))
+        rows = [
+            {
+                **r,
+                "reason": None,
+                "signal": SCORE,
+                "score": r[SCORE],
+                "detail": f"looks like {r[LIKE]}" if r.get(LIKE) else "",
+            }
+            for r in top.to_pylist()
+        ]
+        sections.append(("kept-off-class", "kept, most off-class first", rows))
+    return sections
+
+
+def review_page(
+    cfg: CleanConfig,
+    report: dict[str, Any],
+    tables: VersionTables,
+    overrides: pa.Table | None = None,
+) -> str:
+    """report.html: the worst rejected rows per reason (duplicates beside their kept
+    copy), and kept images worth a second look, each selectable for the overrides file."""
+    limit = cfg.report.gallery_per_reason
+    rejected, images = tables.rejected, tables.images
+    rows = _with_pictures(worst_first(rejected, limit).to_pylist(), rejected, cfg)
+    kept = [
+        (key, title, _with_pictures(section, images, cfg))
+        for key, title, section in kept_sections(images, overrides, limit)
+    ]
+    keepers = {r["duplicate_of"] for r in rows if r.get("duplicate_of")}
+    copies = images.filter(
+        pc.is_in(images["source_uri"], value_set=pa.array(sorted(keepers), pa.string()))
+    )
+    pictures = {
+        r["source_uri"]: r.get("preview") or r.get("thumbnail")
+        for r in _with_pictures(copies.to_pylist(), images, cfg)
+    }
+    return render_report_html(report, rows, pictures, limit, kept)

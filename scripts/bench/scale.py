@@ -1,0 +1,244 @@
+"""The cleaning job's driver-side stages at scale, on synthetic rows (no image decode).
+
+    .venv/bin/python scripts/bench/scale.py --rows 100000
+    .venv/bin/python scripts/bench/scale.py --rows 1000000 --work /tmp/scale
+
+Runs the product's `pipeline.job.run_clean` end to end on N synthetic files with two
+stages swapped through small hooks, and everything else (planning, de-duplication, split,
+finalize, carry-over, report, review page, publish, garbage collection) as shipped:
+
+- listing: the snapshot is generated (in Ray tasks, as Parquet) instead of listed;
+  listing itself is measured on the local S3 endpoint (scripts/bench/scale_listing.py);
+- normalise: Ray tasks write candidate shards of synthetic per-image results
+  (`devkit.synthetic_rows`: hashes, sizes, planted duplicates) instead of decoding.
+
+De-duplication runs on pHash alone (`embedding_weights none`): embeddings (2.5 KB a row)
+would not fit 10M rows on this machine; the off-class stage is then idle. Storage is the
+local filesystem (file://).
+
+Prints per-stage seconds, then as its LAST line one JSON object: rows, wall_s (the run,
+not the data generation), driver_peak_rss_mb (VmHWM of this process), worker_peak_rss_mb
+(the largest VmHWM of any Ray worker process, sampled), the stage times and counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import ray
+
+from common.ray_runtime import ensure_ray
+from common.storage import join
+from devkit import synthetic_rows as synth
+from pipeline import job
+from pipeline.config import CleanConfig
+from pipeline.sink import Shards, ShardWrite, write_parquet
+from pipeline.tables import CANDIDATES
+
+_TIMED = (
+    "plan_run",
+    "with_work_columns",
+    "carry_over",
+    "deduplicate_and_finalize",
+    "read_version",
+    "build_report",
+    "review_page",
+    "publish",
+)
+
+
+def _vmhwm_kb(pid: int | str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return False
+    return b"default_worker.py" in cmd or cmd.startswith(b"ray::")
+
+
+class WorkerPeak:
+    """Largest VmHWM of any Ray worker descended from this driver, sampled twice a second
+    (VmHWM is the process's own high-water mark, so a peak between samples still counts
+    as long as the worker lives to the next sample)."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in _descendants(os.getpid()):
+                if _is_worker(pid):
+                    self.peak_kb = max(self.peak_kb, _vmhwm_kb(pid))
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> WorkerPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@ray.remote(num_cpus=1)
+def _snapshot_part(root: str, start: int, stop: int, seed: int, path: str) -> int:
+    pq.write_table(synth.snapshot_rows(root, start, stop, seed), path, compression="zstd")
+    return stop - start
+
+
+@ray.remote(num_cpus=1)
+def _candidate_part(
+    root: str, start: int, stop: int, seed: int, dup_rate: float, uri: str, storage
+) -> ShardWrite:  # noqa: ANN001
+    table = synth.candidate_rows(root, start, stop, seed, dup_rate)
+    return ShardWrite(CANDIDATES, uri, table.num_rows, write_parquet(table, uri, storage))
+
+
+def _ranges(rows: int, step: int) -> list[tuple[int, int]]:
+    return [(s, min(rows, s + step)) for s in range(0, rows, step)]
+
+
+def install_hooks(args: argparse.Namespace, snapshot_dir: Path, timings: dict) -> None:
+    """Swap listing and normalise for synthetic ones; time the product's stages."""
+
+    def list_lake(input_uri: str, storage) -> object:  # noqa: ANN001
+        started = time.perf_counter()
+        table = pq.read_table(snapshot_dir)
+        timings["list (read synthetic snapshot)"] = time.perf_counter() - started
+        return table
+
+    def normalise_stage(work, cfg: CleanConfig, stage: str) -> Shards:  # noqa: ANN001
+        started = time.perf_counter()
+        refs = [
+            _candidate_part.remote(
+                cfg.input_uri,
+                a,
+                b,
+                args.seed,
+                args.dup_rate,
+                join(stage, CANDIDATES, f"part-{a:010d}.parquet"),
+                cfg.storage,
+            )
+            for a, b in _ranges(work.num_rows, args.rows_per_shard)
+        ]
+        shards = Shards(ray.get(refs))
+        timings["normalise (synthetic, Ray tasks)"] = time.perf_counter() - started
+        return shards
+
+    job.list_lake = list_lake
+    job.normalise_stage = normalise_stage
+    for name in _TIMED:
+        original = getattr(job, name)
+
+        def timed(*a, _f=original, _n=name, **k):  # noqa: ANN002, ANN003, ANN202
+            started = time.perf_counter()
+            try:
+                return _f(*a, **k)
+            finally:
+                timings[_n] = timings.get(_n, 0.0) + time.perf_counter() - started
+
+        setattr(job, name, timed)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, required=True)
+    parser.add_argument("--dup-rate", type=float, default=0.1)
+    parser.add_argument("--rows-per-shard", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--work", help="scratch folder (default: a temporary one, removed)")
+    args = parser.parse_args()
+    if args.rows < 1:
+        print("--rows must be at least 1", file=sys.stderr)
+        return 2
+    work = Path(args.work or tempfile.mkdtemp(prefix="lakeclean-scale-"))
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "snapshot").mkdir(parents=True)
+    cfg = CleanConfig(input_uri=f"file://{work}/lake", output_uri=f"file://{work}/out")
+    cfg.dedup.embedding_weights = "none"
+    cfg.report.preview_side = 0
+    cfg.execution.progress = False
+    cfg.execution.num_cpus = args.num_cpus
+    timings: dict[str, float] = {}
+    try:
+        ensure_ray(None, args.num_cpus)
+        started = time.perf_counter()
+        ray.get(
+            [
+                _snapshot_part.remote(
+                    cfg.input_uri, a, b, args.seed, str(work / "snapshot" / f"{a:010d}.parquet")
+                )
+                for a, b in _ranges(args.rows, args.rows_per_shard)
+            ]
+        )
+        generate_s = time.perf_counter() - started
+        install_hooks(args, work / "snapshot", timings)
+        with WorkerPeak() as workers:
+            started = time.perf_counter()
+            result = job.run_clean(cfg)
+            wall = time.perf_counter() - started
+        totals = result.report["totals"]
+        figures = {
+            "rows": args.rows,
+            "wall_s": round(wall, 2),
+            "driver_peak_rss_mb": round(_vmhwm_kb("self") / 1024, 1),
+            "worker_peak_rss_mb": round(workers.peak_kb / 1024, 1),
+            "generate_s": round(generate_s, 2),
+            "kept": totals["kept"],
+            "rejected": totals["rejected"],
+            "planted_copies": synth.expected_copies(args.rows, args.seed, args.dup_rate),
+            "stages_s": {k: round(v, 2) for k, v in timings.items()},
+        }
+    finally:
+        ray.shutdown()
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    for stage, seconds in figures["stages_s"].items():
+        print(f"{stage:<36} {seconds:>9.2f} s")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The off-class stage (`pipeline.offclass`) on embeddings made here, through real Ray.
+
+Three classes are three tight clusters of unit vectors in 64 dimensions; an "off-class
+photo" is a vector of another cluster filed under the wrong class, or a vector of no
+cluster at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline import offclass
+from pipeline.cli import main
+from pipeline.offclass import OffClassConfig, References, off_class_stage, score_rows
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+DIM = 64
+CLASSES = ["Birds", "Large_QuadCopters", "Winged_Drones"]
+
+
+def cluster_vectors(n_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(CLASSES), DIM))
+    labels = np.repeat(np.arange(len(CLASSES)), n_per_class).astype(np.int32)
+    vectors = centres[labels] + rng.normal(scale=0.6, size=(len(labels), DIM))
+    return unit(vectors), labels
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16)
+
+
+def work_table(vectors: np.ndarray, labels: np.ndarray, prefix: str = "s3://lake/raw") -> pa.Table:
+    uris = [f"{prefix}/{CLASSES[c]}/{i:04d}.jpg" for i, c in enumerate(labels)]
+    return pa.table(
+        {
+            "source_uri": pa.array(uris, pa.string()),
+            "class_name": pa.array([CLASSES[c] for c in labels], pa.string()),
+            "label": pa.array(labels, pa.int32()),
+            "embedding": pa.array(list(vectors), pa.list_(pa.float16())),
+            "override": pa.nulls(len(labels), pa.string()),
+        }
+    )
+
+
+def planted_lake(seed: int = 0) -> tuple[pa.Table, int]:
+    """30 images per class; row `planted` is a Birds-cluster vector filed as a drone."""
+    vectors, labels = cluster_vectors(30, seed)
+    planted = 45  # a Large_QuadCopters row
+    vectors[planted] = vectors[3]  # the look of a bird...
+    vectors[planted] = unit(vectors[planted : planted + 1].astype(np.float32) + 0.05)[0]
+    return work_table(vectors, labels), planted
+
+
+def test_a_photo_of_another_class_gets_the_highest_score_and_is_rejected():
+    table, planted = planted_lake()
+    off = off_class_stage(table, pa.table({}), OffClassConfig())
+    scores = off[offclass.SCORE].to_numpy()
+    assert int(np.argmax(scores)) == planted
+    assert off[offclass.LIKE][planted].as_py() == "Birds"
+    assert off[offclass.REJECT][planted].as_py() is True
+    assert off[offclass.REJECT].to_numpy(zero_copy_only=False).sum() == 1
+    typical = np.delete(scores, planted)
+    assert np.median(typical) < 0.1
+
+
+def test_a_photo_of_no_class_scores_above_every_class_photo():
+    vectors, labels = cluster_vectors(30, seed=1)
+    stray = 10  # a Birds row that looks like nothing in the lake
+    vectors[stray] = unit(np.random.default_rng(9).normal(size=(1, DIM)))[0]
+    off = off_class_stage(work_table(vectors, labels), pa.table({}), OffClassConfig())
+    scores = off[offclass.SCORE].to_numpy()
+    assert int(np.argmax(scores)) == stray
+
+
+def test_report_policy_scores_but_never_rejects():
+    table, planted = planted_lake()
+    off = off_class_stage(table, pa.table({}), OffClassConfig(off_class_policy="report"))
+    assert off[offclass.SCORE][planted].as_py() >= OffClassConfig().max_off_class
+    assert not off[offclass.REJECT].to_numpy(zero_copy_only=False).any()
+
+
+def test_a_person_s_keep_is_scored_but_never_rejected():
+    table, planted = planted_lake()
+    overrides = [None] * table.num_rows
+    overrides[planted] = "keep"
+    table = table.set_column(
+        table.schema.get_field_index("override"), "override", pa.array(overrides, pa.string())
+    )
+    off = off_class_stage(table, pa.table({}), OffClassConfig())
+    assert off[offclass.SCORE][planted].as_py() >= OffClassConfig().max_off_class
+    assert off[offclass.REJECT][planted].as_py() is False
+
+
+def test_scores_do_not_depend_on_row_order():
+    table, _ = planted_lake()
+    order = np.random.default_rng(3).permutation(table.num_rows)
+    shuffled = table.take(pa.array(order))
+    a = off_class_stage(table, pa.table({}), OffClassConfig())
+    b = off_class_stage(shuffled, pa.table({}), OffClassConfig())
+    by_uri = dict(zip(b["source_uri"].to_pylist(), b[offclass.SCORE].to_pylist(), strict=True))
+    for uri, score in zip(a["source_uri"].to_pylist(), a[offclass.SCORE].to_pylist(), strict=True):
+        assert by_uri[uri] == pytest.approx(score, abs=1e-6)
+
+
+def test_incremental_new_images_are_scored_against_the_kept_ones():
+    vectors, labels = cluster_vectors(30, seed=4)
+    kept = work_table(vectors, labels, prefix="s3://lake/old")
+    new_vectors = np.stack([vectors[5], vectors[70]])  # a bird, and a winged drone ...
+    new = work_table(new_vectors, np.array([0, 0], np.int32), prefix="s3://lake/new")
+    off = off_class_stage(new, kept, OffClassConfig())  # ... both filed as Birds
+    scores = off[offclass.SCORE].to_numpy()
+    assert scores[0] < OffClassConfig().max_off_class <= scores[1]
+    assert off[offclass.LIKE][1].as_py() == "Winged_Drones"
+
+
+def test_too_few_images_per_class_are_not_scored():
+    vectors, labels = cluster_vectors(5)
+    off = off_class_stage(work_table(vectors, labels), pa.table({}), OffClassConfig())
+    assert np.isnan(off[offclass.SCORE].to_numpy()).all()
+    assert not off[offclass.REJECT].to_numpy(zero_copy_only=False).any()
+
+
+def test_rows_without_an_embedding_are_left_unscored():
+    table, _ = planted_lake()
+    embeddings = table["embedding"].to_pylist()
+    embeddings[0] = None
+    table = table.set_column(
+        table.schema.get_field_index("embedding"),
+        "embedding",
+        pa.array(embeddings, pa.list_(pa.float16())),
+    )
+    off = off_class_stage(table, pa.table({}), OffClassConfig())
+    assert off[offclass.SCORE][0].as_py() is None  # null: not scored
+    assert np.isfinite(off[offclass.SCORE].to_numpy()[1:]).all()
+
+
+def test_label_issues_name_the_neighbours_class():
+    vectors, labels = cluster_vectors(30, seed=5)
+    refs = References(vectors, labels, np.array([f"u{i}" for i in range(len(labels))], object))
+    queries = vectors[[2]]  # a bird, asked about as if it were a winged drone
+    got = score_rows(queries, np.array([2], np.int32), np.array(["q"], object), refs, 3,
+                     OffClassConfig())  # fmt: skip
+    assert got.neighbour_class[0] == 0 and got.neighbour_share[0] >= 0.9
+
+
+def test_decisions_carry_off_class_rejections_and_scores():
+    table, planted = planted_lake()
+    off = off_class_stage(table, pa.table({}), OffClassConfig())
+    kept = [u for i, u in enumerate(table["source_uri"].to_pylist()) if i != planted]
+    decisions = pa.table(
+        {
+            "source_uri": pa.array(kept, pa.string()),
+            "cluster_id": pa.array(kept, pa.string()),
+            "keep": pa.array([True] * len(kept)),
+            "reason": pa.nulls(len(kept), pa.string()),
+            "duplicate_of": pa.nulls(len(kept), pa.string()),
+            "distance": pa.nulls(len(kept), pa.int32()),
+            "split": pa.array(["train"] * len(kept), pa.string()),
+        }
+    )
+    merged = offclass.decisions_with_off_class(decisions, off).to_pylist()
+    by_uri = {r["source_uri"]: r for r in merged}
+    assert len(merged) == table.num_rows
+    row = by_uri[table["source_uri"][planted].as_py()]
+    assert (row["keep"], row["reason"]) == (False, "off_class")
+    assert "looks like Birds" in row["detail"] and row["score"] >= OffClassConfig().max_off_class
+    assert all(r[offclass.SCORE] is not None for r in merged)
+
+
+def test_summary_lists_label_issues():
+    table, planted = planted_lake()
+    cfg = OffClassConfig(off_class_policy="report")
+    summary = offclass.summary(off_class_stage(table, pa.table({}), cfg), cfg)
+    assert summary["flagged"] >= 1 and summary["rejected"] == 0
+    listed = [i["source_uri"] for i in summary["possible_label_issues"]]
+    assert table["source_uri"][planted].as_py() in listed
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"off_class_policy": "drop"},
+        {"off_class_folds": 1},
+        {"off_class_shrinkage": 0.0},
+        {"off_class_max_own": 1.5},
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(bad, capsys):
+    flag, value = next(iter(bad.items()))
+    args = ["clean", "in/", "out/", f"--{flag.replace('_', '-')}", str(value)]
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code
+    assert code == 2  # the CLI stops before any work
+    assert flag.replace("_", "-") in capsys.readouterr().err.replace("_", "-")

@@ -1,0 +1,168 @@
+"""Guards that turn a silent failure of a run into a one-line error.
+
+- The stall watchdog: every worker signals a small beacon actor after each training or
+  evaluation batch; the driver polls it, and when no batch came for `stall_minutes`, it
+  aborts the run the way Ctrl-C does (Ray Train's controller aborts the worker group)
+  and the job ends with exit status 2 and a message instead of waiting forever.
+- Divergence: a non-finite loss, or a train loss that rose while the train accuracy fell
+  for `divergence_epochs` epochs in a row, stops the run after that epoch; the best
+  checkpoint so far stays in the run for the reports and `export`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+POLL_S = 2.0
+STOP_REASON = "stop_reason"  # the metric that carries why a run stopped early
+
+
+class ProgressBeacon:
+    """A Ray actor (0 CPUs): the time of the last batch any worker finished."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        return time.monotonic() - self.last
+
+
+def start_beacon() -> Any:
+    import ray
+
+    return ray.remote(num_cpus=0)(ProgressBeacon).remote()
+
+
+class Beat:
+    """The worker side: signal the beacon at most every `every_s` seconds (fire and
+    forget: a batch never waits for it)."""
+
+    def __init__(self, beacon: Any, every_s: float = 1.0) -> None:
+        self.beacon, self.every_s, self.sent = beacon, every_s, 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self.beacon is not None and now - self.sent >= self.every_s:
+            self.beacon.beat.remote()
+            self.sent = now
+
+
+class StallWatch:
+    """Driver side: a thread that aborts the run when the beacon has been idle for
+    `minutes`. Ray Train's `fit()`, run in the main thread, installs a Ctrl-C handler
+    that aborts the run gracefully (its controller stops the worker group); the watch
+    calls that handler itself, from its own thread, so the abort does not wait for the
+    main thread to notice a signal. Elsewhere (fit() in another thread) the watch can
+    only log: it has no other handle on the run."""
+
+    def __init__(self, beacon: Any, minutes: float, hint: str) -> None:
+        self.beacon, self.limit_s, self.hint = beacon, minutes * 60.0, hint
+        self.fired: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stall-watch", daemon=True)
+        self._can_abort = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> StallWatch:
+        self._sigint = signal.getsignal(signal.SIGINT) if self._can_abort else None
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=POLL_S * 2)
+        if self._can_abort:  # Ray Train's fit() leaves its own Ctrl-C handler behind
+            signal.signal(signal.SIGINT, self._sigint)
+
+    def message(self, idle_s: float) -> str:
+        return (
+            f"training stalled: no batch for {idle_s / 60:.1f} min (--stall-minutes "
+            f"{self.limit_s / 60:g}); {self.hint}"
+        )
+
+    def _watch(self) -> None:
+        import ray
+
+        while not self._done.wait(min(POLL_S, self.limit_s / 4)):
+            try:
+                idle = ray.get(self.beacon.idle_seconds.remote(), timeout=30)
+            except Exception as exc:  # noqa: BLE001 - a lost beacon must not kill the run
+                log.warning("stall watch: beacon unreachable (%s)", exc)
+                continue
+            if idle >= self.limit_s:
+                self.fired = self.message(idle)
+                log.error("%s", self.fired)
+                self._abort()
+                return
+
+    def _abort(self) -> None:
+        handler = signal.getsignal(signal.SIGINT) if self._can_abort else None
+        if not callable(handler) or handler is self._sigint:
+            return  # Ray Train installed no handler: nothing to abort with
+        with contextlib.suppress(SystemExit):  # it exits once the controller has gone
+            handler(signal.SIGINT, None)
+
+
+def divergence(history: Sequence[dict[str, Any]], epochs: int, lr: float) -> str | None:
+    """Why the run must stop after the last epoch of `history`, or None."""
+    last = history[-1]
+    if last.get("nonfinite_steps", 0) or not math.isfinite(last["train_loss"]):
+        return (
+            f"diverged: the train loss became non-finite in epoch {last['epoch']}; "
+            f"try a lower --lr (now {lr:g}) or --clip-grad-norm, then --resume or a new run"
+        )
+    full = [row for row in history if not row.get("backbone_held")]
+    if epochs <= 0 or len(full) <= epochs:
+        return None
+    window = full[-epochs - 1 :]
+    pairs = list(zip(window, window[1:], strict=False))
+    if all(
+        b["train_loss"] > a["train_loss"] and b["train_accuracy"] < a["train_accuracy"]
+        for a, b in pairs
+    ):
+        losses = " -> ".join(f"{row['train_loss']:.3f}" for row in window)
+        return (
+            f"diverged: the train loss rose ({losses}) while the train accuracy fell for "
+            f"{epochs} epochs; try a lower --lr (now {lr:g}) or --clip-grad-norm, then "
+            "--resume (it continues from the last checkpoint) or a new run"
+        )
+    return None
+
+
+STOP_FILE = "stopped.json"  # written by rank 0 when a run stops early: why, and when
+
+
+def write_stop(run_uri: str, storage: Any, reason: str, epoch: int) -> None:
+    """Ray Train keeps only the metrics of checkpointed epochs in its result, and the
+    epoch that stops a run is not checkpointed: the reason travels in RUN_URI."""
+    import json
+
+    from common.storage import filesystem, join
+
+    fs, path = filesystem(join(run_uri, STOP_FILE), storage)
+    fs.pipe_file(path, json.dumps({"reason": reason, "epoch": epoch}).encode())
+
+
+def read_stop(run_uri: str, storage: Any, clear: bool = False) -> str | None:
+    """The reason a run stopped early, or None; `clear` removes it (a new attempt)."""
+    import json
+
+    from common.storage import filesystem, join
+
+    fs, path = filesystem(join(run_uri, STOP_FILE), storage)
+    if not fs.exists(path):
+        return None
+    reason = json.loads(fs.cat_file(path))["reason"]
+    if clear:
+        fs.rm(path)
+    return reason
