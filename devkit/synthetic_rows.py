@@ -8,6 +8,7 @@ Ray task) and two shards agree on a planted pair without talking to each other:
 - duplicates: a share `dup_rate` of rows copies an earlier row of the same class, half
   exactly (same sha256 and pHash), half near (1-4 pHash bits flipped, own sha256); one
   in 50 copies takes a row of another class (a label conflict);
+- hash stability: 400-4000 (a few below the 500 that narrows near matching);
 - sizes: source bytes log-normal around 120 KB, source sides 320-4000 px, normalised
   JPEG bytes around 40 KB (only the numbers: the stored image is one tiny JPEG);
 - channel moments: uniform in a plausible range.
@@ -52,8 +53,8 @@ def _unit(seed: int, index: np.ndarray, salt: int) -> np.ndarray:
 
 
 def uri_of(root: str, index: np.ndarray) -> list[str]:
-    names = [CLASSES[i % len(CLASSES)] for i in index.tolist()]
-    return [f"{root.rstrip('/')}/{c}/img{i:09d}.jpg" for c, i in zip(names, index.tolist())]
+    base = root.rstrip("/")
+    return [f"{base}/{CLASSES[i % len(CLASSES)]}/img{i:09d}.jpg" for i in index.tolist()]
 
 
 def planted(seed: int, index: np.ndarray, dup_rate: float) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +150,7 @@ def candidate_rows(
         "channel_mean": pa.FixedSizeListArray.from_arrays(np.repeat(mean, 3), 3),
         "channel_sqmean": pa.FixedSizeListArray.from_arrays(np.repeat(mean * mean + 0.05, 3), 3),
         "low_detail": pa.array(np.zeros(n, bool)),
-        "hash_stability": pa.array(np.ones(n, np.float32)),
+        "hash_stability": pa.array((400 + _unit(seed, index, 12) * 3600).astype(np.float32)),
     }
     schema = work_schema([])
     arrays = [

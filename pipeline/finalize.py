@@ -37,20 +37,20 @@ def _from_ipc(data: bytes) -> pa.Table:
 def work_items(candidates: pa.Table, decisions: pa.Table) -> list[dict[str, Any]]:
     """One item per candidate shard, carrying the decisions for that shard's rows (and
     any further decision columns, e.g. the off-class scores, copied onto the rows)."""
-    shard_of = dict(
-        zip(candidates["source_uri"].to_pylist(), candidates["_shard"].to_pylist(), strict=True)
-    )
-    shards = sorted(set(shard_of.values()))
-    position = {uri: i for i, uri in enumerate(shards)}
-    owner = pa.array(
-        [position[shard_of[u]] for u in decisions["source_uri"].to_pylist()], pa.int32()
+    owner = pc.take(
+        candidates["_shard"],
+        pc.index_in(decisions["source_uri"], value_set=candidates["source_uri"]),
     )
     extra = [c for c in decisions.column_names if c not in DECISION_COLUMNS]
-    items = []
-    for i, shard in enumerate(shards):
-        rows = decisions.filter(pc.equal(owner, i)).select(DECISION_COLUMNS + extra)
-        items.append({"shard": shard, "decisions": _to_ipc(rows)})
-    return items
+    # One stable sort by shard, then slices: Arrow columns on the driver, no dict per file.
+    order = pc.sort_indices(owner)
+    rows = decisions.select(DECISION_COLUMNS + extra).take(order)
+    shards = pc.take(owner, order)
+    items, start = [], 0
+    for group in pc.value_counts(shards).to_pylist():
+        items.append((group["values"], rows.slice(start, group["counts"])))
+        start += group["counts"]
+    return [{"shard": shard, "decisions": _to_ipc(part)} for shard, part in items]
 
 
 def apply_decisions(shard: pa.Table, decisions: pa.Table) -> pa.Table:

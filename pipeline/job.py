@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -86,19 +87,26 @@ def with_work_columns(
     """Labels, the user's group key, the order files were first seen (keep policy) and a
     person's decision on the file (`pipeline.overrides`)."""
     manifest = load_group_manifest(cfg.split, cfg.storage)
-    uris = snapshot["source_uri"].to_pylist()
-    names = snapshot["class_name"].to_pylist()
-    order = sorted(range(len(uris)), key=lambda i: (snapshot["mtime"][i].as_py(), uris[i]))
-    seen = [0] * len(uris)
-    for rank, i in enumerate(order):
-        seen[i] = first_seen + rank
-    labels = [classes.index(n) if n else None for n in names]
-    groups = [group_of(relative_to(u, cfg.input_uri), cfg.split, manifest) for u in uris]
+    # Arrow and numpy over whole columns: no Python object per file on the driver.
+    order = pc.sort_indices(
+        snapshot, sort_keys=[("mtime", "ascending"), ("source_uri", "ascending")]
+    ).to_numpy()
+    seen = np.empty(snapshot.num_rows, dtype=np.int64)
+    seen[order] = first_seen + np.arange(snapshot.num_rows, dtype=np.int64)
+    labels = pc.index_in(snapshot["class_name"], value_set=pa.array(classes, pa.string()))
+    if manifest or cfg.split.group_regex:
+        uris = snapshot["source_uri"].to_pylist()
+        groups = pa.array(
+            [group_of(relative_to(u, cfg.input_uri), cfg.split, manifest) for u in uris],
+            pa.string(),
+        )
+    else:  # no grouping rule: every group is null
+        groups = pa.nulls(snapshot.num_rows, pa.string())
     work = (
         snapshot.set_column(
-            snapshot.schema.get_field_index("label"), "label", pa.array(labels, pa.int32())
+            snapshot.schema.get_field_index("label"), "label", labels.cast(pa.int32())
         )
-        .append_column("group", pa.array(groups, pa.string()))
+        .append_column("group", groups)
         .append_column("seen_order", pa.array(seen, pa.int64()))
     )
     return with_overrides(work, overrides)
@@ -149,35 +157,21 @@ def decide(
         dedup_input(candidates), cfg.dedup, dedup_input(existing) if existing.num_rows else None
     )
     decisions, summary = result.decisions, result.summary
-    by_uri = {d["source_uri"]: d for d in decisions.to_pylist()}
-    kept_new = candidates.filter(
-        pc.is_in(
-            candidates["source_uri"],
-            value_set=pa.array([u for u, d in by_uri.items() if d["keep"]], pa.string()),
-        )
+    # Arrow joins, not a dict per file: the driver holds columns, not Python rows.
+    keep = decisions["keep"]
+    kept = decisions.filter(keep)
+    kept_new = candidates.filter(pc.is_in(candidates["source_uri"], value_set=kept["source_uri"]))
+    cluster = pc.take(
+        kept["cluster_id"], pc.index_in(kept_new["source_uri"], value_set=kept["source_uri"])
     )
     units = pa.concat_tables(
-        [
-            _split_input(_split_rows(existing)),
-            _split_input(
-                [
-                    {**r, "cluster_id": by_uri[r["source_uri"]]["cluster_id"], "split": None}
-                    for r in _split_rows(kept_new)
-                ]
-            ),
-        ]
+        [_split_input(existing), _split_input(kept_new, {"cluster_id": cluster, "split": None})]
     )
     splits, split_stats = assign_splits(units, cfg.split, root=cfg.input_uri)
-    split_of = dict(zip(units["source_uri"].to_pylist(), splits, strict=True))
+    position = pc.index_in(decisions["source_uri"], value_set=units["source_uri"])
+    split = pc.take(pa.array(splits, pa.string()), position)
     decisions = decisions.append_column(
-        "split",
-        pa.array(
-            [
-                split_of.get(u) if by_uri[u]["keep"] else None
-                for u in decisions["source_uri"].to_pylist()
-            ],
-            pa.string(),
-        ),
+        "split", pc.if_else(keep, split, pa.scalar(None, pa.string()))
     )
     return decisions, {**summary, **split_stats}
 
@@ -185,14 +179,18 @@ def decide(
 SPLIT_COLUMNS = ["source_uri", "class_name", "cluster_id", "group", "split"]
 
 
-def _split_rows(table: pa.Table) -> list[dict[str, Any]]:
-    """The split's columns only: the rows also carry 1280-float embeddings."""
-    return table.select([c for c in SPLIT_COLUMNS if c in table.column_names]).to_pylist()
-
-
-def _split_input(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{c: r.get(c) for c in SPLIT_COLUMNS} for r in rows],
+def _split_input(table: pa.Table, replace: dict[str, Any] | None = None) -> pa.Table:
+    """The split's columns only (the rows also carry 1280-float embeddings), as strings;
+    `replace`: columns given instead (None: all null), as are columns `table` lacks."""
+    given = {c: table[c] for c in SPLIT_COLUMNS if c in table.column_names}
+    given.update(replace or {})
+    return pa.table(
+        [
+            pa.nulls(table.num_rows, pa.string())
+            if given.get(c) is None
+            else given[c].cast(pa.string())
+            for c in SPLIT_COLUMNS
+        ],
         schema=pa.schema([(c, pa.string()) for c in SPLIT_COLUMNS]),
     )
 

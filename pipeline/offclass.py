@@ -97,7 +97,10 @@ class OffClassConfig:
         min=1,
     )
     off_class_min_class: int = option(
-        20, "off_class: not scored while any class has fewer images (nothing to compare)", min=1
+        20,
+        "off_class: images of a class with fewer kept images are not scored (nothing to "
+        "compare with); nor is anything while fewer than two classes have that many",
+        min=1,
     )
     off_class_k: int = option(
         10, "off_class: nearest neighbours behind the label-issue list", min=1
@@ -351,7 +354,8 @@ def score_rows(
     """Off-class scores of the query rows against the references (see the module doc)."""
     m = len(queries)
     sizes = np.bincount(refs.labels, minlength=n_classes)
-    if m == 0 or n_classes < 2 or sizes.min() < cfg.off_class_min_class:
+    big = sizes >= cfg.off_class_min_class  # enough images to say what belongs
+    if m == 0 or big.sum() < 2:
         nan = np.full(m, np.nan)
         return OffClassScores(nan, np.full(m, -1), nan, nan, np.full(m, -1))
     sample = capped(refs.labels, uri_rank(refs.uris), cfg.off_class_sample)
@@ -368,6 +372,7 @@ def score_rows(
     probabilities, own = probabilities[:m], own[:m]
     atypical = (stats[labels, 0] - logit(own)) / stats[labels, 1]
     score = np.where(own <= cfg.off_class_max_own, np.maximum(atypical, 0.0), 0.0)
+    score = np.where(big[labels], score, np.nan)
     others = probabilities.copy()
     others[np.arange(m), labels] = -1.0
     like = others.argmax(axis=1)

@@ -1,24 +1,28 @@
-"""The published data set: a staging prefix per run, then a manifest written last.
+"""The published data set: a prefix per run, made current by a manifest written last.
 
 Layout of OUTPUT_URI:
 
     _manifest.json        the commit point: which shards make up the current version,
                           with each shard's row count, size and footer digest
     _lease.json           the run writing this output now, if any (pipeline.lease)
-    images/split=<split>/part-*.parquet  kept images (JPEG bytes + metadata)
-    rejected/part-*.parquet every file not kept, with its reason
-    index/part-*.parquet    the hash index of kept images (no pixels), for incremental runs
-    snapshots/<run>.parquet the listing each run worked on
+    runs/<run>/           everything one run wrote, published in place:
+        images/split=<split>/part-*.parquet  kept images (JPEG bytes + metadata)
+        rejected/part-*.parquet   every file not kept, with its reason
+        index/part-*.parquet      the hash index of kept images (no pixels)
+        snapshot.parquet          the listing the run worked on
     versions/<run>.json     every published manifest
     report.json, report.html  the current version's report and review page
-    _staging/<run>/         a run in progress (removed when it publishes)
 
-A run writes only under `_staging/<run>/` until it is complete; then it moves its
-shards into place, writes the reports and, last, `_manifest.json`. Readers that go
-through `read_manifest` never see a half-written version. Shards are immutable and
-shared between versions; files listed by neither the new nor the previous version
-(a crashed run's leftovers, superseded shards) are removed after the commit, so the
-previous version stays readable until the next run publishes.
+A version is the shards its manifest lists: this run's under runs/<run>/ and those it
+carries over from earlier runs' prefixes. A run writes only under its own prefix; it
+publishes by writing the reports and, last, `_manifest.json`: no shard is copied or
+moved. Readers that go through `read_manifest` never see a half-written version.
+Shards are immutable and shared between versions; `collect_garbage`, a step of its
+own after the commit, removes what neither the new nor the previous version lists (a
+crashed run's prefix, this run's intermediates, superseded shards), so the previous
+version stays readable until the next run publishes. Outputs written before the run
+prefixes (root images/, rejected/, index/, snapshots/, _staging/) are read and
+cleaned up the same way.
 
 Every read of a published version for a new run goes through `verify_version`: a
 shard that is missing, or whose size, rows or footer differ from what the manifest
@@ -58,7 +62,8 @@ from common.dataset import (  # noqa: F401 - re-exported
 from common.storage import StorageConfig, ensure_parent, filesystem, is_object_store, join
 from pipeline.sink import Shards
 
-STAGING = "_staging"
+RUNS = "runs"  # runs/<run>/: everything one run writes; its shards are published in place
+STAGING = "_staging"  # where runs wrote before the run prefixes (only cleaned up now)
 SNAPSHOTS = "snapshots"
 VERSIONS = "versions"
 LEASE = "_lease.json"  # pipeline.lease; named here so garbage collection never touches it
@@ -71,7 +76,8 @@ def new_run_id() -> str:
 
 
 def staging_uri(output_uri: str, run_id: str) -> str:
-    return join(output_uri, STAGING, run_id)
+    """Where a run writes; once it publishes, its shards stay there (never moved)."""
+    return join(output_uri, RUNS, run_id)
 
 
 def check_writable(output_uri: str, run_id: str, storage: StorageConfig) -> None:
@@ -135,32 +141,19 @@ def publish(
     manifest_extra: dict[str, Any],
     storage: StorageConfig,
 ) -> dict[str, Any]:
-    """Move a finished run's shards into place and commit the version by writing the
-    manifest. `carried`: shards of the previous version kept as they are, per table."""
+    """Commit a finished run's version by writing the manifest: its shards stay where the
+    run wrote them (runs/<run>/), nothing is copied or moved. `carried`: shards of the
+    previous version kept as they are, per table. Garbage collection follows as its own
+    step (`collect_garbage`)."""
     fs, _ = filesystem(output_uri, storage)
     stage = staging_uri(output_uri, run_id)
     files: dict[str, list[str]] = {table: list(carried.get(table, [])) for table in TABLES}
-    moves = []
     for shard in staged.writes:
-        relative = shard.uri[len(stage) :].lstrip("/")
-        table = relative.split("/", 1)[0]
+        in_run = shard.uri[len(stage) :].lstrip("/")
+        table = in_run.split("/", 1)[0]
         if table in files:  # not e.g. candidates/: an intermediate of this run
-            moves.append((shard.uri, join(output_uri, relative)))
-            files[table].append(relative)
-
-    def move(pair: tuple[str, str]) -> None:
-        source, target = (fs._strip_protocol(u) for u in pair)
-        ensure_parent(fs, target)
-        fs.mv(source, target)
-
-    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
-        list(pool.map(move, moves))  # server-side copies on S3: I/O bound
-    snapshot_rel = f"{SNAPSHOTS}/{run_id}.parquet"
-    ensure_parent(fs, fs._strip_protocol(join(output_uri, snapshot_rel)))
-    fs.mv(
-        fs._strip_protocol(join(stage, "snapshot.parquet")),
-        fs._strip_protocol(join(output_uri, snapshot_rel)),
-    )
+            files[table].append(f"{RUNS}/{run_id}/{in_run}")
+    snapshot_rel = f"{RUNS}/{run_id}/snapshot.parquet"
     write_json(join(output_uri, REPORT), report, storage)
     fs.pipe_file(fs._strip_protocol(join(output_uri, REPORT_HTML)), report_html.encode())
     previous = read_manifest(output_uri, storage)
@@ -180,7 +173,7 @@ def publish(
     }
     write_json(join(output_uri, VERSIONS, f"{run_id}.json"), manifest, storage)
     write_json(join(output_uri, MANIFEST), manifest, storage)  # the commit point
-    _collect_garbage(output_uri, run_id, [manifest, previous], storage)
+    collect_garbage(output_uri, run_id, [manifest, previous], storage)
     return manifest
 
 
@@ -268,32 +261,48 @@ def _verify_classes(output_uri: str, manifest: dict[str, Any], storage: StorageC
             )
 
 
-def _listed(root: str, manifest: dict[str, Any] | None) -> set[str]:
-    if not manifest:
-        return set()
+def _relative(manifest: dict[str, Any]) -> set[str]:
+    """Every file a version lists, relative to the output."""
     files = manifest["files"]
     paths = {rel for table in TABLES for rel in files.get(table, [])}
     paths.add(files.get("snapshot", ""))
-    return {f"{root}/{rel}" for rel in paths if rel}
+    return {rel for rel in paths if rel}
 
 
-def _collect_garbage(
+def _listed(root: str, manifest: dict[str, Any] | None) -> set[str]:
+    return {f"{root}/{rel}" for rel in _relative(manifest)} if manifest else set()
+
+
+def collect_garbage(
     output_uri: str, run_id: str, keep: list[dict[str, Any] | None], storage: StorageConfig
 ) -> None:
-    """Remove shards neither the new nor the previous version lists, this run's staging
-    area and the staging areas of crashed runs. The previous version stays readable
-    until the next run publishes. Runs only under the lease: no other run is writing,
-    and the staging of whichever run holds the lease (normally this one) is not touched
-    by anyone else."""
+    """Remove what neither the new nor the previous version lists: run prefixes no kept
+    version references (crashed runs), the unlisted files of the referenced ones (this
+    run's intermediates, shards superseded by a carry-over rewrite), and leftovers of the
+    older layout (root table folders, _staging/). Readers of the previous version are
+    safe: it stays whole until the next run publishes. Bounded: it lists only the
+    runs/ prefixes, the referenced runs' files and the legacy folders. Runs only under the
+    lease: no other run is writing, and the prefix of whichever run holds the lease
+    (normally this one) is left alone unless a kept version references it."""
     fs, root = filesystem(output_uri, storage)
     root = root.rstrip("/")
     listed = set().union(*(_listed(root, m) for m in keep))
+    runs = [p for m in keep if m for p in _relative(m) if p.startswith(f"{RUNS}/")]
+    referenced = {p.split("/", 2)[1] for p in runs}
+    holder = _lease_holder(fs, f"{root}/{LEASE}")
+    for path in _children(fs, f"{root}/{RUNS}"):
+        run = path.rstrip("/").rsplit("/", 1)[-1]
+        if run in referenced or run == run_id:
+            for found in fs.find(f"{root}/{RUNS}/{run}"):
+                if found not in listed:
+                    fs.rm_file(found)
+        elif run != holder:
+            fs.rm(f"{root}/{RUNS}/{run}", recursive=True)
     for folder in (*TABLES, SNAPSHOTS):
         if fs.exists(f"{root}/{folder}"):
             for path in fs.find(f"{root}/{folder}"):
                 if path not in listed:
                     fs.rm_file(path)
-    holder = _lease_holder(fs, f"{root}/{LEASE}")
     staged = {p.rstrip("/").rsplit("/", 1)[-1] for p in _children(fs, f"{root}/{STAGING}")}
     for run in sorted(staged):
         if run == run_id or run != holder:

@@ -146,7 +146,8 @@ def test_rerun_publishes_a_new_version_and_leaves_no_strays(s3, bucket):
     assert main(args) == 0
     second = read_manifest(f"s3://{bucket}/out", StorageConfig())
     assert second["run_id"] != first["run_id"] and second["totals"]["kept"] == 4
-    on_disk = sorted(p.split("/out/", 1)[1] for p in fs.find(f"{bucket}/out/images"))
+    # Shards stay under the prefix of the run that wrote them (runs/<run>/images/...).
+    on_disk = sorted(p.split("/out/", 1)[1] for p in fs.find(f"{bucket}/out") if "/images/" in p)
     assert on_disk == second["files"]["images"]
 
 

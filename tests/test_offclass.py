@@ -124,6 +124,15 @@ def test_too_few_images_per_class_are_not_scored():
     assert not off[offclass.REJECT].to_numpy(zero_copy_only=False).any()
 
 
+def test_a_small_class_is_left_unscored_and_the_others_still_are():
+    vectors, labels = cluster_vectors(30, seed=6)
+    keep = (labels != 2) | (np.arange(len(labels)) % 10 == 0)  # 3 Winged_Drones left
+    off = off_class_stage(work_table(vectors[keep], labels[keep]), pa.table({}), OffClassConfig())
+    scores = off[offclass.SCORE].to_numpy(zero_copy_only=False)
+    small = labels[keep] == 2
+    assert np.isnan(scores[small]).all() and np.isfinite(scores[~small]).all()
+
+
 def test_rows_without_an_embedding_are_left_unscored():
     table, _ = planted_lake()
     embeddings = table["embedding"].to_pylist()

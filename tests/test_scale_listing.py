@@ -28,7 +28,7 @@ def _compare(uri: str, storage: StorageConfig) -> None:
     assert sequential.num_rows == len(LAYOUT)
     assert fanned.to_pylist() == sequential.to_pylist()
     assert fanned.schema == sequential.schema
-    labels = dict(zip(fanned["source_uri"].to_pylist(), fanned["label"].to_pylist()))
+    labels = dict(zip(fanned["source_uri"].to_pylist(), fanned["label"].to_pylist(), strict=True))
     assert labels[f"{uri.rstrip('/')}/loose.jpg"] is None
     assert sorted(set(labels.values()) - {None}) == [0, 1, 2]
 

@@ -251,7 +251,7 @@ def test_tensorboard_is_written_while_the_run_trains(data, tmp_path):
 
 def test_the_learning_rate_warms_up_then_follows_the_cosine_per_step():
     from train.config import OptimSection
-    from train.loop import lr_factor, scaled_lr
+    from train.optim import lr_factor, scaled_lr
 
     cfg = OptimSection(epochs=4, warmup_epochs=1.0, lr_schedule="cosine")
     factors = [lr_factor(step, 10, cfg) for step in range(40)]

@@ -82,11 +82,6 @@ class OptimSection:
         "Peak learning rate, for a global batch of 32 images: scaled by "
         "batch-size x workers / 32 (the square root of that for AdamW)",
     )
-    head_lr_scale: float = option(
-        1.0,
-        "The new head's learning rate as a multiple of --lr (discriminative fine-tuning: "
-        "a random head has far to go, the pretrained backbone little)",
-    )
     momentum: float = option(0.9, "With --optimizer sgd: momentum")
     weight_decay: float = option(0.05, "Weight decay (AdamW's decoupled one; SGD's L2)")
     label_smoothing: float = option(0.1, "CrossEntropy label smoothing")
@@ -257,7 +252,6 @@ RULES: dict[str, tuple[Any, str]] = {
     "epochs": _at_least(1),
     "batch_size": _at_least(1),
     "lr": _POSITIVE,
-    "head_lr_scale": _POSITIVE,
     "momentum": _within(0, 1, high_open=True),
     "weight_decay": _at_least(0),
     "label_smoothing": _within(0, 1, high_open=True),

@@ -30,6 +30,7 @@ from train.config import OptimSection, TrainConfig
 from train.guards import STOP_REASON, Beat, divergence, write_stop
 from train.live import LiveBoard
 from train.model import build_model
+from train.optim import make_optimizer, make_scheduler, scaled_lr, use_flag_lr
 
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"
@@ -64,75 +65,6 @@ class EpochStats:
     @property
     def accuracy(self) -> float:
         return self.correct / self.seen if self.seen else 0.0
-
-
-REFERENCE_BATCH = 32  # --lr is the learning rate of a global batch of this many images
-
-
-def scaled_lr(cfg: OptimSection, workers: int) -> float:
-    """--lr for the global batch (batch size x workers): linear scaling for SGD (Goyal
-    et al. 2017), square-root scaling for AdamW (Malladi et al. 2022)."""
-    ratio = cfg.batch_size * workers / REFERENCE_BATCH
-    return cfg.lr * (math.sqrt(ratio) if cfg.optimizer == "adamw" else ratio)
-
-
-def make_optimizer(model: nn.Module, cfg: OptimSection, lr: float) -> torch.optim.Optimizer:
-    """AdamW or SGD. The new head learns at `head_lr_scale` x lr (discriminative
-    fine-tuning: a random head has far to go, the pretrained backbone little); biases
-    and batch-norm parameters get no weight decay (torchvision's --norm-weight-decay 0)."""
-    head = {id(p) for p in unwrap(model).classifier.parameters()}
-    groups = []
-    for is_head in (False, True):
-        scale = cfg.head_lr_scale if is_head else 1.0
-        params = [p for p in model.parameters() if p.requires_grad and (id(p) in head) == is_head]
-        for decay in (True, False):
-            chosen = [p for p in params if (p.ndim > 1) == decay]
-            if chosen:
-                groups.append(
-                    {
-                        "params": chosen,
-                        "weight_decay": cfg.weight_decay if decay else 0.0,
-                        "lr": lr * scale,
-                        "lr_scale": scale,
-                    }
-                )
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
-
-
-def lr_factor(step: int, steps_per_epoch: int, cfg: OptimSection) -> float:
-    """The learning rate of `step` as a share of the peak: a linear warm-up over
-    `warmup_epochs`, then the schedule over the remaining steps."""
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if cfg.lr_schedule == "cosine":
-        rest = max(1, cfg.epochs * steps_per_epoch - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / rest)))
-    if cfg.lr_schedule == "step":
-        return cfg.lr_step_gamma ** (step // (cfg.lr_step_epochs * steps_per_epoch))
-    return 1.0
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimSection, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step schedule (`lr_factor`); `steps_per_epoch` is the driver's estimate."""
-    steps = max(1, steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, cfg))
-
-
-def use_flag_lr(
-    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float
-) -> None:
-    """After a resume: the flags' peak learning rate at the checkpoint's place in the
-    schedule, so a diverged run can continue from its last checkpoint with a lower --lr."""
-    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
-    for group in optimizer.param_groups:
-        peak = lr * group.get("lr_scale", 1.0)
-        group["initial_lr"], group["lr"] = peak, peak * factor
-    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
 
 
 def backbone_held(model: nn.Module, epoch: int, cfg: OptimSection) -> list[nn.Parameter]:
