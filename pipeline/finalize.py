@@ -54,30 +54,39 @@ def work_items(candidates: pa.Table, decisions: pa.Table) -> list[dict[str, Any]
 
 
 def apply_decisions(shard: pa.Table, decisions: pa.Table) -> pa.Table:
-    """Set status/reason/cluster/split on a candidate shard's rows from their decisions."""
-    by_uri = {d["source_uri"]: d for d in decisions.to_pylist()}
-    rows = []
-    for row in shard.to_pylist():
-        d = by_uri[row["source_uri"]]
-        row.update(
-            cluster_id=d["cluster_id"],
-            split=d["split"],
-            duplicate_of=d["duplicate_of"],
-            distance=d["distance"],
+    """Set status/reason/cluster/split on a candidate shard's rows from their decisions;
+    further decision columns the shard has (e.g. off-class scores) are copied where set.
+    Whole columns at once (Arrow), not a Python dict per row."""
+    at = pc.index_in(shard["source_uri"], value_set=decisions["source_uri"])
+    if at.null_count:
+        missing = shard["source_uri"].filter(pc.is_null(at))[0].as_py()
+        raise KeyError(f"no decision for {missing}")
+    d = decisions.take(at)
+    keep = pc.fill_null(d["keep"], False)
+    copy = pc.fill_null(pc.not_equal(d["duplicate_of"], ""), False)
+    distance = pc.fill_null(pc.cast(d["distance"], pa.string()), "None")
+    said = pc.binary_join_element_wise("distance ", distance, " to ", d["duplicate_of"], "")
+    none = pa.scalar(None, pa.string())
+    new = {
+        "cluster_id": d["cluster_id"],
+        "split": d["split"],
+        "duplicate_of": d["duplicate_of"],
+        "distance": d["distance"],
+        "status": pc.if_else(keep, KEPT, REJECTED),
+        "reason": pc.if_else(keep, none, d["reason"]),
+    }
+    if "detail" in shard.column_names:
+        new["detail"] = pc.if_else(
+            keep, shard["detail"], pc.if_else(copy, said, d["reason"].cast(pa.string()))
         )
-        if d["keep"]:
-            row.update(status=KEPT, reason=None)
-        else:
-            row.update(
-                status=REJECTED,
-                reason=d["reason"],
-                detail=f"distance {d['distance']} to {d['duplicate_of']}"
-                if d["duplicate_of"]
-                else d["reason"],
-            )
-        row.update({k: v for k, v in d.items() if k not in DECISION_COLUMNS and v is not None})
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=shard.schema)
+    types = {f.name: f.type for f in shard.schema}
+    for name in decisions.column_names:
+        if name not in DECISION_COLUMNS and name in types:
+            new[name] = pc.coalesce(d[name].cast(types[name]), shard[name])
+    return pa.table(
+        [new[f.name].cast(f.type) if f.name in new else shard[f.name] for f in shard.schema],
+        schema=shard.schema,
+    )
 
 
 def finalize_batch(batch: pa.Table, storage: StorageConfig) -> pa.Table:

@@ -71,7 +71,7 @@ class OffClassConfig:
         choices=POLICIES,
     )
     max_off_class: float = option(
-        4.0,
+        8.0,
         "off_class: flag a kept image whose off_class_score (how many class spreads its "
         "out-of-fold probe confidence sits below its class's typical one) reaches this",
         min=0,

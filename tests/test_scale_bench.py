@@ -15,6 +15,7 @@ import pyarrow as pa
 from common.dataset import read_manifest, read_shards, table_uris
 from common.storage import StorageConfig
 from devkit import synthetic_rows as synth
+from train.data import class_counts, split_uris
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,3 +67,9 @@ def test_scale_bench_prints_figures_and_publishes(tmp_path: Path) -> None:
     manifest = read_manifest(output, StorageConfig())
     kept = read_shards(table_uris(output, manifest, "images"), StorageConfig(), ["source_uri"])
     assert kept.num_rows == figures["kept"]
+    # Published in place under the run's prefix, and train/'s readers find every split.
+    assert all(rel.startswith(f"runs/{manifest['run_id']}/") for rel in manifest["files"]["images"])
+    by_split = [split_uris(output, manifest, s) for s in ("train", "test")]
+    assert sum(len(u) for u in by_split) == len(manifest["files"]["images"])
+    assert sum(class_counts(u, StorageConfig())[0] for u in by_split) > 0
+    assert not (tmp_path / "w" / "out" / "_staging").exists()

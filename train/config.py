@@ -275,7 +275,6 @@ RULES: dict[str, tuple[Any, str]] = {
     "report_images": _at_least(0),
     "calibration_images": _at_least(1),
     "float_blocks": _within(0, 18),
-    "max_int8_drop": _at_least(0),
 }
 
 

@@ -49,6 +49,8 @@ _TIMED = (
     "with_work_columns",
     "carry_over",
     "deduplicate_and_finalize",
+    "decide_with_off_class",  # within deduplicate_and_finalize: the driver's decisions
+    "finalize_stage",  # within deduplicate_and_finalize: Ray Data tasks
     "read_version",
     "build_report",
     "review_page",

@@ -8,8 +8,8 @@ labellers' ``/tmp/team/labels/*.csv``: photo / junk / off_class / unsure), plus 
   ``messy-ingredients/openclipart-svg`` (half as SVG, half as the JPEG the job's own
   rasteriser makes of them, so the vector rule alone cannot catch them), round-robin
   over the three class folders;
-* off-class photos: 20 halmstad Helicopter crops (one per video) into the two drone
-  folders, 20 lake bird photos moved into the drone folders, and 11 photos of other
+* off-class photos: 40 halmstad Helicopter crops (one per video) into the two drone
+  folders, 40 lake bird photos moved into the drone folders, and 11 photos of other
   things from ``messy-ingredients`` (astronaut, cat, coffee, motorbikes, ...) spread
   over all three folders.
 
@@ -258,21 +258,28 @@ def print_quality(name: str, files: list[Planted], rows: dict[str, dict]) -> Non
         print(f"| {key} | {held[key]} | {every[key]} |")
 
 
+SWEEP = (3.0, 4.0, 6.0, 8.0, 12.0)
+
+
+def off_class_score(row: dict) -> float:
+    """The row's off-class score, kept or rejected for it (NaN: not scored)."""
+    value = row.get("off_class_score") if row["status"] == "kept" else (
+        row.get("score") if row.get("reason") == "off_class" else None)  # fmt: skip
+    return float("nan") if value is None else float(value)
+
+
 def off_class_sweep(files: list[Planted], rows: dict[str, dict]) -> None:
     """The off-class decision at other thresholds, from this run's scores (a score does
     not depend on the threshold): training folds, where the default was chosen, beside
     the held-out fold. Rows dropped for junk or as copies have no say."""
 
     def score(f: Planted) -> float:
-        r = rows[f.rel]
-        value = r.get("off_class_score") if r["status"] == "kept" else (
-            r.get("score") if r.get("reason") == "off_class" else None)  # fmt: skip
-        return float("nan") if value is None else float(value)
+        return off_class_score(rows[f.rel])
 
     print("\noff-class threshold sweep (photos: lake class photos; recall: planted)")
     print("| threshold | folds | photos flagged | planted recall | precision |")
     print("|---|---|---|---|---|")
-    for threshold in (2.5, 3.0, 3.5, 4.0, 5.0):
+    for threshold in SWEEP:
         for name, pick in (
             ("1-4", lambda f: f.fold != HELD_OUT),
             ("0", lambda f: f.fold == HELD_OUT),
@@ -319,6 +326,13 @@ def halmstad_quality(files: list[Planted], rows: dict[str, dict]) -> None:
         reasons = Counter(rows[f.rel]["reason"] for f in drop)
         print(f"| {cls} | {pct(sum(f in drop for f in held), len(held))} | "
               f"{pct(len(drop), len(picked))} | {dict(reasons)} |")  # fmt: skip
+    print("\nhalmstad off-class flags at other thresholds (this run's scores)")
+    print("| threshold | held-out fold | all |\n|---|---|---|")
+    for threshold in SWEEP:
+        flags = [f for f in files if off_class_score(rows[f.rel]) >= threshold]
+        held = [f for f in files if f.fold == HELD_OUT]
+        print(f"| {threshold} | {pct(sum(f.fold == HELD_OUT for f in flags), len(held))} "
+              f"| {pct(len(flags), len(files))} |")  # fmt: skip
 
 
 # --- CPU per image, old defaults against new -------------------------------------------
