@@ -6,7 +6,9 @@ run; files whose size changes are rejected as `source_changed` when read.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
@@ -70,27 +72,23 @@ def _rows_table(input_uri: str, root: str, entries: dict[str, dict]) -> pa.Table
     return pa.Table.from_pylist([r for r in rows if r], schema=_ROW_SCHEMA)
 
 
-def _listing_errors(input_uri: str):  # noqa: ANN202 - a context manager
-    """Any listing failure stops the whole job with one line (LakeError)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard():  # noqa: ANN202
-        try:
-            yield
-        except LakeError:
-            raise
-        except PermissionError as exc:
-            raise LakeError(f"no permission to list {input_uri}: {exc}") from exc
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if isinstance(exc.cause, Exception) else exc
-            if isinstance(cause, PermissionError):
-                raise LakeError(f"no permission to list {input_uri}: {cause}") from exc
-            raise LakeError(f"cannot list {input_uri}: {type(cause).__name__}: {cause}") from exc
-        except Exception as exc:  # noqa: BLE001 - any listing failure stops the whole job
-            raise LakeError(f"cannot list {input_uri}: {type(exc).__name__}: {exc}") from exc
-
-    return guard()
+@contextlib.contextmanager
+def _listing_errors(input_uri: str) -> Iterator[None]:
+    """Any listing failure, on the driver or in a listing task, stops the whole job with
+    one line (LakeError)."""
+    try:
+        yield
+    except LakeError:
+        raise
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, Exception) else exc
+        if isinstance(cause, PermissionError):
+            raise LakeError(f"no permission to list {input_uri}: {cause}") from exc
+        raise LakeError(f"cannot list {input_uri}: {type(cause).__name__}: {cause}") from exc
+    except PermissionError as exc:
+        raise LakeError(f"no permission to list {input_uri}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any listing failure stops the whole job
+        raise LakeError(f"cannot list {input_uri}: {type(exc).__name__}: {exc}") from exc
 
 
 def _open_root(input_uri: str, storage: StorageConfig) -> tuple[object, str]:
