@@ -3,11 +3,15 @@
 Both jobs (and the benchmarks) name its parts from here, so neither reaches into the
 other. Layout of a data set's root (the cleaning job's OUTPUT_URI):
 
-    _manifest.json                        the commit point: the current version's shards
-    images/split=<split>/part-*.parquet   kept images, partitioned by split
-    rejected/part-*.parquet               every file not kept, with its reason
-    index/part-*.parquet                  the hash index of kept images (no pixels)
+    _manifest.json                        the commit point: lists the current version's
+                                          shards, each with rows, bytes and a digest
+    runs/<run>/images/split=<split>/...   kept images of the run that wrote them
+    runs/<run>/rejected/..., index/...    every file not kept (reason), the hash index
     report.json, report.html              the current version's report and review page
+
+A version is the set of shards its manifest lists, wherever they were written: a
+later run lists the shards it carries over from earlier runs' folders, so readers
+always go through the manifest (`table_uris`), never a folder listing.
 
 How a version is written and verified is `pipeline.output`'s business; this module
 only names the parts and reads a published version.

@@ -31,6 +31,20 @@ class Case:
     portrait: bool | None = None  # kept output must be taller than wide (True) or not
 
 
+# The `clean` flags that keep the certain junk rules only. photo() below draws abstract
+# colour blobs, not photographs of a thing, so the learned content check rightly drops
+# many of them once real embedding weights are present: tests of the job's mechanics
+# (splits, duplicates, reruns) pass these; tests/test_junk.py tests the content check.
+CERTAIN_JUNK_RULES = ["--junk-checks", "vector_source,too_small,near_uniform,too_dark"]
+# The pixel rules that were the defaults before the learned content check: what the
+# planted junk of devkit.planted (a drawn logo, a banner, a text page, an icon) was made
+# to trip, with or without embedding weights on the machine.
+PIXEL_JUNK_RULES = [
+    "--junk-checks",
+    "vector_source,aspect_ratio,too_small,near_uniform,too_dark,few_colors,flat_graphics,too_bright",
+]
+
+
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
     """A photo-like RGB image: a seed-specific layout of soft blobs over a gradient, plus
     sensor-like noise, so JPEG sizes are realistic and different seeds are not

@@ -343,9 +343,10 @@ def decide_with_off_class(
     if rest.num_rows:
         decisions, stats = decide(existing, rest, cfg)
     else:
-        decisions, stats = dedup.DECISION_SCHEMA.empty_table().append_column(
-            "split", pa.array([], pa.string())
-        ), {}
+        decisions, stats = (
+            dedup.DECISION_SCHEMA.empty_table().append_column("split", pa.array([], pa.string())),
+            {},
+        )
     stats["off_class"] = offclass.summary(off, cfg.off_class)
     return offclass.decisions_with_off_class(decisions, off), stats
 

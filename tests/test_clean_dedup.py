@@ -15,7 +15,7 @@ import pytest
 
 from devkit.browser import dump_dom
 from devkit.local_s3 import upload_files
-from devkit.messy_lake import KEPT, encode, photo
+from devkit.messy_lake import KEPT, PIXEL_JUNK_RULES, encode, photo
 from devkit.planted import DUPLICATE_OF, planted_cases
 from devkit.weights import embedding_args, local_embedding_weights
 from pipeline.cli import main
@@ -54,6 +54,7 @@ def cleaned(s3, tmp_path_factory):
         "--files-per-task",
         "8",
         *embedding_args(),
+        *PIXEL_JUNK_RULES,
     ]
     assert main(args) == 0
     return bucket, cases, args, read_version(fs, f"{bucket}/out")

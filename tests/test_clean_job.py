@@ -11,18 +11,13 @@ from PIL import Image
 
 from common.storage import StorageConfig
 from devkit.local_s3 import upload_files
-from devkit.messy_lake import KEPT, as_files, encode, messy_cases, photo
+from devkit.messy_lake import CERTAIN_JUNK_RULES, KEPT, as_files, encode, messy_cases, photo
 from devkit.weights import embedding_args
 from pipeline import job
 from pipeline.cli import main
 from pipeline.output import read_manifest, read_table
 
 pytestmark = pytest.mark.usefixtures("ray_session")
-
-# The photo() fixtures are abstract colour blobs, not photographs of a thing: the content
-# junk check (issue 27) rightly drops many of them. The job-mechanics tests below keep
-# the certain rules only; tests/test_junk.py tests the content check on real images.
-CERTAIN_RULES = ["--junk-checks", "vector_source,too_small,near_uniform,too_dark"]
 
 
 def read_output(fs, output: str):  # noqa: ANN001
@@ -122,7 +117,7 @@ def test_snapshot_isolates_the_run_from_files_arriving_and_changing(s3, bucket, 
     monkeypatch.setattr(job, "list_lake", list_then_mutate)
     storage = StorageConfig(endpoint_url=s3.endpoint_url)
     args = ["clean", f"s3://{bucket}/raw", f"s3://{bucket}/out", "--no-progress"]
-    assert main([*args, *embedding_args(), *CERTAIN_RULES]) == 0
+    assert main([*args, *embedding_args(), *CERTAIN_JUNK_RULES]) == 0
     images = read_table(f"s3://{bucket}/out", "images", storage, ["source_uri"])
     rejected = read_table(f"s3://{bucket}/out", "rejected", storage).to_pylist()
     assert f"s3://{bucket}/raw/birds/new.png" not in images["source_uri"].to_pylist()
@@ -139,7 +134,7 @@ def test_rerun_publishes_a_new_version_and_leaves_no_strays(s3, bucket):
     )
     fs.pipe_file(f"{bucket}/out/images/part-crashed-run.parquet", b"leftover of a dead run")
     args = ["clean", f"s3://{bucket}/raw", f"s3://{bucket}/out", "--no-progress"]
-    args += embedding_args() + CERTAIN_RULES
+    args += embedding_args() + CERTAIN_JUNK_RULES
     assert main(args) == 0
     first = read_manifest(f"s3://{bucket}/out", StorageConfig())
     fs.pipe_file(f"{bucket}/raw/a/extra.png", encode(photo(64, 64, 7), "PNG"))
@@ -161,8 +156,17 @@ def test_local_folder_lake(tmp_path):
         (lake / name).parent.mkdir(parents=True, exist_ok=True)
         (lake / name).write_bytes(data)
     assert (
-        main(["clean", str(lake), str(tmp_path / "out"), "--no-progress", *embedding_args(),
-              *CERTAIN_RULES]) == 0  # fmt: skip
+        main(
+            [
+                "clean",
+                str(lake),
+                str(tmp_path / "out"),
+                "--no-progress",
+                *embedding_args(),
+                *CERTAIN_JUNK_RULES,
+            ]
+        )
+        == 0  # fmt: skip
     )
     manifest = read_manifest(str(tmp_path / "out"), StorageConfig())
     assert manifest["classes"] == ["cats", "dogs"]

@@ -238,7 +238,7 @@ def concurrent_runs(rig: Rig) -> Outcome:
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + CLEAN_TIMEOUT_S
-        while not rig.fs.exists(f"{out.removeprefix('s3://')}/_staging"):  # A is writing
+        while not rig.fs.exists(f"{out.removeprefix('s3://')}/_lease.json"):  # A holds it
             if first.poll() is not None or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
