@@ -131,17 +131,30 @@ def _without(
     return f"{folder}/{name}"
 
 
+def table_folder(relative: str, table: str) -> str:
+    """The folder of a shard within its table ("images/split=train"), wherever the run
+    that wrote it put it ("runs/<run>/images/split=train/x.parquet" or, in versions
+    written before runs/, "images/split=train/x.parquet")."""
+    parts = relative.split("/")
+    return "/".join(parts[parts.index(table) : -1])
+
+
 @ray.remote(num_cpus=0.25)
 def _carry_shard(
-    output_uri: str, relative: str, removed: frozenset[str], stage: str, storage: StorageConfig
+    output_uri: str,
+    relative: str,
+    table: str,
+    removed: frozenset[str],
+    stage: str,
+    storage: StorageConfig,
 ) -> tuple[str, str | None]:
-    """(relative path, what replaces it): itself, a rewritten shard, or None."""
+    """(relative path, what replaces it): itself, a rewritten shard (relative to this
+    run's folder, starting with its table), or None."""
     uri = join(output_uri, relative)
     uris = read_shards([uri], storage, ["source_uri"])["source_uri"].to_pylist()
     if removed.isdisjoint(uris):
         return relative, relative
-    folder = relative.rsplit("/", 1)[0]
-    return relative, _without(uri, removed, stage, folder, storage)
+    return relative, _without(uri, removed, stage, table_folder(relative, table), storage)
 
 
 def carry_over(
@@ -164,7 +177,7 @@ def carry_over(
     staged: list[str] = []
     for table in (IMAGES, REJECTED_DIR, INDEX):
         refs = [
-            _carry_shard.remote(output_uri, rel, frozen, stage, storage)
+            _carry_shard.remote(output_uri, rel, table, frozen, stage, storage)
             for rel in files.get(table, [])
         ]
         carried[table] = []

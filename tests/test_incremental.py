@@ -37,3 +37,13 @@ def test_no_changes_no_work():
     rows = [("a/1", "e1", 10)]
     plan = plan_run(snapshot(rows), snapshot(rows))
     assert not plan.has_work and plan.carried == 1
+
+
+def test_a_rewritten_carried_shard_stays_in_its_table():
+    """A carried shard that loses rows is rewritten under this run's folder in the same
+    table and partition, whichever run's folder (or the legacy root) it came from."""
+    from pipeline.incremental import table_folder
+
+    assert table_folder("runs/r1/images/split=train/a.parquet", "images") == "images/split=train"
+    assert table_folder("runs/r1/rejected/b.parquet", "rejected") == "rejected"
+    assert table_folder("images/split=test/c.parquet", "images") == "images/split=test"

@@ -99,18 +99,21 @@ class StallWatch:
             except Exception as exc:  # noqa: BLE001 - a lost beacon must not kill the run
                 log.warning("stall watch: beacon unreachable (%s)", exc)
                 continue
-            if idle >= self.limit_s:
+            if idle >= self.limit_s and not self.fired:
                 self.fired = self.message(idle)
                 log.error("%s", self.fired)
-                self._abort()
+            if self.fired and self._abort():
                 return
 
-    def _abort(self) -> None:
+    def _abort(self) -> bool:
+        """Abort through Ray Train's handler; False while fit() has not installed it
+        yet (a slow start: the watch tries again on its next poll)."""
         handler = signal.getsignal(signal.SIGINT) if self._can_abort else None
         if not callable(handler) or handler is self._sigint:
-            return  # Ray Train installed no handler: nothing to abort with
+            return not self._can_abort  # nothing to abort with here: stop trying
         with contextlib.suppress(SystemExit):  # it exits once the controller has gone
             handler(signal.SIGINT, None)
+        return True
 
 
 def divergence(history: Sequence[dict[str, Any]], epochs: int, lr: float) -> str | None:

@@ -120,12 +120,20 @@ class Rig:
             timeout_s=timeout_s,
         )  # fmt: skip
 
+    def shards(self, out: str, table: str) -> list[str]:
+        """The published version's shards of `table`, as the product reads them: through
+        the manifest (a version's shards may sit under several runs' folders)."""
+        from common.dataset import table_uris
+
+        uris = table_uris(out, self.manifest(out), table)
+        return sorted(u.removeprefix("s3://") for u in uris)
+
     def rejected(self, out: str) -> dict[str, tuple[str, str]]:
         """source_uri -> (reason, detail) of the published version's rejections."""
         import pyarrow.parquet as pq
 
         rows: dict[str, tuple[str, str]] = {}
-        for path in self.fs.glob(f"{out.removeprefix('s3://')}/rejected/*.parquet"):
+        for path in self.shards(out, "rejected"):
             table = pq.read_table(
                 path, filesystem=self.fs, columns=["source_uri", "reason", "detail"]
             )
@@ -266,7 +274,7 @@ def damaged_index(rig: Rig) -> Outcome:
     import pyarrow.parquet as pq
 
     lake, out = rig.copy_of_base()
-    index = sorted(rig.fs.glob(f"{out.removeprefix('s3://')}/index/*.parquet"))[0]
+    index = rig.shards(out, "index")[0]
     schema = pq.read_schema(index, filesystem=rig.fs)
     with rig.fs.open(index, "wb") as handle:  # a valid, empty Parquet file
         pq.write_table(pa.Table.from_pylist([], schema=schema), handle)
@@ -391,7 +399,7 @@ def bad_training_data(rig: Rig) -> Outcome:
     rig.fs.pipe(f"{corrupt.removeprefix('s3://')}/_manifest.json", b'{"classes": [')
     damaged["corrupt _manifest.json"] = corrupt
     _, missing = rig.copy_of_base()
-    shard = sorted(rig.fs.glob(f"{missing.removeprefix('s3://')}/images/*/*.parquet"))[0]
+    shard = rig.shards(missing, "images")[0]
     rig.fs.rm(shard)
     damaged["missing shard"] = missing
     for name, data in damaged.items():
