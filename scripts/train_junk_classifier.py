@@ -16,9 +16,8 @@ Training data (all under ../shared/data; nothing here is shipped, only the weigh
   charts, icons, UI screenshots, blanks and gradients (this repository)
 - photo: halmstad-crops, every 10th file of each video, all five classes (CC0)
 - photo: messy-ingredients skimage photos (BSD) and Pillow's hopper/flower (MIT-CMU)
-- both: web-scraped/lake labelled by eye (scripts/bench/labels/web_scraped_lake.csv, or
-  the labellers' /tmp/team/labels/*.csv until it is merged): photo and off_class ->
-  photo, junk -> junk, unsure left out (licences: web-scraped/README.md)
+- both: web-scraped/lake labelled by eye (scripts/bench/labels/web_scraped_lake.csv):
+  photo and off_class -> photo, junk -> junk, unsure left out (licences: web-scraped/README.md)
 
 Folds: `fold_of(key)` = first 4 bytes of sha1(key) mod 5; fold 0 is HELD OUT, never
 fitted on. The key is the file's path relative to its data set, except halmstad, where
@@ -50,7 +49,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from common.reasons import Rejected  # noqa: E402
 from devkit.weights import local_embedding_weights  # noqa: E402
@@ -74,7 +72,6 @@ SKIMAGE = SHARED / "messy-ingredients" / "skimage-data"
 PILLOW = SHARED / "messy-ingredients" / "pillow-test-images"
 HALMSTAD = SHARED / "halmstad-crops"
 LABELS = REPO / "scripts" / "bench" / "labels" / "web_scraped_lake.csv"
-TEAM_LABELS = Path("/tmp/team/labels")
 DEFAULT_CACHE = Path("/tmp/junk-classifier-features.npz")
 
 FOLDS, HELD_OUT = 5, 0
@@ -125,14 +122,14 @@ def halmstad_files() -> list[tuple[str, str]]:
 
 
 def lake_labels(path: Path | None) -> dict[str, tuple[str, str]]:
-    """file -> (label, kind), from the merged CSV or, until it exists, the labellers'."""
-    paths = [path] if path and path.is_file() else sorted(TEAM_LABELS.glob("*.csv"))
-    labels = {}
-    for p in paths:
-        with open(p, newline="") as f:
-            for r in csv.DictReader(f):
-                labels[r["file"]] = (r["label"].strip(), (r.get("kind") or "").strip())
-    return labels
+    """file -> (label, kind), from the committed labels CSV (none when it is missing)."""
+    if not (path and path.is_file()):
+        return {}
+    with open(path, newline="") as f:
+        return {
+            r["file"]: (r["label"].strip(), (r.get("kind") or "").strip())
+            for r in csv.DictReader(f)
+        }
 
 
 def samples(labels: dict[str, tuple[str, str]]) -> list[Sample]:

@@ -1,8 +1,8 @@
 """Cleaning quality on real web-search images: false drops, junk caught, off-class flagged.
 
 The lake: every file of ``../shared/data/web-scraped/lake`` with its label by eye
-(``scripts/bench/labels/web_scraped_lake.csv``, or until the lead merges it the
-labellers' ``/tmp/team/labels/*.csv``: photo / junk / off_class / unsure), plus planted:
+(``scripts/bench/labels/web_scraped_lake.csv``: photo / junk / off_class / unsure),
+plus planted:
 
 * junk: the 100 car-brand logos of ``web-scraped/junk-logos`` and 60 clip-art drawings of
   ``messy-ingredients/openclipart-svg`` (half as SVG, half as the JPEG the job's own
@@ -45,23 +45,25 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "scripts"))  # the classifier's training script: its data
 
-from train_junk_classifier import HELD_OUT, fold_of, lake_labels  # noqa: E402
+from train_junk_classifier import (  # noqa: E402
+    CLIPART,
+    HALMSTAD,
+    HELD_OUT,
+    LABELS,
+    LAKE,
+    LOGOS,
+    PILLOW,
+    SKIMAGE,
+    fold_of,
+    lake_labels,
+)
 
 from common.reasons import Rejected  # noqa: E402
 from devkit.weights import local_embedding_weights  # noqa: E402
 from pipeline.config import CleanConfig  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
-LAKE = SHARED / "web-scraped" / "lake"
-LOGOS = SHARED / "web-scraped" / "junk-logos"
-CLIPART = SHARED / "messy-ingredients" / "openclipart-svg"
-SKIMAGE = SHARED / "messy-ingredients" / "skimage-data"
-PILLOW = SHARED / "messy-ingredients" / "pillow-test-images"
-HALMSTAD = SHARED / "halmstad-crops"
-LABELS = REPO / "scripts" / "bench" / "labels" / "web_scraped_lake.csv"
 CLASSES = ["Birds", "Large_QuadCopters", "Winged_Drones"]
 DRONE_FOLDERS = ["Large_QuadCopters", "Winged_Drones"]
 CLIPART_PLANTED = 60
