@@ -140,7 +140,7 @@ def events(draw: st.DrawFn) -> Any:
     if draw(st.integers(0, 9)) == 0:
         headers = draw(st.dictionaries(any_text, json_values, max_size=3))
     if shape == "v2":
-        http = {"method": maybe(draw, method), "path": maybe(draw, path)}
+        http = present({"method": maybe(draw, method), "path": maybe(draw, path)})
         context = {
             "http": maybe(draw, http),
             "domainName": maybe(draw, headers.get("host")),
@@ -151,12 +151,17 @@ def events(draw: st.DrawFn) -> Any:
         context = {"stage": maybe(draw, "prod")}
         event = {"httpMethod": maybe(draw, method), "path": maybe(draw, path)}
     event.update(
-        requestContext=maybe(draw, {k: v for k, v in context.items() if v is not ...}),
+        requestContext=maybe(draw, present(context)),
         headers=maybe(draw, headers),
         body=maybe(draw, body),
         isBase64Encoded=maybe(draw, flag),
     )
-    return {k: v for k, v in event.items() if v is not ...}
+    return present(event)
+
+
+def present(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields that `maybe` did not leave out."""
+    return {k: v for k, v in fields.items() if v is not ...}
 
 
 class Context:

@@ -109,8 +109,9 @@ class OptimSection:
     )
     divergence_epochs: int = option(
         2,
-        "Stop the run when the train loss rose and the train accuracy fell this many "
-        "epochs in a row (a non-finite loss stops it at once); 0 = only non-finite losses",
+        "Stop the run when the train loss rose (15 % or more in all) and the train "
+        "accuracy fell this many epochs in a row (a non-finite loss stops it at once); "
+        "0 = only non-finite losses",
     )
 
 
