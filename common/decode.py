@@ -9,7 +9,7 @@ Memory is bounded by design: `decode_bytes_per_pixel` gives what decoding one so
 pixel of each Pillow mode costs at peak (the decoded buffer plus the conversion to
 RGB), and an image whose pixels x that cost exceed `DecodeLimits.max_decode_bytes` is
 refused from its header, before any pixel is decoded. Conversions never make 64-bit
-copies: high bit depths narrow to 8 bits in strips, and gray images shrink before they
+copies: high bit depths narrow to 8 bits in strips, and grey images shrink before they
 widen to RGB. A deployment sizes its budget from its memory (see `budget_for_memory`).
 """
 
@@ -55,7 +55,7 @@ _KNOWN_UNSUPPORTED = {
 # Peak bytes per source pixel that `decode_within` holds for each decoded mode: the
 # decoded buffer, plus the larger of a transposed copy (EXIF orientation) and the
 # conversion to RGB (alpha: an RGBA copy, the RGB canvas and the alpha mask). 16/32-bit
-# and float gray narrow to 8 bits in strips before any copy, and gray shrinks before it
+# and float grey narrow to 8 bits in strips before any copy, and grey shrinks before it
 # widens to RGB: the decoded buffer plus ~2 bytes.
 # Measured growth per pixel (scripts/bench/decode_memory.py, 36 MP, fixed costs included):
 # I;16 3.2, F 5.4, RGB 4.3, RGBA 9.0, LA 13.0, L 1.1, CMYK 8.1 (at 81-88 MP: I;16 3.1,
@@ -72,7 +72,7 @@ WORST_BYTES_PER_PIXEL = 14.0
 # Default decode budget: a normalise task's Ray worker holds ~450 MB before it decodes
 # (Ray, torch, the embedding model), so one task stays under 1 GB (budget_for_memory(
 # 1 GiB, 450 MB) ~ 510 MiB). It admits a float
-# 9000x9000 TIFF and 89 MP of RGB, 53 MP of RGBA, 38 MP of gray+alpha.
+# 9000x9000 TIFF and 89 MP of RGB, 53 MP of RGBA, 38 MP of grey+alpha.
 DEFAULT_DECODE_BUDGET = 512 * 2**20
 # Strips of at most this many pixels when narrowing high bit depths (a few float64
 # temporaries of a strip: ~8 MB).
@@ -165,8 +165,8 @@ def _strips(image: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
         yield top, np.asarray(image.crop((0, top, image.width, bottom)))
 
 
-def _to_8bit_gray(image: Image.Image) -> Image.Image:
-    """Scale 16/32-bit integer and float gray images into 8 bits instead of clipping.
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    """Scale 16/32-bit integer and float grey images into 8 bits instead of clipping.
 
     Two passes over strips (the peak, then the conversion) into one 8-bit buffer: the
     memory is the source plus one byte per pixel, whatever the depth."""
@@ -190,9 +190,9 @@ def _to_8bit_gray(image: Image.Image) -> Image.Image:
 
 
 def _narrow(image: Image.Image) -> Image.Image:
-    """High bit depths down to 8-bit gray; other modes as they are."""
+    """High bit depths down to 8-bit grey; other modes as they are."""
     if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
-        return _to_8bit_gray(image)
+        return _to_8bit_grey(image)
     return image
 
 
@@ -299,7 +299,7 @@ def decode_image(data: bytes, limits: DecodeLimits, target_side: int | None = No
 
 def _decode_raster(data: bytes, limits: DecodeLimits, target_side: int | None) -> Decoded:
     """Decode to an upright image in a compact mode (high bit depths narrowed to 8-bit
-    gray), not yet widened to RGB."""
+    grey), not yet widened to RGB."""
     image = _open_raster(data, limits)
     source_format = image.format or "UNKNOWN"
     width, height = image.size  # from the header: nothing decoded yet
@@ -323,7 +323,7 @@ def _decode_raster(data: bytes, limits: DecodeLimits, target_side: int | None) -
     orientation = _orientation(image)
     if orientation in _TRANSPOSED_ORIENTATIONS:
         width, height = height, width
-    # Narrow first: a transposed copy of 8-bit gray costs 1 byte/pixel, not 4.
+    # Narrow first: a transposed copy of 8-bit grey costs 1 byte/pixel, not 4.
     upright = _upright(_narrow(image), orientation)
     return Decoded(upright, source_format, width, height, frames)
 
@@ -332,7 +332,7 @@ def decode_within(data: bytes, limits: DecodeLimits, max_side: int) -> Decoded:
     """Decode, then shrink (Lanczos) so the longest side is at most `max_side`: the image
     the cleaning job stores, and what the Lambda feeds the model for the same bytes.
 
-    Gray images shrink before they widen to RGB: the same pixels (the three channels
+    Grey images shrink before they widen to RGB: the same pixels (the three channels
     are equal and resampled alike) for a third of the memory."""
     if not data:
         raise Rejected(Reason.EMPTY, "zero bytes")
@@ -340,8 +340,8 @@ def decode_within(data: bytes, limits: DecodeLimits, max_side: int) -> Decoded:
         decoded = _decode_svg(data, limits, max_side)
     else:
         decoded = _decode_raster(data, limits, max_side)
-        gray = decoded.image.mode == "L" and "transparency" not in decoded.image.info
-        if gray and max(decoded.image.size) > max_side:
+        grey = decoded.image.mode == "L" and "transparency" not in decoded.image.info
+        if grey and max(decoded.image.size) > max_side:
             decoded.image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         decoded.image = to_rgb(decoded.image, limits.background)
     if max(decoded.image.size) > max_side:

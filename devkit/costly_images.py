@@ -1,4 +1,4 @@
-"""Small files that cost the most memory per byte to decode: a 16-bit gray PNG and a
+"""Small files that cost the most memory per byte to decode: a 16-bit grey PNG and a
 32-bit float TIFF near Pillow's pixel limit, a few hundred KB each on disk.
 
 They stand for the worst images a decoder accepts (issue: a 194 KB PNG took 2.46 GB
@@ -25,7 +25,7 @@ def _rows(height: int, peak: float, dtype: str) -> np.ndarray:
 
 
 def sixteen_bit_png(width: int = PNG16_SIDE, height: int = PNG16_SIDE) -> bytes:
-    """A 16-bit gray PNG (Pillow mode I;16) of width x height."""
+    """A 16-bit grey PNG (Pillow mode I;16) of width x height."""
     pixels = np.broadcast_to(_rows(height, SIXTEEN_BIT_PEAK, "<u2"), (height, width))
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, "PNG")
@@ -33,7 +33,7 @@ def sixteen_bit_png(width: int = PNG16_SIDE, height: int = PNG16_SIDE) -> bytes:
 
 
 def float_tiff(width: int = FLOAT_TIFF_SIDE, height: int = FLOAT_TIFF_SIDE) -> bytes:
-    """A 32-bit float gray TIFF (Pillow mode F), deflate-compressed."""
+    """A 32-bit float grey TIFF (Pillow mode F), deflate-compressed."""
     pixels = np.broadcast_to(_rows(height, FLOAT_PEAK, "<f4"), (height, width))
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).save(
@@ -42,10 +42,10 @@ def float_tiff(width: int = FLOAT_TIFF_SIDE, height: int = FLOAT_TIFF_SIDE) -> b
     return buffer.getvalue()
 
 
-def gray_alpha_png(width: int, height: int) -> bytes:
-    """An 8-bit gray + alpha PNG (mode LA): the costliest mode per pixel to flatten."""
-    gray = np.broadcast_to(_rows(height, 255, "u1"), (height, width))
+def grey_alpha_png(width: int, height: int) -> bytes:
+    """An 8-bit grey + alpha PNG (mode LA): the costliest mode per pixel to flatten."""
+    grey = np.broadcast_to(_rows(height, 255, "u1"), (height, width))
     alpha = np.broadcast_to(_rows(height, 200, "u1")[::-1], (height, width))
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(np.stack([gray, alpha], axis=-1))).save(buffer, "PNG")
+    Image.fromarray(np.ascontiguousarray(np.stack([grey, alpha], axis=-1))).save(buffer, "PNG")
     return buffer.getvalue()

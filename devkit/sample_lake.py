@@ -20,10 +20,11 @@ COMMITTED_CROPS = REPO / "samples" / "halmstad-crops"
 DEMO_CLASSES = ("Flying_Birds", "Large_QuadCopters", "Small_QuadCopters", "Airplane")
 
 
-def real_photos(per_class: int, seed: int = 0) -> dict[str, bytes]:
-    """{class/file: bytes}: up to `per_class` real crops per class."""
+def real_photos(per_class: int, seed: int = 0, shared: bool = True) -> dict[str, bytes]:
+    """{class/file: bytes}: up to `per_class` real crops per class (from the committed
+    crops alone with `shared=False`, as on a fresh clone)."""
     source = SHARED_DATA / "halmstad-crops"
-    if not source.is_dir():
+    if not shared or not source.is_dir():
         source = COMMITTED_CROPS
     rng = random.Random(seed)
     files: dict[str, bytes] = {}
@@ -60,5 +61,9 @@ def shared_mess(count: int, seed: int = 0) -> dict[str, bytes]:
     return files
 
 
-def demo_lake(per_class: int = 40, mess: int = 60, seed: int = 0) -> dict[str, bytes]:
-    return {**real_photos(per_class, seed), **generated_mess(), **shared_mess(mess, seed)}
+def demo_lake(
+    per_class: int = 40, mess: int = 60, seed: int = 0, shared: bool = True
+) -> dict[str, bytes]:
+    """The demo's lake; `shared=False` leaves ../shared out (the lake of a fresh clone)."""
+    real_mess = shared_mess(mess, seed) if shared else {}
+    return {**real_photos(per_class, seed, shared), **generated_mess(), **real_mess}

@@ -112,7 +112,9 @@ class Embedder:
             for start in range(0, len(inputs), BATCH_SIZE):
                 batch = np.stack(inputs[start : start + BATCH_SIZE]).astype(np.float32)
                 batch = (batch / MAX_PIXEL_VALUE - mean) / std
-                x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+                # NHWC as it comes: viewed as NCHW it is channels_last, the layout the
+                # folded network runs fastest in (no transposed copy).
+                x = torch.from_numpy(batch).permute(0, 3, 1, 2)
                 pooled = self.features(x).mean(dim=(2, 3))
                 out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
         return np.concatenate(out).astype(np.float16) if out else np.zeros((0, 0), np.float16)
@@ -125,4 +127,26 @@ def embedder(weights: str) -> Embedder:
     if weights == NO_WEIGHTS:
         raise ValueError("embedding is off (weights 'none'): nothing to embed with")
     model, _ = mobilenet_v2_backbone(weights)
-    return Embedder(model.features.eval())
+    return Embedder(for_inference(model.features.eval()))
+
+
+def for_inference(features: nn.Module) -> nn.Module:
+    """Each BatchNorm folded into the convolution before it, weights in channels_last:
+    the same function up to float rounding (embeddings are stored as float16, and agree
+    to within one float16 step), at about 2x less CPU per image on a 1-CPU task
+    (measured in docs/cleaning.md's cost table)."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fold(module: nn.Module) -> None:
+        names = list(module._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            conv, norm = module._modules[first], module._modules[second]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
+                module._modules[first] = fuse_conv_bn_eval(conv, norm)
+                module._modules[second] = torch.nn.Identity()
+        for child in module.children():
+            fold(child)
+
+    fold(features)
+    return features.to(memory_format=torch.channels_last)

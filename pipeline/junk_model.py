@@ -42,13 +42,13 @@ PIXEL_FEATURES = (
 def pixel_features(scores: Mapping[str, float]) -> np.ndarray:
     """The transformed pixel scores of one image, in `PIXEL_FEATURES` order (NaN: 0)."""
     raw = [float(scores.get(name, math.nan)) for name in PIXEL_FEATURES]
-    flat, gray_std, brightness, colours, laplacian, aspect = (
+    flat, grey_std, brightness, colours, laplacian, aspect = (
         0.0 if math.isnan(x) else x for x in raw
     )
     return np.array(
         [
             flat,
-            math.log1p(max(gray_std, 0.0)),
+            math.log1p(max(grey_std, 0.0)),
             brightness / 255.0,
             math.log1p(max(colours, 0.0)),
             math.log1p(max(laplacian, 0.0)),

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 DOCS = ("docs/cleaning.md", "docs/training.md", "docs/serving.md")
 SECTION = re.compile(

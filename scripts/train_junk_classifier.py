@@ -19,12 +19,13 @@ Training data (all under ../shared/data; nothing here is shipped, only the weigh
 - both: web-scraped/lake labelled by eye (scripts/bench/labels/web_scraped_lake.csv):
   photo and off_class -> photo, junk -> junk, unsure left out (licences: web-scraped/README.md)
 
-Folds: `fold_of(key)` = first 4 bytes of sha1(key) mod 5; fold 0 is HELD OUT, never
-fitted on. The key is the file's path relative to its data set, except halmstad, where
-it is the video (frames of one video are near copies) and synthetic images, where it is
-the recipe's id (a banner's background photo is drawn from halmstad's training folds
-only). The model is fitted on folds 1-4 and every figure this script prints about it is
-on fold 0 (`scripts/bench/web_scraped_cleaning.py` uses the same folds).
+Folds (`devkit.junk_data`, with the data paths): `fold_of(key)` = first 4 bytes of
+sha1(key) mod 5; fold 0 is HELD OUT, never fitted on. The key is the file's path relative
+to its data set, except halmstad, where it is the video (frames of one video are near
+copies) and synthetic images, where it is the recipe's id (a banner's background photo
+is drawn from halmstad's training folds only). The model is fitted on folds 1-4 and
+every figure this script prints about it is on fold 0
+(`scripts/bench/web_scraped_cleaning.py` uses the same folds).
 
     .venv/bin/python scripts/train_junk_classifier.py [--labels CSV] [--cache PATH] [--write]
 
@@ -48,13 +49,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-REPO = Path(__file__).resolve().parents[1]
-
-from common.reasons import Rejected  # noqa: E402
-from devkit.weights import local_embedding_weights  # noqa: E402
-from pipeline.config import CleanConfig  # noqa: E402
-from pipeline.embed import embedder  # noqa: E402
-from pipeline.junk_model import (  # noqa: E402
+from common.reasons import Rejected
+from devkit.junk_data import (
+    CLIPART,
+    FOLDS,
+    HALMSTAD,
+    HELD_OUT,
+    LABELS,
+    LAKE,
+    LOGOS,
+    PILLOW,
+    SKIMAGE,
+    fold_of,
+    lake_labels,
+)
+from devkit.weights import local_embedding_weights
+from pipeline.config import CleanConfig
+from pipeline.embed import embedder
+from pipeline.junk_model import (
     DEFAULT_MODEL,
     MODELS_DIR,
     PIXEL_FEATURES,
@@ -62,19 +74,10 @@ from pipeline.junk_model import (  # noqa: E402
     feature_matrix,
     pixel_features,
 )
-from pipeline.normalize import EMBEDDING_INPUT, normalise, signals  # noqa: E402
+from pipeline.normalize import EMBEDDING_INPUT, normalise, signals
 
-SHARED = REPO.parent / "shared" / "data"
-LAKE = SHARED / "web-scraped" / "lake"
-LOGOS = SHARED / "web-scraped" / "junk-logos"
-CLIPART = SHARED / "messy-ingredients" / "openclipart-svg"
-SKIMAGE = SHARED / "messy-ingredients" / "skimage-data"
-PILLOW = SHARED / "messy-ingredients" / "pillow-test-images"
-HALMSTAD = SHARED / "halmstad-crops"
-LABELS = REPO / "scripts" / "bench" / "labels" / "web_scraped_lake.csv"
 DEFAULT_CACHE = Path("/tmp/junk-classifier-features.npz")
 
-FOLDS, HELD_OUT = 5, 0
 HALMSTAD_EVERY = 10  # every 10th crop of a video (itself every 10th frame)
 SKIMAGE_JUNK = ["text", "page", "logo", "chessboard_GRAY", "chessboard_RGB", "horse",
                 "phantom", "color"]  # fmt: skip
@@ -84,10 +87,6 @@ SKIMAGE_PHOTOS = ["astronaut", "chelsea", "coffee", "motorcycle_left", "motorcyc
 PILLOW_PHOTOS = ["hopper.jpg", "flower.jpg", "flower2.jpg"]
 SYNTHETIC_PER_KIND = 60
 C_REGULARISATION = 0.05
-
-
-def fold_of(key: str) -> int:
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % FOLDS
 
 
 @dataclass
@@ -119,17 +118,6 @@ def halmstad_files() -> list[tuple[str, str]]:
         by_video.setdefault(r["video"], []).append(r["file"])
     every = HALMSTAD_EVERY
     return [(f, v) for v, files in sorted(by_video.items()) for f in sorted(files)[::every]]
-
-
-def lake_labels(path: Path | None) -> dict[str, tuple[str, str]]:
-    """file -> (label, kind), from the committed labels CSV (none when it is missing)."""
-    if not (path and path.is_file()):
-        return {}
-    with open(path, newline="") as f:
-        return {
-            r["file"]: (r["label"].strip(), (r.get("kind") or "").strip())
-            for r in csv.DictReader(f)
-        }
 
 
 def samples(labels: dict[str, tuple[str, str]]) -> list[Sample]:

@@ -37,7 +37,7 @@ MEMORY_ENV = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"
 # The decode memory budget follows from the memory the function is deployed with:
 #   RUNTIME_MB + pixels x bytes per pixel (of the image's mode) <= PEAK_SHARE x memory
 # common.decode refuses, from the header, any image over it (`decode_bytes_per_pixel`
-# gives each mode's cost: 5 for 16-bit gray, 6 for float, 14 at most), so the worst
+# gives each mode's cost: 5 for 16-bit grey, 6 for float, 14 at most), so the worst
 # image the function accepts still fits, with a margin for the allocator.
 DEFAULT_MEMORY_MB = 2048
 PEAK_SHARE = 0.7  # 2048 MB -> a peak of at most 1434 MiB (under 1.5 GiB)

@@ -70,9 +70,9 @@ def test_alpha_is_flattened_onto_the_configured_background():
 def test_sixteen_bit_png_is_scaled_not_clipped():
     ramp = np.tile(np.linspace(0, 65535, 128, dtype=np.uint16), (64, 1))
     row = normalise_bytes(encode(Image.fromarray(ramp), "PNG"), CONFIG)
-    gray = np.asarray(Image.open(io.BytesIO(row["image"])).convert("L"), dtype=np.int32)
-    assert gray[:, :8].mean() < 20 and gray[:, -8:].mean() > 235
-    assert 100 < gray[:, 60:68].mean() < 160  # the middle of the ramp stays mid-gray
+    grey = np.asarray(Image.open(io.BytesIO(row["image"])).convert("L"), dtype=np.int32)
+    assert grey[:, :8].mean() < 20 and grey[:, -8:].mean() > 235
+    assert 100 < grey[:, 60:68].mean() < 160  # the middle of the ramp stays mid-grey
 
 
 def test_large_jpeg_decodes_at_reduced_scale():
@@ -164,5 +164,5 @@ def test_strip_conversion_matches_the_full_size_one(kind, monkeypatch):
     }[kind]()
     image = Image.fromarray(arr)
     assert image.mode == {"I;16": "I;16", "I": "I"}.get(kind, "F")
-    got = np.asarray(decode._to_8bit_gray(image))
+    got = np.asarray(decode._to_8bit_grey(image))
     assert np.array_equal(got, _reference_8bit(np.asarray(image)))

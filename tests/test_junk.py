@@ -108,8 +108,8 @@ def text_image() -> Image.Image:
     return normalised(image)
 
 
-def solid(color: tuple[int, int, int] = (70, 130, 180), side: int = 200) -> Image.Image:
-    return normalised(Image.new("RGB", (side, side), color))
+def solid(colour: tuple[int, int, int] = (70, 130, 180), side: int = 200) -> Image.Image:
+    return normalised(Image.new("RGB", (side, side), colour))
 
 
 # --- real-photo stand-ins survive --------------------------------------------------------
@@ -256,7 +256,7 @@ def test_unknown_check_name_is_a_clear_error():
 
 
 def test_new_checks_slot_in_through_the_decorator(monkeypatch):
-    monkeypatch.setattr(junk, "_REGISTRY", dict(junk._REGISTRY))
+    monkeypatch.setattr(junk.registry, "_REGISTRY", dict(junk.registry._REGISTRY))
 
     @register_check
     class Watermark(JunkCheck):
@@ -278,7 +278,7 @@ def test_new_checks_slot_in_through_the_decorator(monkeypatch):
 
 
 def test_a_check_needs_a_threshold_in_the_config(monkeypatch):
-    monkeypatch.setattr(junk, "_REGISTRY", dict(junk._REGISTRY))
+    monkeypatch.setattr(junk.registry, "_REGISTRY", dict(junk.registry._REGISTRY))
 
     class Orphan(JunkCheck):
         name = "orphan"

@@ -138,7 +138,7 @@ def test_worker_deaths_fail_the_job_after_bounded_retries(s3, bucket, monkeypatc
 @pytest.mark.parametrize(
     ("name", "make", "side", "mode"),
     [
-        ("gray16.png", sixteen_bit_png, PNG16_SIDE, "I;16"),
+        ("grey16.png", sixteen_bit_png, PNG16_SIDE, "I;16"),
         ("float.tif", float_tiff, FLOAT_TIFF_SIDE, "F"),
     ],
 )
@@ -167,7 +167,7 @@ def test_one_normalise_task_on_the_worst_images_stays_under_1gb(s3, bucket):
     upload_files(
         s3.filesystem(),
         f"{bucket}/raw",
-        {"a/gray16.png": sixteen_bit_png(), "a/float.tif": float_tiff()},
+        {"a/grey16.png": sixteen_bit_png(), "a/float.tif": float_tiff()},
     )
     cfg = CleanConfig(input_uri=f"s3://{bucket}/raw", output_uri=f"s3://{bucket}/out")
     cfg.dedup.embedding_weights = local_embedding_weights()
@@ -219,7 +219,7 @@ def test_one_normalise_task_on_the_worst_images_stays_under_1gb(s3, bucket):
 
 
 def test_an_image_over_the_decode_budget_is_refused_from_its_header():
-    # 8000 x 8000 gray+alpha costs ~14 bytes/pixel to flatten: over the default budget,
+    # 8000 x 8000 grey+alpha costs ~14 bytes/pixel to flatten: over the default budget,
     # although under the pixel limit. Refused before any pixel is decoded (fast).
     data = encode(photo(64, 64).convert("LA").resize((8000, 8000)), "PNG")
     started = time.monotonic()

@@ -3,7 +3,7 @@ is deployed with (serve_lambda.config), and the costliest images it accepts stay
 the bar through the real handler (peak RSS of a fresh process, as Lambda's would be).
 
 The images are small files (a few hundred KB) that decode to gigabytes when handled
-carelessly: a 16-bit gray PNG and a float TIFF, at the issue's sizes and at the limit.
+carelessly: a 16-bit grey PNG and a float TIFF, at the issue's sizes and at the limit.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import pytest
 
 from common.decode import budget_for_memory, decode_bytes_per_pixel
-from devkit.costly_images import float_tiff, gray_alpha_png, sixteen_bit_png
+from devkit.costly_images import float_tiff, grey_alpha_png, sixteen_bit_png
 from devkit.serve_model import handler_peak_rss
 from serve_lambda.config import (
     DEFAULT_MEMORY_MB,
@@ -31,7 +31,7 @@ PEAK_BAR_MB = 1536
 TOO_LARGE = 413
 # The issue's two files, and the costliest modes per pixel at the largest size accepted.
 ISSUE_FILES = {"png16": sixteen_bit_png, "float-tiff": float_tiff}
-AT_THE_LIMIT = {"I;16": sixteen_bit_png, "F": float_tiff, "LA": gray_alpha_png}
+AT_THE_LIMIT = {"I;16": sixteen_bit_png, "F": float_tiff, "LA": grey_alpha_png}
 
 
 def test_decode_budget_follows_the_memory_rule():

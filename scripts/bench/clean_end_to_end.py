@@ -70,6 +70,13 @@ class MemoryPeaks:
     processes_seen: set[int] = field(default_factory=set)
     samples: int = 0
     cpu_seconds: dict[int, float] = field(default_factory=dict)
+    roles: dict[int, str] = field(default_factory=dict)  # pid -> role, for CPU per role
+
+    def cpu_by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, seconds in self.cpu_seconds.items():
+            out[self.roles[pid]] = out.get(self.roles[pid], 0.0) + seconds
+        return out
 
 
 @dataclass
@@ -179,6 +186,7 @@ def sample_once(driver: psutil.Process, peaks: MemoryPeaks) -> None:
         per_role[kind] = per_role.get(kind, 0) + rss
         peaks.processes_seen.add(proc.pid)
         peaks.cpu_seconds[proc.pid] = times.user + times.system
+        peaks.roles[proc.pid] = kind
         if kind == "worker":
             peaks.largest_worker = max(peaks.largest_worker, rss)
         if kind == "driver":
@@ -389,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  {r.scale}x peak MiB per role (summed): {roles}; "
             f"{len(r.peaks.processes_seen)} processes, {r.peaks.samples} samples"
         )
+        cpu = r.peaks.cpu_by_role()
+        per_file = ", ".join(
+            f"{k} {1000 * v / r.files:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
+        )
+        print(f"  {r.scale}x CPU ms per file by role: {per_file}")
     print_ratios(results)
     return max(r.exit_code for r in results)
 

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from common.decode import decode_bytes_per_pixel  # noqa: E402
-from devkit.costly_images import FLOAT_TIFF_SIDE, PNG16_SIDE, float_tiff, sixteen_bit_png  # noqa: E402
-from devkit.peak_memory import normalise_peak  # noqa: E402
+from common.decode import decode_bytes_per_pixel
+from devkit.costly_images import FLOAT_TIFF_SIDE, PNG16_SIDE, float_tiff, sixteen_bit_png
+from devkit.peak_memory import normalise_peak
 
 
 def _save(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -41,16 +38,16 @@ def flat(mode: str, fmt: str, colour: object, **params: object) -> Callable[[int
 
 # (name, mode Pillow decodes to, keyed transparency, generator)
 CASES: list[tuple[str, str, bool, Callable[[int, int], bytes]]] = [
-    ("png-gray16", "I;16", False, sixteen_bit_png),
+    ("png-grey16", "I;16", False, sixteen_bit_png),
     ("tiff-float32", "F", False, float_tiff),
     ("png-rgb", "RGB", False, flat("RGB", "PNG", (10, 200, 30))),
     ("png-rgba", "RGBA", False, flat("RGBA", "PNG", (10, 200, 30, 128))),
     ("png-la", "LA", False, flat("LA", "PNG", (90, 128))),
-    ("png-gray", "L", False, flat("L", "PNG", 90)),
+    ("png-grey", "L", False, flat("L", "PNG", 90)),
     ("tiff-cmyk", "CMYK", False, flat("CMYK", "TIFF", (1, 2, 3, 4), compression="tiff_lzw")),
 ]
 # The worst accepted images of issue 29 at their full size.
-WORST = [("png-gray16", PNG16_SIDE, PNG16_SIDE), ("tiff-float32", FLOAT_TIFF_SIDE, FLOAT_TIFF_SIDE)]
+WORST = [("png-grey16", PNG16_SIDE, PNG16_SIDE), ("tiff-float32", FLOAT_TIFF_SIDE, FLOAT_TIFF_SIDE)]
 
 
 def measure(data: bytes) -> tuple[int, int]:

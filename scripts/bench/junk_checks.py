@@ -37,21 +37,18 @@ import dataclasses
 import io
 import random
 import statistics
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _common import HALMSTAD_CROPS, MESSY_INGREDIENTS
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from common.reasons import Rejected  # noqa: E402
-from pipeline.config import NormalizeConfig  # noqa: E402
-from pipeline.junk import (  # noqa: E402
+from common.reasons import Rejected
+from pipeline.config import NormalizeConfig
+from pipeline.junk import (
     ImageMeta,
     JunkConfig,
     is_low_detail,
@@ -60,12 +57,11 @@ from pipeline.junk import (  # noqa: E402
     score_image,
     verdict,
 )
-from pipeline.normalize import normalise_bytes  # noqa: E402
+from pipeline.normalize import normalise_bytes
 
-SHARED = REPO.parent / "shared" / "data"
-CROPS_DIR = SHARED / "halmstad-crops"
-CLIPART_DIR = SHARED / "messy-ingredients" / "openclipart-svg"
-SKIMAGE_DIR = SHARED / "messy-ingredients" / "skimage-data"
+CROPS_DIR = HALMSTAD_CROPS
+CLIPART_DIR = MESSY_INGREDIENTS / "openclipart-svg"
+SKIMAGE_DIR = MESSY_INGREDIENTS / "skimage-data"
 SKIMAGE_PHOTOS = (
     "astronaut.png",
     "brick.png",

@@ -18,10 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from devkit.weights import embedding_args
 
-from devkit.weights import embedding_args  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 SAMPLES = ROOT / "samples" / "halmstad-crops"
 # A line is the library's when it looks like a logger record, a progress bar, a Python

@@ -27,14 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from _common import REPO
 
-from devkit.costly_images import float_tiff, sixteen_bit_png  # noqa: E402
-from devkit.local_s3 import LocalS3  # noqa: E402
-from devkit.messy_lake import encode, photo  # noqa: E402
-from devkit.serve_model import build_model, handler_peak_rss  # noqa: E402
-from serve_lambda.local import HttpFront, LocalFunction, threads_env  # noqa: E402
+from devkit.costly_images import float_tiff, sixteen_bit_png
+from devkit.local_s3 import LocalS3
+from devkit.messy_lake import encode, photo
+from devkit.serve_model import build_model, handler_peak_rss
+from serve_lambda.local import HttpFront, LocalFunction, threads_env
 
 DOC = REPO / "docs" / "reliability.md"
 CLEAN_TIMEOUT_S = 300  # a small lake takes ~1 min on 2 busy cores; a hang is killed

@@ -15,7 +15,7 @@ plus planted:
 
 The real job (`pipeline.job.run_clean`, defaults, local Ray, a local folder lake) cleans
 it; then a lake of halmstad crops (``--halmstad-per-video`` crops of every video, all 5
-classes). Printed, on the HELD-OUT fold (fold 0 of `train_junk_classifier.fold_of`,
+classes). Printed, on the HELD-OUT fold (fold 0 of `devkit.junk_data.fold_of`,
 never fitted on: the junk classifier and the off-class threshold were fitted on folds
 1-4) and, for reference, on all files:
 
@@ -44,10 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))  # the classifier's training script: its data
-
-from train_junk_classifier import (  # noqa: E402
+from common.reasons import Rejected
+from devkit.junk_data import (
     CLIPART,
     HALMSTAD,
     HELD_OUT,
@@ -59,10 +57,8 @@ from train_junk_classifier import (  # noqa: E402
     fold_of,
     lake_labels,
 )
-
-from common.reasons import Rejected  # noqa: E402
-from devkit.weights import local_embedding_weights  # noqa: E402
-from pipeline.config import CleanConfig  # noqa: E402
+from devkit.weights import local_embedding_weights
+from pipeline.config import CleanConfig
 
 CLASSES = ["Birds", "Large_QuadCopters", "Winged_Drones"]
 DRONE_FOLDERS = ["Large_QuadCopters", "Winged_Drones"]

@@ -1,0 +1,170 @@
+"""The off-class stage on tables: scores this run's candidates, merges its rejections into
+the de-duplication decisions and summarises it for report.json."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.offclass.config import (
+    COLUMNS,
+    LIKE,
+    LIKE_PROBABILITY,
+    MAX_LABEL_ISSUES,
+    NEIGHBOUR_CLASS,
+    NEIGHBOUR_SHARE,
+    REJECT,
+    SCORE,
+    OffClassConfig,
+)
+from pipeline.offclass.probe import References
+from pipeline.offclass.score import score_rows
+
+
+def embeddings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of rows with an embedding, their vectors as (m, d) float16)."""
+    array = column.combine_chunks()
+    has = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), bool)
+    rows = int(has.sum())
+    if not rows:
+        return has, np.zeros((0, 0), np.float16)
+    values = array.filter(pa.array(has)).flatten().to_numpy(zero_copy_only=False)
+    return has, values.reshape(rows, -1).astype(np.float16)
+
+
+def _references(existing: pa.Table, candidates: pa.Table) -> tuple[References, list[str]]:
+    """Kept images of the previous version plus this run's candidates, in URI order
+    (the probe's result must not depend on the order shards were read in)."""
+    columns = ["source_uri", "label", "class_name", "embedding"]
+    parts = [t.select(columns) for t in (existing, candidates) if t.num_rows]
+    table = pa.concat_tables(parts, promote_options="default")
+    table = table.take(pc.sort_indices(table, [("source_uri", "ascending")]))
+    has, vectors = embeddings(table["embedding"])
+    table = table.filter(pa.array(has))
+    labels = table["label"].to_numpy(zero_copy_only=False).astype(np.int32)
+    names = {}
+    for row in (
+        table.select(["label", "class_name"])
+        .group_by(["label", "class_name"])
+        .aggregate([])
+        .to_pylist()
+    ):
+        names[row["label"]] = row["class_name"]
+    classes = [names.get(c, str(c)) for c in range(int(labels.max(initial=-1)) + 1)]
+    uris = np.asarray(table["source_uri"].to_pylist(), dtype=object)
+    return References(vectors, labels, uris), classes
+
+
+def off_class_stage(candidates: pa.Table, existing: pa.Table, cfg: OffClassConfig) -> pa.Table:
+    """Score this run's candidates; one row per candidate, in order: source_uri,
+    class_name, the `COLUMNS`, `NEIGHBOUR_CLASS` and `REJECT` (policy 'reject', score
+    at least max_off_class, and no person's "keep" on the row)."""
+    n = candidates.num_rows
+    score, like_p, share = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    like: list[str | None] = [None] * n
+    neighbour: list[str | None] = [None] * n
+    has, queries = embeddings(candidates["embedding"])
+    if n and has.any():
+        refs, classes = _references(existing, candidates)
+        rows = np.flatnonzero(has)
+        labels = candidates["label"].to_numpy(zero_copy_only=False)[rows].astype(np.int32)
+        uris = np.asarray(candidates["source_uri"].to_pylist(), dtype=object)[rows]
+        got = score_rows(queries, labels, uris, refs, len(classes), cfg)
+        score[rows], like_p[rows], share[rows] = (
+            got.score,
+            got.like_probability,
+            got.neighbour_share,
+        )
+        names = np.asarray(classes + [None], dtype=object)
+        like_names, neighbour_names = names[got.like], names[got.neighbour_class]
+        scored = np.isfinite(got.score)
+        for j, i in enumerate(rows[scored]):
+            like[i] = like_names[scored][j]
+            neighbour[i] = neighbour_names[scored][j]
+    kept_by_person = np.zeros(n, bool)
+    if "override" in candidates.column_names:
+        kept_by_person = np.asarray(
+            pc.fill_null(pc.equal(candidates["override"], "keep"), False), bool
+        )
+    with np.errstate(invalid="ignore"):
+        reject = (score >= cfg.max_off_class) & ~kept_by_person
+    reject &= cfg.off_class_policy == "reject"
+    return pa.table(
+        {
+            "source_uri": candidates["source_uri"],
+            "class_name": candidates["class_name"],
+            SCORE: pa.array(score, pa.float32(), from_pandas=True),
+            LIKE: pa.array(like, pa.string()),
+            LIKE_PROBABILITY: pa.array(like_p, pa.float32(), from_pandas=True),
+            NEIGHBOUR_SHARE: pa.array(share, pa.float32(), from_pandas=True),
+            NEIGHBOUR_CLASS: pa.array(neighbour, pa.string()),
+            REJECT: pa.array(reject),
+        }
+    )
+
+
+def detail(row: dict) -> str:
+    """What a person reads next to an off-class rejection."""
+    return (
+        f"off_class_score {row[SCORE]:.3g}: looks like {row[LIKE]} "
+        f"(p {row[LIKE_PROBABILITY]:.3f}) more than its own class"
+    )
+
+
+def decisions_with_off_class(decisions: pa.Table, off: pa.Table) -> pa.Table:
+    """The de-duplication decisions (of the rows off-class did not reject) plus one
+    rejection per off-class row, every row carrying its off-class columns; `score` and
+    `detail` are set on the off-class rejections only."""
+    rejected = off.filter(off[REJECT])
+    count = rejected.num_rows
+    extra = pa.table(
+        {
+            "source_uri": rejected["source_uri"],
+            "cluster_id": pa.nulls(count, pa.string()),
+            "keep": pa.array([False] * count, pa.bool_()),
+            "reason": pa.array(["off_class"] * count, pa.string()),
+            "duplicate_of": pa.nulls(count, pa.string()),
+            "distance": pa.nulls(count, pa.int32()),
+            "split": pa.nulls(count, pa.string()),
+            "score": rejected[SCORE].cast(pa.float64()),
+            "detail": pa.array([detail(r) for r in rejected.to_pylist()], pa.string()),
+        }
+    )
+    base = decisions.append_column("score", pa.nulls(decisions.num_rows, pa.float64()))
+    base = base.append_column("detail", pa.nulls(decisions.num_rows, pa.string()))
+    merged = pa.concat_tables([base, extra.select(base.column_names)])
+    position = pc.index_in(merged["source_uri"], value_set=off["source_uri"])
+    for column in COLUMNS:
+        merged = merged.append_column(column, pc.take(off[column], position))
+    return merged
+
+
+def summary(off: pa.Table, cfg: OffClassConfig) -> dict:
+    """This run's off-class figures and possible label issues, for report.json."""
+    score = off[SCORE].to_numpy(zero_copy_only=False)
+    share = off[NEIGHBOUR_SHARE].to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        issue = (share >= cfg.label_issue_share) & ~off[REJECT].to_numpy(zero_copy_only=False)
+    order = np.argsort(-np.nan_to_num(share[issue]), kind="stable")[:MAX_LABEL_ISSUES]
+    issues = off.filter(pa.array(issue)).take(pa.array(order, pa.int64()))
+    with np.errstate(invalid="ignore"):
+        flagged = int((score >= cfg.max_off_class).sum())
+    return {
+        "policy": cfg.off_class_policy,
+        "threshold": cfg.max_off_class,
+        "scored": int(np.isfinite(score).sum()),
+        "flagged": flagged,
+        "rejected": int(off[REJECT].to_numpy(zero_copy_only=False).sum()),
+        "possible_label_issues": [
+            {
+                "source_uri": r["source_uri"],
+                "class": r["class_name"],
+                "neighbours_class": r[NEIGHBOUR_CLASS],
+                "neighbour_share": round(float(r[NEIGHBOUR_SHARE]), 3),
+                "off_class_score": None if r[SCORE] is None else round(float(r[SCORE]), 3),
+            }
+            for r in issues.to_pylist()
+        ],
+        "possible_label_issues_total": int(issue.sum()),
+    }
