@@ -75,6 +75,11 @@ class _HelpAll(argparse.Action):
         parser.exit()
 
 
+def _escaped(text: str) -> str:
+    """argparse %-formats help texts: a literal percent sign must be doubled."""
+    return text.replace("%", "%%")
+
+
 def _summary(text: str) -> str:
     """The first words of a description: its first sentence without parentheses, at
     most SHORT_HELP characters, cut at a word."""
@@ -192,7 +197,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
                 dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=_summary(full) + suffix,
+                help=_escaped(_summary(full) + suffix),
             )
         else:
             action = group.add_argument(
@@ -201,9 +206,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
                 type=_flag_type(f, tp, ".".join(path)),
                 default=argparse.SUPPRESS,
                 metavar=_metavar(f, tp),
-                help=_summary(full) + suffix,
+                help=_escaped(_summary(full) + suffix),
             )
-        action.full_help = full + suffix
+        action.full_help = _escaped(full + suffix)
 
 
 def add_config_command(

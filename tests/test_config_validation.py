@@ -181,3 +181,15 @@ def test_help_is_grouped_one_line_per_option_with_choices_and_units():
     assert "default vector_source,too_small" in proc.stdout  # lists as typed, not reprs
     assert "['" not in proc.stdout
     assert len(lines) < len(options) + 40
+
+
+@pytest.mark.parametrize(
+    ("main", "command"), [(clean_main, "clean"), (train_main, "fit"), (train_main, "export")]
+)
+@pytest.mark.parametrize("flag", ["--help", "--help-all"])
+def test_every_help_renders(main, command, flag, capsys):
+    """argparse %-formats help texts: one literal '%' in a description broke --help-all."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, flag])
+    assert exit_info.value.code == 0
+    assert "--" in capsys.readouterr().out

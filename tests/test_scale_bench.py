@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from common.dataset import read_manifest, read_shards, table_uris
+from common.dataset import read_manifest, read_shards, split_uris, table_uris
 from common.storage import StorageConfig
 from devkit import synthetic_rows as synth
-from train.data import class_counts, split_uris
+from train.data import class_counts
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,17 +20,18 @@ from PIL import Image
 from torch import nn
 
 from common.config import _leaf_fields
+from common.dataset import TRAIN, read_manifest, split_uris
 from common.storage import StorageConfig
 from devkit.local_s3 import upload_files
 from devkit.sample_lake import COMMITTED_CROPS, DEMO_CLASSES
 from devkit.weights import embedding_args
 from pipeline.cli import main as clean_main
-from pipeline.output import read_manifest
+from train.checkpoint import CHECKPOINT_FILE
 from train.cli import main as train_main
 from train.config import ExportConfig, ExportSection, ModelSection, OptimSection, TrainConfig
-from train.data import TRAIN, balance_rates, class_counts, epoch_draw, read_split, split_uris
+from train.data import balance_rates, class_counts, epoch_draw, read_split
 from train.job import FitError, check_settings
-from train.loop import CHECKPOINT_FILE, train_epoch
+from train.loop import train_epoch
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -145,7 +146,7 @@ def test_export_writes_an_int8_torchscript_model(s3, balanced_run, tmp_path):
     assert logits.shape == (1, len(info["classes"]))
     assert {"torch", "torchvision"} <= set(info["versions"]) and len(info["sha256"]) == 64
     assert info["float_blocks"] == ExportSection().float_blocks
-    assert info["contrast_gain"] == 1.0  # written for the handler; off by default
+    assert info["contrast_gain"] == 1.0  # the handler reads it: training applies no gain
 
 
 def quantized_with(float_blocks: int):

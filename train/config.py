@@ -10,7 +10,7 @@ from common.backbone import DEFAULT_WEIGHTS
 from common.config import option, section
 from common.storage import StorageConfig
 
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
 ACTIVATIONS = ("relu6", "relu")
 MIN_INPUT_SIZE = 32  # MobileNetV2 halves the side five times
@@ -93,8 +93,6 @@ class OptimSection:
         "Epochs over which the learning rate rises linearly from near 0 to --lr, step by "
         "step, before the schedule; 0 = off",
     )
-    lr_step_epochs: int = option(7, "With --lr-schedule step: epochs between decays")
-    lr_step_gamma: float = option(0.1, "With --lr-schedule step: decay factor")
     clip_grad_norm: float = option(
         5.0,
         "Largest gradient norm of a step: a larger gradient is scaled down to it before the "
@@ -109,7 +107,7 @@ class OptimSection:
     )
     divergence_epochs: int = option(
         2,
-        "Stop the run when the train loss rose (15 % or more in all) and the train "
+        "Stop the run when the train loss rose (by 15 % or more in all) and the train "
         "accuracy fell this many epochs in a row (a non-finite loss stops it at once); "
         "0 = only non-finite losses",
     )
@@ -143,20 +141,6 @@ class DataSection:
         "Random brightness, contrast and saturation change up to this share (hue a quarter "
         "of it), on 4 in 5 draws; 0 = off. Helps when the "
         "background's colour differs between recordings (docs/history.md, training)",
-    )
-    downscale_min: float = option(
-        1.0,
-        "Smallest factor of a random resolution loss (the image shrunk by a factor between "
-        "this and 1, then enlarged back), on half the draws; 1 = off. "
-        "Why: distant objects of unseen recordings arrive as few, soft "
-        "pixels, while nearer ones teach sharp detail (docs/history.md, training)",
-    )
-    contrast_gain: float = option(
-        1.0,
-        "Largest contrast gain of the input preprocessing, in training and serving alike: "
-        "each image's differences from its mean colour are scaled until its brightness "
-        "range fills 0-255, by at most this factor, so faint small objects on plain sky "
-        "stand out; 1 = off (docs/history.md, training)",
     )
 
 
@@ -257,8 +241,6 @@ RULES: dict[str, tuple[Any, str]] = {
     "weight_decay": _at_least(0),
     "label_smoothing": _within(0, 1, high_open=True),
     "warmup_epochs": _at_least(0),
-    "lr_step_epochs": _at_least(1),
-    "lr_step_gamma": ((lambda v: 0 < v <= 1), "in (0, 1]"),
     "clip_grad_norm": _at_least(0),
     "head_epochs": _at_least(0),
     "divergence_epochs": _at_least(0),
@@ -269,8 +251,6 @@ RULES: dict[str, tuple[Any, str]] = {
     "cutout_fraction": _within(0.05, 1),
     "rotate_degrees": _within(0, 180),
     "colour_jitter": _at_least(0),
-    "downscale_min": ((lambda v: 0 < v <= 1), "in (0, 1]"),
-    "contrast_gain": _at_least(1),
     "checkpoints_to_keep": _at_least(1),
     "max_failures": _at_least(-1),
     "report_images": _at_least(0),

@@ -17,27 +17,19 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import ray.data
 from PIL import Image
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
+from common.dataset import read_shards
 from common.preprocess import EvalTransform, decode_rgb
 from common.storage import StorageConfig, filesystem
-from pipeline.output import read_shards, table_uris
-from pipeline.tables import IMAGES
 from train.config import DataSection
 from train.presets import augment, train_transform
 
 COLUMNS = ["image", "label"]
-TRAIN, TEST = "train", "test"
-
-
-def split_uris(data_uri: str, manifest: dict[str, Any], split: str) -> list[str]:
-    """The shards of one split of the published version."""
-    return [u for u in table_uris(data_uri, manifest, IMAGES) if f"/split={split}/" in u]
 
 
 def read_split(uris: list[str], storage: StorageConfig) -> ray.data.Dataset:

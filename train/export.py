@@ -34,16 +34,20 @@ from torch.ao.quantization import (
 )
 from torchvision.models.quantization import mobilenet_v2 as quantizable_mobilenet_v2
 
+from common.dataset import TEST, TRAIN, read_manifest, read_shards, split_uris
 from common.model_files import MODEL_FILE, MODEL_JSON, file_sha256
 from common.preprocess import EvalTransform
-from common.storage import StorageConfig, join
-from pipeline.output import read_manifest, read_shards
+from common.storage import StorageConfig
+from train.checkpoint import (
+    DEFAULT_ACTIVATION,
+    CheckpointError,
+    best_checkpoint_of_run,
+    load_checkpoint,
+    model_from_state,
+)
 from train.config import ExportConfig, ExportSection
-from train.data import split_uris
-from train.job import RUN_NAME, checkpoint_score, run_storage
-from train.loop import TEST, TRAIN
 from train.model import replace_head
-from train.reports import load_checkpoint, model_from_state, predict, predict_each
+from train.reports import predict, predict_each
 
 PERCENT = 100.0
 # Calibration draws its images from this many randomly chosen shards (each holds one
@@ -70,21 +74,6 @@ def deprecations_silenced() -> Iterator[None]:
         for message, category in DEPRECATIONS:
             warnings.filterwarnings("ignore", message=message, category=category)
         yield
-
-
-def best_checkpoint(run_uri: str, storage: StorageConfig):  # noqa: ANN201 - ray.train.Checkpoint
-    """The kept checkpoint with the highest selection accuracy (val, else test)."""
-    from ray.train import Result
-
-    path, fs = run_storage(join(run_uri, RUN_NAME), storage)
-    try:
-        result = Result.from_path(path, storage_filesystem=fs)
-    except RuntimeError as exc:
-        raise ExportError(f"{run_uri}: no training run ({exc})") from exc
-    scored = result.best_checkpoints or []
-    if not scored:
-        raise ExportError(f"{run_uri}: the run has no checkpoint")
-    return max(scored, key=lambda pair: checkpoint_score(pair[1]))[0]
 
 
 def quantizable_from_state(state: dict[str, Any], num_classes: int) -> torch.nn.Module:
@@ -215,7 +204,11 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
 
 
 def export_model(cfg: ExportConfig) -> dict[str, Any]:
-    state, meta = load_checkpoint(best_checkpoint(cfg.run_uri, cfg.storage))
+    try:
+        best = best_checkpoint_of_run(cfg.run_uri, cfg.storage)
+    except CheckpointError as err:
+        raise ExportError(str(err)) from err
+    state, meta = load_checkpoint(best)
     classes = meta["classes"]
     transform = EvalTransform.from_info(meta)
     calibration, _ = read_images(
@@ -227,7 +220,7 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
     reloaded = torch.jit.load(str(save_torchscript(int8, out)))
     fp32_pred, int8_pred, relu_pred = predict_each(
         [
-            model_from_state(state, len(classes), meta.get("activation", "relu6")),
+            model_from_state(state, len(classes), meta.get("activation", DEFAULT_ACTIVATION)),
             reloaded,
             # The quantizable network in fp32: what the ReLU6 -> ReLU swap alone costs.
             quantizable_from_state(state, len(classes)),

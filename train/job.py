@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 from ray.train import (
     CheckpointConfig,
     DataConfig,
@@ -26,21 +25,19 @@ from ray.train.torch import TorchTrainer
 from common import logs
 from common.backbone import DEFAULT_WEIGHTS, NO_WEIGHTS
 from common.config import to_dict
+from common.dataset import MANIFEST, TEST, TRAIN, VAL, OutputError, read_manifest, split_uris
 from common.ray_runtime import ensure_ray
 from common.storage import StorageConfig, filesystem, join
-from pipeline.output import OutputError, read_manifest
 from train import data
+from train.checkpoint import RUN_NAME, SCORE, best_checkpoint, run_storage
 from train.config import TrainConfig, validate
 from train.guards import StallWatch, read_stop, start_beacon
 from train.live import sample_views
-from train.loop import SCORE, TEST, TRAIN, VAL, train_loop_per_worker
-from train.presets import eval_transform, train_transform
+from train.loop import train_loop_per_worker
+from train.presets import eval_transform
 from train.resources import ResourceError, cluster_nodes, plan_worker_cpus
 
 log = logging.getLogger(__name__)
-RUN_NAME = "ray"  # Ray Train's run folder inside RUN_URI
-# Runs written before checkpoints were scored on a selection split scored on test.
-LEGACY_SCORE = "test_accuracy"
 
 
 class FitError(Exception):
@@ -52,13 +49,6 @@ class FitResult:
     run_uri: str
     metrics: dict[str, Any]
     report: dict[str, Any]
-
-
-def run_storage(run_uri: str, storage: StorageConfig) -> tuple[str, Any]:
-    """RunConfig's storage_path and filesystem: the job's fsspec settings (endpoint...)
-    wrapped for pyarrow, so S3-compatible endpoints work for checkpoints too."""
-    fs, path = filesystem(run_uri, storage)
-    return path, PyFileSystem(FSSpecHandler(fs))
 
 
 def run_exists(run_uri: str, storage: StorageConfig) -> bool:
@@ -73,19 +63,6 @@ def check_run_state(cfg: TrainConfig) -> None:
         raise FitError(f"{cfg.run_uri} already holds a run: pass --resume or another RUN_URI")
     if cfg.run.resume and not exists:
         raise FitError(f"--resume: no run in {cfg.run_uri} to continue")
-
-
-# Any valid statistics: the probe transform only has to be built, never applied.
-PROBE_MEAN, PROBE_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-
-def check_augmentations(cfg: TrainConfig) -> None:
-    """Build the training transform once on the driver: a bad augmentation setting
-    fails here, with its flag named, not later inside a Ray Data task."""
-    try:
-        train_transform(cfg.model.input_size, PROBE_MEAN, PROBE_STD, cfg.data)
-    except ValueError as err:
-        raise FitError(f"invalid augmentation setting: {err}") from err
 
 
 def check_settings(cfg: TrainConfig) -> None:
@@ -111,19 +88,19 @@ def read_dataset_manifest(cfg: TrainConfig) -> dict[str, Any]:
         manifest = read_manifest(cfg.data_uri, cfg.storage)
     except (ValueError, OSError, OutputError) as err:  # JSON and Unicode errors included
         raise FitError(
-            f"{cfg.data_uri}/_manifest.json is damaged ({type(err).__name__}: {err}); "
+            f"{cfg.data_uri}/{MANIFEST} is damaged ({type(err).__name__}: {err}); "
             "run the cleaning job again"
         ) from err
     if manifest is None:
-        raise FitError(f"{cfg.data_uri} has no published cleaning output (_manifest.json)")
+        raise FitError(f"{cfg.data_uri} has no published cleaning output ({MANIFEST})")
     try:
         classes, stats = manifest["classes"], manifest["channel_stats"]
         if not (isinstance(classes, list) and len(stats["mean"]) == len(stats["std"]) == 3):
             raise TypeError("classes or channel_stats malformed")
-        data.split_uris(cfg.data_uri, manifest, TRAIN)
+        split_uris(cfg.data_uri, manifest, TRAIN)
     except (KeyError, TypeError, AttributeError) as err:
         raise FitError(
-            f"{cfg.data_uri}/_manifest.json is damaged (missing or malformed {err}); "
+            f"{cfg.data_uri}/{MANIFEST} is damaged (missing or malformed {err}); "
             "run the cleaning job again"
         ) from err
     if len(classes) < 2:
@@ -142,7 +119,7 @@ def check_shards_exist(cfg: TrainConfig, uris: list[str]) -> None:
     missing = [u for u, ok in zip(uris, present, strict=True) if not ok]
     if missing:
         raise FitError(
-            f"{len(missing)} shard(s) of {cfg.data_uri} listed in _manifest.json are missing, "
+            f"{len(missing)} shard(s) of {cfg.data_uri} listed in {MANIFEST} are missing, "
             f"e.g. {missing[0]}; run the cleaning job again"
         )
 
@@ -151,13 +128,13 @@ def load_dataset(cfg: TrainConfig) -> DataSetInfo:
     """The manifest, its shards and the train labels, checked on the driver before Ray
     starts: a damaged or unusable data set is one line and exit status 2."""
     manifest = read_dataset_manifest(cfg)
-    train_uris = data.split_uris(cfg.data_uri, manifest, TRAIN)
+    train_uris = split_uris(cfg.data_uri, manifest, TRAIN)
     if not train_uris:
         raise FitError(f"{cfg.data_uri} has no train split")
-    if not data.split_uris(cfg.data_uri, manifest, TEST):
+    if not split_uris(cfg.data_uri, manifest, TEST):
         raise FitError(f"{cfg.data_uri} has no test split")
-    selection = data.split_uris(cfg.data_uri, manifest, selection_split(cfg, manifest))
-    test = data.split_uris(cfg.data_uri, manifest, TEST)
+    selection = split_uris(cfg.data_uri, manifest, selection_split(cfg, manifest))
+    test = split_uris(cfg.data_uri, manifest, TEST)
     check_shards_exist(cfg, sorted(set(train_uris + selection + test)))
     try:
         labels, shards = data.train_labels(train_uris, cfg.storage)
@@ -178,11 +155,7 @@ def selection_split(cfg: TrainConfig, manifest: dict[str, Any]) -> str:
     """The split that picks the best checkpoint: val when the cleaning job made one
     (`--val-fraction`), so the test split stays unseen until the final reports and the
     export; else test, as the seed did (its figures are then the best of many looks)."""
-    return VAL if data.split_uris(cfg.data_uri, manifest, VAL) else TEST
-
-
-def checkpoint_score(metrics: dict[str, Any]) -> float:
-    return float(metrics.get(SCORE, metrics.get(LEGACY_SCORE, 0.0)))
+    return VAL if split_uris(cfg.data_uri, manifest, VAL) else TEST
 
 
 def build_datasets(cfg: TrainConfig, info: DataSetInfo) -> tuple[dict[str, ray.data.Dataset], int]:
@@ -196,7 +169,7 @@ def build_datasets(cfg: TrainConfig, info: DataSetInfo) -> tuple[dict[str, ray.d
         rows = round(sum(rates[label] * n for label, n in info.counts.items()))
         log.info("balanced sampling: train counts %s, repeats per row %s", info.counts, rates)
     train = data.train_dataset(
-        data.split_uris(cfg.data_uri, manifest, TRAIN),
+        split_uris(cfg.data_uri, manifest, TRAIN),
         cfg.storage,
         rates,
         cfg.model.input_size,
@@ -204,12 +177,10 @@ def build_datasets(cfg: TrainConfig, info: DataSetInfo) -> tuple[dict[str, ray.d
         stats["std"],
         cfg.data,
     )
-    transform = eval_transform(
-        cfg.model.input_size, stats["mean"], stats["std"], cfg.data.contrast_gain
-    )
+    transform = eval_transform(cfg.model.input_size, stats["mean"], stats["std"])
     selection = selection_split(cfg, manifest)
     held_out = data.eval_dataset(
-        data.split_uris(cfg.data_uri, manifest, selection),
+        split_uris(cfg.data_uri, manifest, selection),
         cfg.storage,
         transform,
         cfg.data.augment_batch_size,
@@ -277,7 +248,6 @@ def make_trainer(
         "activation": cfg.model.activation,
         "mean": stats["mean"],
         "std": stats["std"],
-        "contrast_gain": cfg.data.contrast_gain,
         "data_uri": cfg.data_uri,
         "data_run_id": manifest.get("run_id"),
         "selection_split": selection_split(cfg, manifest),
@@ -318,14 +288,6 @@ def make_trainer(
     )
 
 
-def best_checkpoint(result: ray.train.Result) -> ray.train.Checkpoint:
-    """The kept checkpoint with the highest selection accuracy (the latest if none scored)."""
-    scored = result.best_checkpoints or []
-    if not scored:
-        return result.checkpoint
-    return max(scored, key=lambda pair: checkpoint_score(pair[1]))[0]
-
-
 STALL_HINT = (
     "check that Ray Data gets CPUs (--workers, --cpus-per-worker; `ray status`) and that "
     "DATA_URI is readable"
@@ -358,7 +320,6 @@ def run_fit(cfg: TrainConfig) -> FitResult:
 
     check_settings(cfg)
     check_run_state(cfg)
-    check_augmentations(cfg)
     info = load_dataset(cfg)
     ensure_ray(cfg.scaling.ray_address, cfg.scaling.num_cpus, log_to_driver=True)
     cfg = with_worker_cpus(cfg)

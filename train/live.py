@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.dataset import SPLITS
 from common.preprocess import decode_rgb
 from common.storage import StorageConfig, filesystem, join
 from train.presets import augment, train_transform
 
 TENSORBOARD_DIR = "tensorboard"
-SPLITS = ("train", "val", "test")
 
 
 def run_name(run_uri: str) -> str:

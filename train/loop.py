@@ -9,7 +9,6 @@ from outside.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -26,18 +25,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from common.dataset import TRAIN
+from train.checkpoint import SCORE, load_state, save_checkpoint
 from train.config import OptimSection, TrainConfig
 from train.guards import STOP_REASON, Beat, divergence, write_stop
 from train.live import LiveBoard
 from train.model import build_model
 from train.optim import make_optimizer, make_scheduler, scaled_lr, use_flag_lr
-
-CHECKPOINT_FILE = "checkpoint.pt"
-META_FILE = "meta.json"
-TRAIN, VAL, TEST = "train", "val", "test"
-# The per-epoch metric Ray Train keeps checkpoints by: the accuracy on the selection
-# split (val when the data has one, else test).
-SCORE = "selection_accuracy"
 
 
 @dataclass
@@ -198,18 +192,6 @@ def evaluate_on_rank0(
         return EpochStats(0.0, 0, 0, [0] * len(classes), [])
     batches = eval_data.iter_torch_batches(batch_size=cfg.optim.batch_size)
     return evaluate(model, batches, criterion, len(classes), device, on_batch)
-
-
-def save_checkpoint(directory: Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
-    torch.save(state, directory / CHECKPOINT_FILE)
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
-
-
-def load_state(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

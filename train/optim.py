@@ -42,8 +42,6 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: OptimSection) -> float:
     if cfg.lr_schedule == "cosine":
         rest = max(1, cfg.epochs * steps_per_epoch - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / rest)))
-    if cfg.lr_schedule == "step":
-        return cfg.lr_step_gamma ** (step // (cfg.lr_step_epochs * steps_per_epoch))
     return 1.0
 
 

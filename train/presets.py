@@ -15,7 +15,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from common.preprocess import NO_CONTRAST_GAIN, EvalTransform, pad_colour, raise_contrast
+from common.preprocess import EvalTransform, pad_colour
 from train.config import DataSection
 
 FLIP_PROBABILITY = 0.5
@@ -25,8 +25,6 @@ CUTOUT_MIN_FRACTION = 0.05
 COLOUR_JITTER_PROBABILITY = 0.8
 HUE_SHARE = 0.25  # hue moves a quarter as far as brightness, contrast and saturation
 MAX_HUE = 0.5  # ColorJitter's limit: half the colour wheel
-DOWNSCALE_PROBABILITY = 0.5
-NO_DOWNSCALE = 1.0
 
 
 def train_transform(
@@ -36,9 +34,7 @@ def train_transform(
     fill = pad_colour(mean)
     return A.Compose(
         [
-            *contrast(data.contrast_gain),
             *colour_jitter(data.colour_jitter),
-            *resolution_loss(data.downscale_min),
             A.HorizontalFlip(p=FLIP_PROBABILITY),
             A.LongestMaxSize(max_size=input_size, area_for_downscale="image"),
             A.PadIfNeeded(
@@ -66,18 +62,6 @@ def train_transform(
     )
 
 
-def contrast(max_gain: float) -> list[A.BasicTransform]:
-    """The evaluation transform's contrast gain (`common.preprocess.raise_contrast`),
-    first, so augmentations see the image the served model will see."""
-    if max_gain <= NO_CONTRAST_GAIN:
-        return []
-
-    def raise_to(image: np.ndarray, **_: object) -> np.ndarray:
-        return raise_contrast(image, max_gain)
-
-    return [A.Lambda(image=raise_to, name="raise_contrast", p=1.0)]
-
-
 def colour_jitter(strength: float) -> list[A.BasicTransform]:
     """Random brightness, contrast, saturation and hue (none at 0, the seed's setting).
 
@@ -97,25 +81,6 @@ def colour_jitter(strength: float) -> list[A.BasicTransform]:
     ]
 
 
-def resolution_loss(smallest: float) -> list[A.BasicTransform]:
-    """Shrink by a random factor in [smallest, 1], then enlarge back (none at 1).
-
-    Applied to the source pixels before LongestMaxSize, so a near crop loses detail the
-    way a distant one never had it; INTER_AREA shrinks without aliasing, as a camera
-    further away would, and bilinear enlarging gives the soft look of an upsampled crop."""
-    if not 0 < smallest <= NO_DOWNSCALE:
-        raise ValueError(f"--downscale-min must be in (0, 1], got {smallest}")
-    if smallest == NO_DOWNSCALE:
-        return []
-    return [
-        A.Downscale(
-            scale_range=(smallest, NO_DOWNSCALE),
-            interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
-            p=DOWNSCALE_PROBABILITY,
-        )
-    ]
-
-
 def augment(transform: A.Compose, pixels: np.ndarray) -> np.ndarray:
     """One fresh random draw of the training transform, as CHW float32 (ToTensorV2's
     layout, kept numpy because Ray Data batches carry arrays)."""
@@ -123,11 +88,5 @@ def augment(transform: A.Compose, pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
 
 
-def eval_transform(
-    input_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    contrast_gain: float = NO_CONTRAST_GAIN,
-) -> EvalTransform:
-    info = {"input_size": input_size, "mean": mean, "std": std, "contrast_gain": contrast_gain}
-    return EvalTransform.from_info(info)
+def eval_transform(input_size: int, mean: Sequence[float], std: Sequence[float]) -> EvalTransform:
+    return EvalTransform.from_info({"input_size": input_size, "mean": mean, "std": std})

@@ -31,37 +31,16 @@ from sklearn.metrics import (  # noqa: E402
     confusion_matrix,
     precision_recall_fscore_support,
 )
-from torchvision.models import mobilenet_v2  # noqa: E402
 
+from common.dataset import TEST, read_shards, split_uris  # noqa: E402
 from common.preprocess import EvalTransform, decode_rgb  # noqa: E402
 from common.storage import filesystem, join  # noqa: E402
-from pipeline.output import read_shards  # noqa: E402
+from train.checkpoint import DEFAULT_ACTIVATION, load_checkpoint, model_from_state  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.data import split_uris  # noqa: E402
 from train.live import sample_views  # noqa: E402
-from train.loop import CHECKPOINT_FILE, META_FILE, TEST  # noqa: E402
-from train.model import replace_head, use_activation  # noqa: E402
 
 FIGURE_INCHES = 2.0
 DPI = 100
-
-
-def load_checkpoint(checkpoint: ray.train.Checkpoint) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(training state, meta) of a checkpoint written by `train.loop`."""
-    with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu")
-        meta = json.loads((Path(directory) / META_FILE).read_text())
-    return state, meta
-
-
-def model_from_state(
-    state: dict[str, Any], num_classes: int, activation: str = "relu6"
-) -> torch.nn.Module:
-    """The fp32 network of a checkpoint (as trained: see `meta["activation"]`), in eval mode."""
-    model = use_activation(mobilenet_v2(weights=None), activation)
-    replace_head(model, num_classes, dropout=0.0)
-    model.load_state_dict(state["model"])
-    return model.eval()
 
 
 @torch.no_grad()
@@ -208,7 +187,7 @@ def write_reports(
     images, y_true = test["image"].to_pylist(), np.asarray(test["label"].to_pylist())
     transform = EvalTransform.from_info(meta)
     y_pred = predict(
-        model_from_state(best_state, len(classes), meta.get("activation", "relu6")),
+        model_from_state(best_state, len(classes), meta.get("activation", DEFAULT_ACTIVATION)),
         images,
         transform,
         cfg.optim.batch_size,

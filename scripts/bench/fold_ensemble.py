@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import update_bn
 
+from common.dataset import TEST, TRAIN
 from common.preprocess import EvalTransform
 from common.storage import StorageConfig
-from train.export import best_checkpoint, read_images, recall_per_class
-from train.loop import TEST, TRAIN
-from train.reports import eval_batches, load_checkpoint, model_from_state
+from train.checkpoint import best_checkpoint_of_run, load_checkpoint, model_from_state
+from train.export import read_images, recall_per_class
+from train.reports import eval_batches
 
 BATCH_SIZE = 64
 BN_IMAGES = 1024  # train images that re-estimate the soup's batch-norm statistics
@@ -85,7 +86,7 @@ def fold_outputs(
     states, priors, meta = [], [], {}
     for name in runs:
         run_dir = root / "runs" / f"fold{fold}-{name}"
-        state, meta = load_checkpoint(best_checkpoint(str(run_dir), storage))
+        state, meta = load_checkpoint(best_checkpoint_of_run(str(run_dir), storage))
         priors.append(draw_prior(run_dir))
         print(
             f"fold{fold} {name}: best epoch {state['epoch']}, draw {priors[-1].round(3)}",

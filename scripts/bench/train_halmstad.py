@@ -11,8 +11,7 @@ Steps (each the product's own CLI, in a subprocess):
    with ReLU (`--activation relu`: the network the int8 export runs); `--runs` adds
    the options the issue asks to choose by measurement, each a balanced run with one
    change: label smoothing 0.1, a frozen backbone, the seed's constant learning rate,
-   colour jitter 0.4, a random resolution loss (`--downscale-min 0.4`), and both at once
-   (`robust`);
+   colour jitter 0.4, and the later arms of docs/history.md (`RUNS`);
 4. `python -m train export` of each run (fp32 vs int8, size); an export refused for
    losing more than the margin (exit status 2) still writes model.json, and the table
    says so;
@@ -57,12 +56,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from common.dataset import (
+    IMAGES,
+    MANIFEST,
+    TEST,
+    TRAIN,
+    read_manifest,
+    read_shards,
+    read_table,
+    split_folder,
+    split_uris,
+)
 from common.storage import StorageConfig
-from pipeline.output import read_shards, read_table
 from pipeline.report import channel_stats
 from pipeline.split import assign_splits
-from pipeline.tables import IMAGES
-from train.data import balance_rates, split_uris
+from train.data import balance_rates
 
 REPO = Path(__file__).resolve().parents[2]
 CROPS = REPO.parent / "shared" / "data" / "halmstad-crops"
@@ -89,16 +97,13 @@ RUNS = {
     "frozen": ["--balanced", "--freeze-backbone"],
     "constant": ["--balanced", "--lr-schedule", "constant"],  # the seed's: no schedule
     "colour": ["--balanced", "--colour-jitter", "0.4"],  # each video has its own sky
-    "contrast": ["--balanced", "--contrast-gain", "8"],  # faint specks on plain sky
-    "downscale": ["--balanced", "--downscale-min", "0.4"],  # distant = few, soft pixels
     # Five times the seed's step: fold 0's test accuracy still rose at epoch 10 (Session 9).
     "lr5": ["--balanced", "--lr", "0.005"],
-    # Both levers against unseen recordings at once: their sky and their distance.
-    "robust": ["--balanced", "--colour-jitter", "0.4", "--downscale-min", "0.4"],
-    # The best step (lr5, Session 12) with both levers: does the step make room for them?
-    "robust5": ["--balanced", "--lr", "0.005", "--colour-jitter", "0.4", "--downscale-min", "0.4"],
-    # robust5 without the resolution loss, which cost Large_QuadCopters (drones called
-    # birds): does colour jitter alone keep the Small_QuadCopters videos lr5 lost?
+    # Arms whose options lost every comparison left with them; commit ad38197 has both:
+    # `contrast` (--contrast-gain 8), `downscale`, `robust` and `robust5` (each with
+    # --downscale-min 0.4; robust5 was colour5 with it).
+    # lr5 with colour jitter (robust5 without the resolution loss, which cost
+    # Large_QuadCopters): does colour jitter alone keep the Small_QuadCopters videos lr5 lost?
     "colour5": COLOUR5,
     # colour5 with square-root sampling: colour jitter took the sky away from the two
     # drone types and the fully balanced draw then pushed Large_QuadCopters, half of the
@@ -154,7 +159,7 @@ def build_lake(root: Path) -> Path:
 
 def clean(root: Path, val_fraction: str) -> Path:
     out = root / "clean"
-    if not (out / "_manifest.json").is_file():
+    if not (out / MANIFEST).is_file():
         run(
             "-m", "pipeline", "clean", str(build_lake(root)), str(out), "--no-progress",
             "--group-manifest-uri", str(CROPS / "manifest.csv"),
@@ -165,7 +170,7 @@ def clean(root: Path, val_fraction: str) -> Path:
 
 def train_counts(data: Path) -> list[int]:
     report = json.loads((data / "report.json").read_text())
-    return [c["splits"].get("train", 0) for c in report["per_class"].values()]
+    return [c["splits"].get(TRAIN, 0) for c in report["per_class"].values()]
 
 
 def samples_per_class(data: Path, extra: list[str]) -> int:
@@ -206,7 +211,7 @@ def make_folds(root: Path, data: Path, folds: int) -> list[Path]:
     """Cleaning outputs fold0 .. fold{K-1} under root/folds, each with the job's layout
     (images/split=train|test, _manifest.json with the train split's channel stats,
     report.json's class counts), so `train fit` and `train export` read them unchanged."""
-    manifest = json.loads((data / "_manifest.json").read_text())
+    manifest = read_manifest(str(data), StorageConfig())
     kept = read_table(str(data), IMAGES, StorageConfig(), manifest=manifest)
     units = kept.select(["source_uri", "class_name", "cluster_id", "group"])
     units = units.append_column("split", pa.nulls(kept.num_rows, pa.string()))
@@ -215,18 +220,18 @@ def make_folds(root: Path, data: Path, folds: int) -> list[Path]:
     for k in range(folds):
         out = root / "folds" / f"fold{k}"
         outs.append(out)
-        if (out / "_manifest.json").is_file():
+        if (out / MANIFEST).is_file():
             continue
-        parts = {"train": kept.filter(pa.array(sides != f"fold{k}")),
-                 "test": kept.filter(pa.array(sides == f"fold{k}"))}  # fmt: skip
+        parts = {TRAIN: kept.filter(pa.array(sides != f"fold{k}")),
+                 TEST: kept.filter(pa.array(sides == f"fold{k}"))}  # fmt: skip
         files = []
         for split, part in parts.items():
             part = part.set_column(
                 part.schema.get_field_index("split"), "split", pa.array([split] * part.num_rows)
             )
-            (out / "images" / f"split={split}").mkdir(parents=True, exist_ok=True)
+            (out / split_folder(split)).mkdir(parents=True, exist_ok=True)
             for i, rows in enumerate(np.array_split(np.arange(part.num_rows), FOLD_SHARDS)):
-                name = f"images/split={split}/fold{k}-{i}.parquet"
+                name = f"{split_folder(split)}/fold{k}-{i}.parquet"
                 pq.write_table(part.take(rows), out / name)
                 files.append(name)
         counts = {
@@ -238,11 +243,11 @@ def make_folds(root: Path, data: Path, folds: int) -> list[Path]:
         fold_manifest = {
             **manifest,
             "run_id": f"{manifest['run_id']}-fold{k}",
-            "channel_stats": channel_stats(parts["train"]),
-            "files": {"images": files},
-            "splits": {s: {"images": p.num_rows} for s, p in parts.items()},
+            "channel_stats": channel_stats(parts[TRAIN]),
+            "files": {IMAGES: files},
+            "splits": {s: {IMAGES: p.num_rows} for s, p in parts.items()},
         }
-        (out / "_manifest.json").write_text(json.dumps(fold_manifest, indent=1))
+        (out / MANIFEST).write_text(json.dumps(fold_manifest, indent=1))
         print(f"fold{k}: train / test per class {counts}", flush=True)
     return outs
 
@@ -261,7 +266,7 @@ def pooled(root: Path, names: list[str]) -> None:
         info = json.loads(info_path.read_text())
         counts = json.loads((root / "folds" / name.split("-")[0] / "report.json").read_text())
         for c in CLASSES:
-            support = counts["per_class"][c]["splits"]["test"]
+            support = counts["per_class"][c]["splits"][TEST]
             right[c] += round(info["int8_recall"][c] * support)
             total[c] += support
     if not total:
@@ -323,7 +328,7 @@ def visibility(image: Image.Image) -> str:
 def split_rows(data: Path, split: str, columns: list[str]) -> list[dict]:
     """One split of the published version (the manifest's shards, not whatever files
     an earlier version left in the folder)."""
-    manifest = json.loads((data / "_manifest.json").read_text())
+    manifest = read_manifest(str(data), StorageConfig())
     uris = split_uris(str(data), manifest, split)
     return read_shards(uris, StorageConfig(), columns=columns).to_pylist()
 
@@ -348,7 +353,7 @@ def per_video(root: Path, name: str, data: Path) -> None:
         title: collections.defaultdict(collections.Counter)
         for title in ("test video", "class and distance bin", "class and object visibility")
     }
-    rows = split_rows(data, "test", ["image", "label", "source_uri"])
+    rows = split_rows(data, TEST, ["image", "label", "source_uri"])
     for start in range(0, len(rows), EVAL_BATCH):
         batch = rows[start : start + EVAL_BATCH]
         images = [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in batch]
@@ -371,7 +376,7 @@ def faint_train_crops(data: Path) -> None:
     """How many train crops per class show no object: what the model learns sky as."""
     faint: collections.Counter = collections.Counter()
     total: collections.Counter = collections.Counter()
-    for row in split_rows(data, "train", ["image", "class_name"]):
+    for row in split_rows(data, TRAIN, ["image", "class_name"]):
         with Image.open(io.BytesIO(row["image"])) as image:
             faint[row["class_name"]] += visibility(image) == "faint"
         total[row["class_name"]] += 1

@@ -18,26 +18,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from common.config import add_config_args, config_from_args  # noqa: E402
-from common.ray_runtime import ensure_ray  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
-from train.job import (  # noqa: E402
-    build_datasets,
-    load_dataset,
-    make_trainer,
-    steps_per_epoch,
-    with_worker_cpus,
-)
-from train.loop import TRAIN  # noqa: E402
+from common.config import add_config_args, config_from_args
+from common.dataset import TRAIN
+from common.ray_runtime import ensure_ray
+from train.config import TrainConfig
+from train.job import build_datasets, load_dataset, make_trainer, steps_per_epoch, with_worker_cpus
 
 EVAL_ROWS = 32  # the per-epoch test pass: kept negligible
 EPOCHS = 2  # one warm-up epoch (worker start, first blocks), one measured
