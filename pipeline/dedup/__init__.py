@@ -22,8 +22,11 @@ How, top-down (`deduplicate`, in `decide`, runs these steps; one module each):
   second signal rejects unrelated images whose hashes collide.
 - `cluster`: keepers picked greedily in keep-policy order; a copy goes to a keeper it is
   within the threshold *of* (chains never merge), the closest one (`assign_to`).
-- `decide`: reasons and the summary. A cluster whose copies carry two classes is
-  reported and, by default, dropped entirely (label conflicts).
+- `components`, `parts`: the rows cut into whole connected components (units, hash
+  nodes, near pairs), found in Ray tasks, so clustering runs per part in a task.
+- `keep`: per part, in its task: reasons and counts. A cluster whose copies carry two
+  classes is reported and, by default, dropped entirely (label conflicts).
+- `decide`: runs the steps and merges the parts' decisions and counts.
 
 Incremental runs pass `existing` (rows kept by earlier runs, same columns, optionally
 `cluster_id`): those rows stay kept, and only the new rows get decisions.

@@ -1,7 +1,8 @@
-"""Clustering on the driver: keepers are picked greedily in keep-policy order; a copy goes
-to a keeper it is within the threshold *of*, so a chain A~B~C never merges A and C
-through B. When several keepers could take it, the closest one does (`assign_to`). The
-verified pairs are small (a few per duplicate), which is why this pass needs no cluster.
+"""Clustering: keepers are picked greedily in keep-policy order; a copy goes to a keeper
+it is within the threshold *of*, so a chain A~B~C never merges A and C through B. When
+several keepers could take it, the closest one does (`assign_to`). The pass is
+sequential, but only within a connected component of units and near pairs, so it runs
+in Ray tasks on whole components (`pipeline.dedup.parts`, `pipeline.dedup.keep`).
 """
 
 from __future__ import annotations

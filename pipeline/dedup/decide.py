@@ -1,10 +1,15 @@
-"""Decisions: `deduplicate` runs the steps (rows, search, candidates, verification,
-clustering) and turns each new row's keeper into its decision, reason and summary."""
+"""Decisions: `deduplicate` runs the steps (rows, search, candidates, then clustering and
+keep decisions per part in Ray tasks) and merges the parts' decisions and counts.
+
+The driver holds the rows' arrays and the near pairs; the per-row work of clustering and
+deciding (Python loops and lists, in the single pass this replaced) runs in the tasks
+(`pipeline.dedup.parts`, `pipeline.dedup.keep`), which return Arrow tables and counts."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -19,16 +24,17 @@ from pipeline.dedup.candidates import (
     simhashes,
     with_simhash_candidates,
 )
-from pipeline.dedup.cluster import Clusterer
-from pipeline.dedup.config import EXACT_DUPLICATE, LABEL_CONFLICT, NEAR_DUPLICATE, DedupConfig
+from pipeline.dedup.config import DedupConfig
+from pipeline.dedup.keep import DECISION_SCHEMA, REASONS, PartResult, decide_part, merge
+from pipeline.dedup.parts import split_parts
 from pipeline.dedup.rows import Rows, prepare_rows
-from pipeline.dedup.verify import Verifier
-from pipeline.tables import schema_of
+from pipeline.dedup.search import NearPairs
 
-# One row per new row, in the input's order (types as `pipeline.tables` declares them).
-DECISION_SCHEMA = schema_of(
-    ["source_uri", "cluster_id", "keep", "reason", "duplicate_of", "distance"]
-)
+__all__ = ["DECISION_SCHEMA", "DedupResult", "deduplicate"]
+
+# New rows (with the old ones in their components) per clustering task: about 3 KB a row
+# with verification's vectors, so a task's arrays stay around 300 MB.
+ROWS_PER_TASK = 100_000
 
 
 @dataclass
@@ -40,8 +46,8 @@ class DedupResult:
 def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = None) -> DedupResult:
     """Decide which `new` rows to keep; `existing` rows (kept earlier) stay kept.
 
-    A full run passes existing=None. The candidate search runs as Ray tasks (Ray must be
-    initialised); the clustering pass runs here on the driver over the verified pairs.
+    A full run passes existing=None. The candidate search, the components and the
+    clustering with its decisions run as Ray tasks (Ray must be initialised).
     """
     started = time.perf_counter()
     rows = prepare_rows(existing, new, cfg)
@@ -53,9 +59,7 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
         is_query = np.zeros(nodes.size, dtype=bool)
         is_query[node_of_row[rows.n_existing :][rows.searchable[rows.n_existing :]]] = True
     pairs = search_hashes(nodes, cfg.search_distance, is_query, cfg, cfg.hash_bands)
-    verifier = None
     if cfg.verified:
-        verifier = Verifier(rows, cfg)
         if cfg.embedding_hash_distance:
             units = search_units(rows, node_of_row)
             hashes = simhashes(rows.embedding[units])
@@ -70,11 +74,9 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
             )
     else:
         pairs = apply_strict_distance(pairs, rows, node_of_row, nodes.size, cfg)
-    near_across = cfg.conflict_matching == "near"
-    keeper = Clusterer(
-        rows, node_of_row, pairs, nodes.size, near_across, verifier, cfg.assign_to
-    ).run()
-    decisions, summary = _decisions(rows, keeper, cfg, _kept_by_override(new))
+    results = _decide_parts(rows, node_of_row, pairs, _kept_by_override(new), cfg)
+    decisions, summary = _summary(rows, results, cfg)
+    rejected = summary.pop("failed_verification")
     summary["search"] = {
         "distinct_hashes": int(nodes.size),
         "band_bits": list(pairs.plan.widths),
@@ -84,22 +86,12 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
         "embedding_hash_distance": cfg.embedding_hash_distance if cfg.verified else 0,
         "grey_hash_distance": cfg.grey_hash_distance if cfg.verified else 0,
         "verified": cfg.verified,
-        "failed_verification": verifier.rejected if verifier else 0,
+        "failed_verification": rejected,
         "crowded_buckets": int(pairs.giant_buckets),
         "seconds": round(pairs.seconds, 3),
     }
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return DedupResult(decisions, summary)
-
-
-def _conflicting(rows: Rows, keeper: np.ndarray) -> np.ndarray:
-    """Keepers whose cluster (new members plus an existing keeper) spans two classes."""
-    new = np.arange(rows.n_existing, rows.count)
-    members = np.concatenate([keeper, np.unique(keeper[keeper < rows.n_existing])])
-    member_rows = np.concatenate([new, np.unique(keeper[keeper < rows.n_existing])])
-    pairs = np.unique(np.stack([members, rows.class_code[member_rows]]), axis=1)
-    clusters, classes = np.unique(pairs[0], return_counts=True)
-    return clusters[classes > 1]
 
 
 def _kept_by_override(new: pa.Table) -> np.ndarray:
@@ -110,90 +102,47 @@ def _kept_by_override(new: pa.Table) -> np.ndarray:
     return np.asarray(pc.fill_null(pc.equal(new["override"], "keep"), False), dtype=bool)
 
 
-def _decisions(
-    rows: Rows, keeper: np.ndarray, cfg: DedupConfig, forced: np.ndarray
-) -> tuple[pa.Table, dict]:
-    new = np.arange(rows.n_existing, rows.count)
-    is_keeper = keeper == new
-    exact = ~is_keeper & (rows.sha_code[new] == rows.sha_code[keeper])
-    distance = np.bitwise_count(rows.hashes[new] ^ rows.hashes[keeper]).astype(np.int64)
-    distance[exact] = 0
-    reason = np.where(is_keeper, None, np.where(exact, EXACT_DUPLICATE, NEAR_DUPLICATE))
-    conflicts = _conflicting(rows, keeper)
-    in_conflict = np.isin(keeper, conflicts)
-    if cfg.drop_label_conflicts:
-        dropped_for_label = in_conflict
-    else:
-        dropped_for_label = in_conflict & (rows.class_code[new] != rows.class_code[keeper])
-    reason[dropped_for_label] = LABEL_CONFLICT
-    keep = (is_keeper & ~dropped_for_label) | forced
-    reason[forced] = None
-    decisions = pa.table(
-        {
-            "source_uri": pa.array(rows.uri[new], pa.string()),
-            "cluster_id": pa.array(rows.cluster_id[keeper], pa.string()),
-            "keep": pa.array(keep),
-            "reason": pa.array(reason, pa.string()),
-            "duplicate_of": pa.array(rows.uri[keeper], pa.string(), mask=is_keeper),
-            "distance": pa.array(distance, pa.int32(), mask=is_keeper),
-        },
-        schema=DECISION_SCHEMA,
-    )
-    summary = _summary(rows, keeper, reason, keep, conflicts, cfg)
-    summary["kept_by_override"] = int((forced & ~(is_keeper & ~dropped_for_label)).sum())
-    return decisions, summary
+def _decide_parts(
+    rows: Rows, node_of_row: np.ndarray, pairs: NearPairs, forced: np.ndarray, cfg: DedupConfig
+) -> list[PartResult]:
+    """One Ray task per part; each part is sliced and handed over before the next is cut,
+    so the driver holds one part's copies at a time."""
+    import ray
+
+    task = _remote_decide()
+    refs = [
+        task.remote(part, cfg)
+        for part in split_parts(rows, node_of_row, pairs, forced, ROWS_PER_TASK)
+    ]
+    return ray.get(refs)
+
+
+@cache
+def _remote_decide() -> Any:
+    import ray
+
+    return ray.remote(decide_part)
 
 
 def _summary(
-    rows: Rows,
-    keeper: np.ndarray,
-    reason: np.ndarray,
-    keep: np.ndarray,
-    conflicts: np.ndarray,
-    cfg: DedupConfig,
-) -> dict[str, Any]:
-    new = np.arange(rows.n_existing, rows.count)
-    clusters, sizes = np.unique(keeper, return_counts=True)
-    sizes = sizes + (clusters < rows.n_existing)  # the existing keeper is a member too
-    dropped = reason[~keep]
-    return {
-        "rows": int(new.size),
+    rows: Rows, results: list[PartResult], cfg: DedupConfig
+) -> tuple[pa.Table, dict[str, Any]]:
+    """The merged decisions, and the summary in the shape (and key order) it always had."""
+    decisions, counts = merge(results, rows)
+    summary = {
+        "rows": counts["rows"],
         "existing_rows": rows.n_existing,
-        "kept": int(keep.sum()),
-        "dropped": {
-            r: int((dropped == r).sum()) for r in (EXACT_DUPLICATE, NEAR_DUPLICATE, LABEL_CONFLICT)
-        },
-        "clusters": int(clusters.size),
-        "duplicate_clusters": int((sizes > 1).sum()),
-        "largest_cluster": int(sizes.max(initial=0)),
-        "low_detail_rows": int(rows.low_detail[new].sum()),
-        "degenerate_hash_rows": int(rows.degenerate[new].sum()),
-        "label_conflicts": _conflicts(rows, keeper, conflicts),
+        "kept": counts["kept"],
+        "dropped": {r: counts[f"dropped:{r}"] for r in REASONS},
+        "clusters": counts["clusters"],
+        "duplicate_clusters": counts["duplicate_clusters"],
+        "largest_cluster": counts["largest_cluster"],
+        "low_detail_rows": counts["low_detail_rows"],
+        "degenerate_hash_rows": counts["degenerate_hash_rows"],
+        "label_conflicts": counts["label_conflicts"],
         "hash_kind": cfg.hash_kind,
         "max_hash_distance": cfg.search_distance,
+        "kept_by_override": counts["kept_by_override"],
+        "failed_verification": counts["failed_verification"],
     }
-
-
-def _conflicts(
-    rows: Rows, keeper: np.ndarray, conflicts: np.ndarray, listed: int = 20
-) -> list[dict[str, Any]]:
-    """The label conflicts as the report shows them: classes and (some of) the copies."""
-    by_cluster = np.argsort(keeper, kind="stable")
-    sorted_keeper = keeper[by_cluster]
-    out = []
-    for cluster in conflicts.tolist():
-        a, b = np.searchsorted(sorted_keeper, [cluster, cluster + 1])
-        members = rows.n_existing + by_cluster[a:b]
-        if cluster < rows.n_existing:
-            members = np.concatenate([[cluster], members])
-        names = [rows.classes[c] for c in rows.class_code[members]]
-        out.append(
-            {
-                "cluster_id": str(rows.cluster_id[cluster]),
-                "keeper": str(rows.uri[cluster]),
-                "size": int(members.size),
-                "classes": {name: names.count(name) for name in sorted(set(names))},
-                "members": [str(u) for u in rows.uri[members[:listed]]],
-            }
-        )
-    return sorted(out, key=lambda c: -c["size"])
+    return decisions, summary

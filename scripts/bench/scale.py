@@ -39,7 +39,7 @@ import ray
 from common.ray_runtime import ensure_ray
 from common.storage import join
 from devkit import synthetic_rows as synth
-from pipeline import job
+from pipeline import dedup, job
 from pipeline.config import CleanConfig
 from pipeline.sink import Shards, ShardWrite, write_parquet
 from pipeline.tables import CANDIDATES
@@ -50,6 +50,7 @@ _TIMED = (
     "carry_over",
     "deduplicate_and_finalize",
     "decide_with_off_class",  # within deduplicate_and_finalize: the driver's decisions
+    "dedup.deduplicate",  # within decide_with_off_class: search, clustering (Ray tasks)
     "finalize_stage",  # within deduplicate_and_finalize: Ray Data tasks
     "read_version",
     "build_report",
@@ -149,7 +150,7 @@ def install_hooks(args: argparse.Namespace, snapshot_dir: Path, timings: dict) -
         timings["list (read synthetic snapshot)"] = time.perf_counter() - started
         return table
 
-    def normalise_stage(work, cfg: CleanConfig, stage: str) -> Shards:  # noqa: ANN001
+    def normalise_stage(work, cfg: CleanConfig, stage: str, features=None) -> Shards:  # noqa: ANN001
         started = time.perf_counter()
         refs = [
             _candidate_part.remote(
@@ -170,7 +171,9 @@ def install_hooks(args: argparse.Namespace, snapshot_dir: Path, timings: dict) -
     job.list_lake = list_lake
     job.normalise_stage = normalise_stage
     for name in _TIMED:
-        original = getattr(job, name)
+        module = dedup if name.startswith("dedup.") else job
+        attr = name.removeprefix("dedup.")
+        original = getattr(module, attr)
 
         def timed(*a, _f=original, _n=name, **k):  # noqa: ANN002, ANN003, ANN202
             started = time.perf_counter()
@@ -179,7 +182,7 @@ def install_hooks(args: argparse.Namespace, snapshot_dir: Path, timings: dict) -
             finally:
                 timings[_n] = timings.get(_n, 0.0) + time.perf_counter() - started
 
-        setattr(job, name, timed)
+        setattr(module, attr, timed)
 
 
 def main() -> int:
