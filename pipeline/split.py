@@ -11,18 +11,19 @@ furthest below its target share: the split is stratified by class and stable.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import re
-from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from common.config import option
 from common.dataset import TEST, TRAIN, VAL
-from common.storage import StorageConfig, filesystem, relative_to
+from common.storage import StorageConfig, filesystem
+from pipeline import split_order as order
+from pipeline import split_units as units
 
 
 @dataclass
@@ -52,30 +53,11 @@ class SplitConfig:
             VAL: self.val_fraction,
             TEST: 1.0 - self.train_fraction - self.val_fraction,
         }
+        if shares[TEST] < 0 and shares[TEST] > -1e-9:  # 1 - 0.8 - 0.2 is -5.6e-17
+            shares[TEST] = 0.0
         if min(shares.values()) < 0 or self.train_fraction <= 0:
             raise ValueError(f"split fractions must be in [0, 1] and sum to <= 1: {shares}")
         return {name: share for name, share in shares.items() if share > 0}
-
-
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def _stable_order(key: str) -> str:
-    """A deterministic pseudo-random order, independent of input order and run."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def load_group_manifest(cfg: SplitConfig, storage: StorageConfig) -> dict[str, str]:
@@ -110,62 +92,81 @@ def group_of(relative_path: str, cfg: SplitConfig, manifest: dict[str, str]) -> 
 def assign_splits(
     kept: pa.Table, cfg: SplitConfig, links: Iterable[tuple[str, str]] = (), root: str = ""
 ) -> tuple[list[str], dict[str, int]]:
+    """`assign_split_array` as a list (the split names are shared, not copied per row)."""
+    names, split, stats = _split_ids(kept, cfg, links, root)
+    return np.array(names, dtype=object)[split].tolist(), stats
+
+
+def assign_split_array(
+    kept: pa.Table, cfg: SplitConfig, links: Iterable[tuple[str, str]] = (), root: str = ""
+) -> tuple[pa.Array, dict[str, int]]:
     """Split of every row of `kept` (columns source_uri, class_name, cluster_id, group,
-    split: null for rows not assigned yet). Returns the splits and a few counts.
+    split: null or empty for rows not assigned yet), as strings, and a few counts.
 
     New units are ordered by their paths relative to `root` (the lake's URI), so the
     same lake copied to another bucket or folder gets the same split."""
-    uris = kept["source_uri"].to_pylist()
-    classes = kept["class_name"].to_pylist()
-    existing = kept["split"].to_pylist()
-    index = {uri: i for i, uri in enumerate(uris)}
-    units = _UnionFind(len(uris))
-    first_with: dict[str, int] = {}
-    for column in ("cluster_id", "group"):
-        for i, key in enumerate(kept[column].to_pylist()):
-            if key is not None:
-                units.union(i, first_with.setdefault(f"{column}:{key}", i))
-    for a, b in links:
-        if a in index and b in index:
-            units.union(index[a], index[b])
+    names, split, stats = _split_ids(kept, cfg, links, root)
+    return pa.array(names, pa.string()).take(pa.array(split)), stats
 
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(uris)):
-        members[units.find(i)].append(i)
 
-    splits: list[str | None] = list(existing)
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for i, split in enumerate(existing):
-        if split:
-            counts[classes[i]][split] += 1
-    conflicts = 0
-    new_units = []
-    for rows in members.values():
-        assigned = Counter(existing[i] for i in rows if existing[i])
-        if assigned:
-            if len(assigned) > 1:
-                conflicts += 1  # new rows bridged two old units: keep both, join the larger
-            side = assigned.most_common(1)[0][0]
-            for i in rows:
-                if not splits[i]:
-                    splits[i] = side
-                    counts[classes[i]][side] += 1
-        else:
-            new_units.append(rows)
-
+def _split_ids(
+    kept: pa.Table, cfg: SplitConfig, links: Iterable[tuple[str, str]], root: str
+) -> tuple[list[str], np.ndarray, dict[str, int]]:
+    """The split names (the targets', then other names already assigned) and each row's
+    index into them: columns and integer arrays only (`pipeline.split_units`)."""
     targets = cfg.targets()
-    new_units.sort(key=lambda rows: _stable_order(min(relative_to(uris[i], root) for i in rows)))
-    for rows in new_units:
-        label = Counter(classes[i] for i in rows).most_common(1)[0][0]
-        side = _most_behind(counts[label], targets, len(rows))
-        for i in rows:
-            splits[i] = side
-            counts[classes[i]][side] += 1
-    stats = {"units": len(members), "new_units": len(new_units), "split_conflicts": conflicts}
-    return [s or TRAIN for s in splits], stats
+    uris = units.strings(kept["source_uri"])
+    unit = units.units_of([units.strings(kept[c]) for c in ("cluster_id", "group")], uris, links)
+    n_units = int(unit.max()) + 1 if unit.size else 0
+    names, split = _assigned(units.strings(kept["split"]), list(targets))
+    cls, class_names = units.codes(units.strings(kept["class_name"]), null=True)
+
+    # Units holding assigned rows: their new rows join the side most of them are on.
+    old_units, side, sides = units.Pairs(unit, split, len(names), np.flatnonzero(split >= 0)).mode()
+    unit_side = np.full(n_units, -1, units.ID)
+    unit_side[old_units] = side
+    split = np.where(split >= 0, split, unit_side[unit])
+    counts = _counts(cls, split, len(class_names), len(names))
+
+    # New units: balanced per class, in a stable pseudo-random order of their first path.
+    new_units = np.flatnonzero(unit_side < 0)
+    del unit_side
+    local = np.where(split < 0, np.searchsorted(new_units, unit), -1).astype(units.ID)
+    del unit
+    rows = np.flatnonzero(local >= 0).astype(units.ID)
+    classes = units.Pairs(local, cls, len(class_names), rows)
+    label = classes.mode()[1]  # every new unit has rows: one label per unit, in order
+    first = order.first_rows(local, new_units.size, uris, root)
+    sides_new = order.balance(
+        order.stable_order(uris, first, root),
+        label,
+        classes,
+        counts,
+        [(names.index(name), share) for name, share in targets.items()],
+    )
+    split[rows] = sides_new[local[rows]]
+    stats = {
+        "units": n_units,
+        "new_units": int(new_units.size),
+        "split_conflicts": int((sides > 1).sum()),
+    }
+    return names, split, stats
 
 
-def _most_behind(current: Counter, targets: dict[str, float], adding: int) -> str:
-    """The split whose count is furthest below its target share after adding `adding`."""
-    total = sum(current.values()) + adding
-    return max(targets, key=lambda s: (targets[s] * total - current[s], targets[s]))
+def _assigned(column: pa.ChunkedArray, names: list[str]) -> tuple[list[str], np.ndarray]:
+    """Each row's index into the split names, -1 where none is assigned yet (null or
+    empty); names already assigned that no target has are added after the targets'."""
+    ids, distinct = units.codes(column)
+    lookup = []
+    for name in distinct.to_pylist():  # a handful of names
+        if name and name not in names:
+            names.append(name)
+        lookup.append(names.index(name) if name else -1)
+    return names, np.asarray(lookup + [-1], units.ID)[ids]  # null rows (-1): the last, -1
+
+
+def _counts(cls: np.ndarray, split: np.ndarray, n_classes: int, n_names: int) -> np.ndarray:
+    """Rows per class and split name among the assigned rows."""
+    held = split >= 0
+    flat = np.bincount(cls[held] * n_names + split[held], minlength=n_classes * n_names)
+    return flat.reshape(n_classes, n_names)
