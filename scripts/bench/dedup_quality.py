@@ -6,7 +6,8 @@ Pillow's test images (`PILLOW_PHOTOS`) and one crop per video of halmstad-crops 
 middle frame). Every original gets the variants of `VARIANTS` (JPEG re-encodes,
 resizes, format changes, crops, brightness changes and combinations). Each file then
 goes through the job's own steps: `normalise` (decode, shrink to 512, JPEG q90), the
-stage's `signals` (hashes, junk scores, low detail, layouts) with the job's junk verdict
+stage's `signals` (hashes, junk scores, low detail, layouts) and the job's batch verdict
+(`judge_batch`: the content classifier on the embedding, then the junk rules)
 (a file the job would reject never reaches de-duplication; counted as "filtered"), the
 job's `dedup_input`, and last the real `deduplicate` on local Ray, at each threshold of
 `--thresholds`. Why a variant was missed is the job's own `explain_pair`.
@@ -65,10 +66,10 @@ from common.storage import StorageConfig
 from devkit.weights import local_embedding_weights
 from pipeline import dedup
 from pipeline.config import CleanConfig, NormalizeConfig
-from pipeline.embed import embedder
+from pipeline.embed import BATCH_SIZE as EMBED_BATCH
 from pipeline.job import dedup_input
-from pipeline.junk import verdict
-from pipeline.normalize import EMBEDDING_INPUT, normalise, signals
+from pipeline.normalize import EMBEDDING_INPUT, judge_batch, normalise, signals
+from pipeline.tables import KEPT
 
 SHARED = SHARED_DATA
 CROPS_DIR = SHARED / "halmstad-crops"
@@ -208,7 +209,7 @@ class Sample:
     kind: str  # ORIGINAL or a key of VARIANTS
     filtered: str | None = None  # rejection reason before de-duplication
     row: dict[str, Any] = field(default_factory=dict)  # deduplicate()'s input columns
-    embedding_input: np.ndarray | None = None  # embedded in batches after normalising
+    signals: dict[str, Any] | None = None  # judged and embedded in batches, as the job does
 
 
 def _rgb(data: bytes) -> Image.Image:
@@ -313,9 +314,10 @@ def load_originals(crops_dir: Path, position: float = MIDDLE_FRAME) -> list[Orig
 
 
 def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
-    """The normalise stage's work for one file (the job's `normalise` and `signals`: hashes,
-    junk scores, layouts; then its junk verdict), leaving deduplicate()'s input columns in
-    sample.row (as `pipeline.job.dedup_input` passes them) or the rejection in .filtered."""
+    """The normalise stage's per-file work for one file (the job's `normalise` and
+    `signals`: hashes, junk scores, layouts), leaving deduplicate()'s input columns in
+    sample.row (as `pipeline.job.dedup_input` passes them), the signals for the batch
+    verdict in sample.signals, or the rejection in .filtered."""
     cfg = CleanConfig()
     try:
         normalised = normalise(data, cfg.normalize)
@@ -323,26 +325,32 @@ def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
         sample.filtered = str(rej.reason)
         return
     found = signals(normalised, cfg)
-    reason, _ = verdict({k: v for k, v in found.items() if k.startswith("junk_")}, cfg.junk)
-    if reason:
-        sample.filtered = reason
-    sample.embedding_input = found.pop(EMBEDDING_INPUT, None)
+    sample.signals = {**found, "status": KEPT}
     work = {"source_uri": sample.uri, "class_name": CLASS, "seen_order": seen_order}
     work.update(normalised.fields)
-    work.update(found)
+    work.update({k: v for k, v in found.items() if k != EMBEDDING_INPUT})
     columns = [*dedup.REQUIRED_COLUMNS, *dedup.OPTIONAL_COLUMNS, "source_width", "source_height"]
     work_row = pa.Table.from_pylist([{k: work.get(k) for k in columns if k != "embedding"}])
     sample.row = dedup_input(work_row).to_pylist()[0]
 
 
 def add_embeddings(samples: list[Sample], weights: str) -> float:
-    """The embedding column, computed in batches as the normalise tasks do; seconds."""
-    todo = [s for s in samples if s.row and not s.filtered]
+    """The job's batch verdict (`pipeline.normalize.judge_batch`: every decodable file
+    embedded, the content classifier, the junk rules) in batches of 64 as the normalise
+    tasks run it: junk becomes .filtered, the rest get their embedding; seconds."""
+    cfg = CleanConfig()
+    cfg.dedup.embedding_weights = weights
+    todo = [s for s in samples if s.signals is not None]
     started = time.perf_counter()
-    if weights != NO_WEIGHTS:
-        vectors = embedder(weights)([s.embedding_input for s in todo])
-        for sample, vector in zip(todo, vectors, strict=True):
-            sample.row["embedding"] = vector.astype(np.float32).tolist()
+    for start in range(0, len(todo), EMBED_BATCH):
+        batch = todo[start : start + EMBED_BATCH]
+        judged, vectors, embedded = judge_batch([dict(s.signals) for s in batch], cfg)
+        position = {row: j for j, row in enumerate(embedded)}
+        for i, (sample, row) in enumerate(zip(batch, judged, strict=True)):
+            if row["status"] != KEPT:
+                sample.filtered = row["reason"]
+            elif i in position:
+                sample.row["embedding"] = vectors[position[i]].astype(np.float32).tolist()
     return time.perf_counter() - started
 
 
@@ -884,7 +892,7 @@ def part_a(
     originals = load_originals(crops_dir, position)
     samples = build_samples(originals)
     built = time.perf_counter() - started
-    embedded = sum(bool(s.row) and not s.filtered for s in samples)
+    embedded = sum(s.signals is not None for s in samples)
     seconds = add_embeddings(samples, weights)
     print(
         f"== A. planted near duplicates: {len(originals)} originals x {len(VARIANTS)} variant "
