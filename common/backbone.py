@@ -37,6 +37,19 @@ class WeightsReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
 
+    def warn(self) -> None:
+        """Log what the file lacked or had extra, if anything (also where the weights
+        were loaded in a Ray task: the driver logs the report it got back)."""
+        if self.missing or self.unexpected:
+            log.warning(
+                "weights %s: %d backbone keys missing %s, %d unexpected %s",
+                self.source,
+                len(self.missing),
+                self.missing[:5],
+                len(self.unexpected),
+                self.unexpected[:5],
+            )
+
 
 def load_backbone(model: nn.Module, path: str) -> WeightsReport:
     """Load the `features.*` entries of a local state dict (a full or a backbone-only
@@ -49,15 +62,7 @@ def load_backbone(model: nn.Module, path: str) -> WeightsReport:
     missing = [k for k in result.missing_keys if k.startswith(BACKBONE_PREFIX)]
     unexpected = [k for k in state if not k.startswith((BACKBONE_PREFIX, "classifier."))]
     report = WeightsReport(path, missing, [*result.unexpected_keys, *unexpected])
-    if report.missing or report.unexpected:
-        log.warning(
-            "weights %s: %d backbone keys missing %s, %d unexpected %s",
-            path,
-            len(report.missing),
-            report.missing[:5],
-            len(report.unexpected),
-            report.unexpected[:5],
-        )
+    report.warn()
     return report
 
 

@@ -26,7 +26,7 @@ from common.ray_runtime import ensure_ray
 from common.storage import join, relative_to
 from pipeline import dedup, offclass
 from pipeline.config import CleanConfig
-from pipeline.embed import embedder
+from pipeline.embed_task import EMBEDDING_WORKERS, shared_features
 from pipeline.finalize import finalize_stage, work_items
 from pipeline.incremental import carry_over, overrides_to_redo, plan_run, previous_state
 from pipeline.lease import Lease
@@ -112,24 +112,33 @@ def with_work_columns(
     return with_overrides(work, overrides)
 
 
-def normalise_stage(work: pa.Table, cfg: CleanConfig, stage: str) -> Shards:
-    """Ray Data: one task per `files_per_task` files; rows routed to candidates/rejected."""
+def normalise_stage(
+    work: pa.Table, cfg: CleanConfig, stage: str, features: ray.ObjectRef | None = None
+) -> Shards:
+    """Ray Data: one task per `files_per_task` files; rows routed to candidates/rejected.
+    `features`: the embedding network the tasks share (`pipeline.embed_task`)."""
     sink = ShardSink(stage, route_normalized, cfg.storage, name_prefix="norm")
     if work.num_rows == 0:
         return sink.result
     step = max(1, cfg.execution.files_per_task)
+    kwargs: dict[str, Any] = {"cfg": cfg}
+    remote_args: dict[str, Any] = {"max_retries": NORMALISE_MAX_RETRIES}  # default: forever
+    if features is not None:
+        kwargs["features"] = features
+        remote_args["runtime_env"] = EMBEDDING_WORKERS
     blocks = [work.slice(i, step) for i in range(0, work.num_rows, step)]
     try:
         with warnings.catch_warnings():
             # Ray 2.60 names no parameter for max_retries yet; only this warning is hidden.
             warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", Warning)
             dataset = ray.data.from_arrow(blocks).map_batches(
-                partial(normalise_batch, cfg=cfg),
+                partial(normalise_batch, **kwargs),
                 batch_format="pyarrow",
                 batch_size=None,
-                max_retries=NORMALISE_MAX_RETRIES,  # Ray Data's default retries forever
+                **remote_args,
             )
-        dataset.write_datasink(sink)
+        # The same remote args: the write fuses into the normalise task (no block in between).
+        dataset.write_datasink(sink, ray_remote_args=remote_args)
     except _WORKER_DEATHS as exc:
         raise StageFailed(
             f"normalise stage: a task's worker died on each of its {NORMALISE_MAX_RETRIES + 1} "
@@ -251,8 +260,8 @@ def _run_clean_leased(
         report = read_json_report(cfg, previous)
         return CleanResult(cfg.output_uri, previous, report, time.perf_counter() - started, True)
 
-    if cfg.dedup.verified:
-        embedder(cfg.dedup.embedding_weights)  # fails here, before any work, if unavailable
+    # Fails here, before any work, if the weights are unavailable.
+    features = shared_features(cfg.dedup.embedding_weights) if cfg.dedup.verified else None
     stage = staging_uri(cfg.output_uri, run_id)
     write_snapshot(snapshot, join(stage, "snapshot.parquet"), cfg.storage)
     # Bars on a terminal; elsewhere one line per stage (stage_line) instead of hundreds.
@@ -261,7 +270,7 @@ def _run_clean_leased(
     first_seen = previous.get("next_seen_order", 0) if previous else 0
     work = with_work_columns(plan.todo, classes, first_seen, cfg, in_force)
     with stage_line("normalise", logger=log) as line:
-        normalised = normalise_stage(work, cfg, stage)
+        normalised = normalise_stage(work, cfg, stage, features)
         line.count = work.num_rows
     carried, rewritten = carry_over(cfg.output_uri, previous, plan.removed, stage, cfg.storage)
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,9 @@ from pipeline.junk import (
 from pipeline.junk_model import junk_probability, load_model
 from pipeline.overrides import DROP, KEEP, OVERRIDE, OVERRIDE_NOTE
 from pipeline.tables import KEPT, REJECTED, work_schema
+
+if TYPE_CHECKING:
+    import ray
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +225,12 @@ def judge_junk(row: dict[str, Any], cfg: CleanConfig) -> dict[str, Any]:
     return _rejection({**row, "score": junk_score}, junk_reason, f"score {junk_score:.4g}")
 
 
-def normalise_batch(batch: pa.Table, cfg: CleanConfig) -> pa.Table:
-    """Ray Data map_batches function: snapshot rows in, normalised rows out (same count)."""
+def normalise_batch(
+    batch: pa.Table, cfg: CleanConfig, features: ray.ObjectRef | None = None
+) -> pa.Table:
+    """Ray Data map_batches function: snapshot rows in, normalised rows out (same count).
+    `features`: the run's embedding network (`pipeline.embed_task`); None: this process
+    loads it from the weights setting."""
     Image.MAX_IMAGE_PIXELS = cfg.normalize.max_pixels
     fs, _ = filesystem(cfg.input_uri, cfg.storage)
     out: list[dict[str, Any]] = []
@@ -240,30 +247,38 @@ def normalise_batch(batch: pa.Table, cfg: CleanConfig) -> pa.Table:
             fetched = pool.map(lambda item: _fetch(fs, item["source_uri"]), window)
             for item, data in zip(window, fetched, strict=True):
                 out.append(normalise_item(item, data, cfg))
-    out, vectors, todo = judge_batch(out, cfg)
+    out, vectors, todo = judge_batch(out, cfg, features)
     table = pa.Table.from_pylist(out, schema=work_schema(score_columns(cfg)))
     kept = [j for j, i in enumerate(todo) if out[i]["status"] == KEPT]  # only they are compared
     return with_embeddings(table, vectors[kept], [todo[j] for j in kept], len(out))
 
 
 def judge_batch(
-    rows: list[dict[str, Any]], cfg: CleanConfig
+    rows: list[dict[str, Any]], cfg: CleanConfig, features: ray.ObjectRef | None = None
 ) -> tuple[list[dict[str, Any]], np.ndarray, list[int]]:
     """Embed every decodable row once (one batched pass), score what it shows, then
     give every row its junk verdict: (rows, embeddings, the rows they belong to)."""
     inputs = [row.pop(EMBEDDING_INPUT, None) for row in rows]
-    vectors, todo = embed_inputs(inputs, cfg)
+    vectors, todo = embed_inputs(inputs, cfg, features)
     add_content_scores(rows, vectors, todo, cfg)
     return [judge_junk(row, cfg) for row in rows], vectors, todo
 
 
-def embed_inputs(inputs: list[np.ndarray | None], cfg: CleanConfig) -> tuple[np.ndarray, list[int]]:
+def embed_inputs(
+    inputs: list[np.ndarray | None], cfg: CleanConfig, features: ray.ObjectRef | None = None
+) -> tuple[np.ndarray, list[int]]:
     """Embed every decodable row once, in one batched pass (a CNN costs far less per
     image in batches): (vectors, the row positions they belong to)."""
     todo = [i for i, x in enumerate(inputs) if x is not None]
     if not todo or not cfg.dedup.verified:
         return np.zeros((0, 0), np.float16), []
-    return embedder(cfg.dedup.embedding_weights)([inputs[i] for i in todo]), todo
+    if features is None:
+        embed = embedder(cfg.dedup.embedding_weights)
+    else:
+        from pipeline.embed_task import shared_embedder  # Ray: only where a run shares it
+
+        embed = shared_embedder(features)
+    return embed([inputs[i] for i in todo]), todo
 
 
 def add_content_scores(

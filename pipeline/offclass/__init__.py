@@ -36,8 +36,9 @@ over images on the driver. An incremental run scores its new images against ever
 that will be kept.
 
 One module per concern: `config` (settings, column names), `probe` (the maths in numpy),
-`score` (the maths on Ray tasks, `score_rows`) and `stage` (the stage on tables, its
-merge into the decisions and its report.json summary).
+`score` (the maths on Ray tasks, `score_rows`), `fit` (the probe's statistics added up
+and solved off the driver) and `stage` (the stage on tables, its merge into the
+decisions and its report.json summary).
 """
 
 from pipeline.offclass.config import (

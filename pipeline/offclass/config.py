@@ -32,7 +32,7 @@ class OffClassConfig:
         min=0,
     )
     off_class_max_own: float = option(
-        0.05,
+        0.4,
         "off_class: an image is scored only when the probe gives its own class at most "
         "this probability (otherwise its score is 0)",
         above=0,
@@ -46,6 +46,12 @@ class OffClassConfig:
         max=1,
     )
     off_class_folds: int = option(5, "off_class: folds of the out-of-fold probe", min=2)
+    off_class_repeats: int = option(
+        5,
+        "off_class: fold splits the probe is fitted on, its probabilities averaged (one "
+        "split decides borderline images by where their look-alikes fell)",
+        min=1,
+    )
     off_class_sample: int = option(
         300,
         "off_class: images per class (fixed by URI hash) that set its typical confidence",

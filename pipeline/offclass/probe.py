@@ -5,15 +5,18 @@ runs them on Ray)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 
-def uri_rank(uris: np.ndarray) -> np.ndarray:
-    """A fixed pseudo-random 64-bit rank per URI: folds and caps never depend on order."""
+def uri_rank(uris: np.ndarray, repeat: int = 0) -> np.ndarray:
+    """A fixed pseudo-random 64-bit rank per URI (or content key): folds and caps never
+    depend on order. Each `repeat` draws another fixed ranking (another fold split)."""
+    salt = f"{repeat}:" if repeat else ""
     return np.array(
-        [int.from_bytes(hashlib.sha1(str(u).encode()).digest()[:8], "big") for u in uris],
+        [int.from_bytes(hashlib.sha1(f"{salt}{u}".encode()).digest()[:8], "big") for u in uris],
         np.uint64,
     )
 
@@ -49,6 +52,23 @@ def fold_stats(
         np.add.at(stats.sums[f], labels[rows], x[rows])
         np.add.at(stats.counts[f], labels[rows], 1)
     return stats
+
+
+def summed_stats(parts: Iterator[FoldStats]) -> FoldStats:
+    """The blocks' statistics added up in block order, one block held at a time. The
+    same sum to the bit as `sum()` over a list of them: 0 + the first, then each next
+    one added in place."""
+    total = None
+    for part in parts:
+        if total is None:
+            total = FoldStats(0 + part.sums, 0 + part.counts, 0 + part.scatter)
+        else:
+            total.sums += part.sums
+            total.counts += part.counts
+            total.scatter += part.scatter
+    if total is None:
+        raise ValueError("no reference rows to fit the probe on")
+    return total
 
 
 def discriminants(stats: FoldStats, fold: int, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
@@ -107,16 +127,32 @@ def neighbour_votes(
     """(m, n_classes): share of each query's k most similar references in each class,
     leaving out the query itself and its near copies."""
     sims = queries.astype(np.float32) @ refs.vectors.astype(np.float32).T
+    kk = min(k, sims.shape[1])
+    if kk == 0:
+        return np.zeros((len(queries), n_classes), np.float32)
+    # Row by row the same result; in chunks, the masks and the partition's copy and
+    # indices (12 bytes per query and reference) stay small on a large lake.
+    chunks = [slice(i, i + VOTE_ROWS) for i in range(0, max(len(queries), 1), VOTE_ROWS)]
+    return np.concatenate(
+        [_votes(sims[c], query_uris[c], refs, n_classes, kk, copy_similarity) for c in chunks]
+    )
+
+
+VOTE_ROWS = 128  # queries per chunk of `neighbour_votes` after its one matrix product
+
+
+def _votes(
+    sims: np.ndarray, query_uris: np.ndarray, refs: References, n_classes: int, kk: int,
+    copy_similarity: float,
+) -> np.ndarray:  # fmt: skip
+    """`neighbour_votes` of a chunk of queries from their similarities (changed in place)."""
     sims[query_uris[:, None] == refs.uris[None, :]] = -np.inf
     sims[sims >= copy_similarity] = -np.inf
-    kk = min(k, sims.shape[1])
-    votes = np.zeros((len(queries), n_classes), np.float32)
-    if kk == 0:
-        return votes
+    votes = np.zeros((len(sims), n_classes), np.float32)
     nearest = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
     valid = np.isfinite(np.take_along_axis(sims, nearest, axis=1))
     for j in range(kk):
-        np.add.at(votes, (np.arange(len(queries)), refs.labels[nearest[:, j]]), valid[:, j])
+        np.add.at(votes, (np.arange(len(sims)), refs.labels[nearest[:, j]]), valid[:, j])
     return votes / np.maximum(valid.sum(axis=1, keepdims=True), 1)
 
 
