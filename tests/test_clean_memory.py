@@ -26,6 +26,7 @@ from pipeline.offclass.probe import (
     discriminants,
     fold_stats,
     neighbour_votes,
+    one_fold_stats,
     summed_stats,
 )
 
@@ -145,22 +146,36 @@ def test_neighbour_votes_in_chunks_equal_all_at_once(monkeypatch, queries):
     assert np.array_equal(whole, chunked)
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_the_probes_fitted_in_tasks_are_the_drivers_to_the_bit():
-    """The probe's statistics are added up by a chain of tasks and each fold's probe is
-    solved by an actor whose BLAS runs the driver's thread count: the same weights as the
-    driver's own solve of its own sum."""
-    from pipeline.offclass.fit import fold_probes, share, summed_stats_ref
-
+def _probe_case(rows: int = 600, dim: int = 1280) -> tuple:
+    """References in 3 classes and 5 folds, and their statistics as the driver summed
+    them before: every block's `fold_stats`, added up with `sum()`."""
     rng = np.random.default_rng(1)
-    vectors = rng.standard_normal((600, 1280)).astype(np.float16)
-    labels, folds = rng.integers(0, 3, 600).astype(np.int32), rng.integers(0, 5, 600)
-    refs = References(vectors, labels, np.array([f"u{i}" for i in range(600)], dtype=object))
-    blocks = [(refs, i, i + 64, folds, 5, 3) for i in range(0, 600, 64)]  # 10 > in flight
+    vectors = rng.standard_normal((rows, dim)).astype(np.float16)
+    labels, folds = rng.integers(0, 3, rows).astype(np.int32), rng.integers(0, 5, rows)
+    refs = References(vectors, labels, np.array([f"u{i}" for i in range(rows)], dtype=object))
     parts = [fold_stats(vectors[i : i + 64], labels[i : i + 64], folds[i : i + 64], 5, 3)
-             for i in range(0, 600, 64)]  # fmt: skip
+             for i in range(0, rows, 64)]  # fmt: skip
     stats = FoldStats(*(sum(getattr(p, n) for p in parts) for n in ("sums", "counts", "scatter")))
-    probes = fold_probes(summed_stats_ref(blocks), np.arange(5), 0.3, share(refs).prober)
+    return refs, folds, stats
+
+
+def test_one_folds_statistics_equal_that_fold_of_the_blocks_sum():
+    refs, folds, stats = _probe_case(dim=48)
+    for fold in range(5):
+        got = one_fold_stats(refs.vectors, refs.labels, folds, fold, 3, 64)
+        for name in ("sums", "counts", "scatter"):
+            assert np.array_equal(getattr(got, name), getattr(stats, name)[fold]), name
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_the_probes_fitted_off_the_driver_are_the_drivers_to_the_bit():
+    """Each fold's statistics are summed in a task and the probes solved by an actor
+    whose BLAS runs the driver's thread count: the same weights as the driver's own
+    solve of its own sum (d = 1280, where the LU solve runs threaded)."""
+    from pipeline.offclass.fit import fold_probes, share
+
+    refs, folds, stats = _probe_case()
+    probes = fold_probes(share(refs), folds, 5, 3, 64, np.arange(5), 0.3)
     for fold, (weights, offsets) in probes.items():
         want_weights, want_offsets = discriminants(stats, fold, 0.3)
         assert np.array_equal(weights, want_weights) and np.array_equal(offsets, want_offsets)

@@ -54,6 +54,28 @@ def fold_stats(
     return stats
 
 
+def one_fold_stats(
+    vectors: np.ndarray, labels: np.ndarray, folds: np.ndarray, fold: int, n_classes: int,
+    step: int,
+) -> FoldStats:  # fmt: skip
+    """`fold_stats` of every block of `step` rows added up (`summed_stats`), at `fold`
+    only ((classes, d) sums, (classes,) counts, (d, d) X'X), the same to the bit."""
+    return summed_stats(
+        _fold_part(vectors[i : i + step], labels[i : i + step], folds[i : i + step] == fold,
+                   n_classes)
+        for i in range(0, len(labels), step)
+    )  # fmt: skip
+
+
+def _fold_part(vectors: np.ndarray, labels: np.ndarray, rows: np.ndarray, n: int) -> FoldStats:
+    """`fold_stats` of one block at one fold (`rows`: the block's rows in it)."""
+    x = vectors.astype(np.float64)
+    part = FoldStats(np.zeros((n, x.shape[1])), np.zeros(n), x[rows].T @ x[rows])
+    np.add.at(part.sums, labels[rows], x[rows])
+    np.add.at(part.counts, labels[rows], 1)
+    return part
+
+
 def summed_stats(parts: Iterator[FoldStats]) -> FoldStats:
     """The blocks' statistics added up in block order, one block held at a time. The
     same sum to the bit as `sum()` over a list of them: 0 + the first, then each next

@@ -9,7 +9,7 @@ import numpy as np
 import ray
 
 from pipeline.offclass.config import OffClassConfig
-from pipeline.offclass.fit import Shared, fold_probes, share, summed_stats_ref
+from pipeline.offclass.fit import Shared, fold_probes, share
 from pipeline.offclass.probe import (
     References,
     capped,
@@ -36,13 +36,9 @@ def out_of_fold(
     ref_folds = (uri_rank(refs.uris, repeat) % k).astype(np.int64)
     shared = share(refs) if shared is None else shared
     step = cfg.off_class_block_rows
-    folds = ray.put(ref_folds)
-    blocks = [
-        (shared.refs, i, i + step, folds, k, n_classes) for i in range(0, len(refs.labels), step)
-    ]
     query_folds = uri_rank(query_uris, repeat) % k
-    stats = summed_stats_ref(blocks)
-    probes = fold_probes(stats, np.unique(query_folds), cfg.off_class_shrinkage, shared.prober)
+    wanted = np.unique(query_folds)
+    probes = fold_probes(shared, ref_folds, k, n_classes, step, wanted, cfg.off_class_shrinkage)
     probabilities = np.zeros((len(queries), n_classes))
     futures, owners = [], []
     for fold, (weights, offsets) in probes.items():
