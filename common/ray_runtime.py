@@ -17,6 +17,22 @@ from common import logs
 SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 NO_BARS_ENV = "RAY_DATA_DISABLE_PROGRESS_BARS"
 PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+# OpenBLAS's idle threads spin for 2**28 cycles (its default) before they sleep; on
+# cores shared with other work that spinning was most of a BLAS call's CPU (the
+# off-class probe's solves: 0.25 against 0.10 CPU-s each at 4, the same result to the
+# bit: the timeout changes when a thread sleeps, not how the work is split).
+BLAS_SPIN_ENV = "OPENBLAS_THREAD_TIMEOUT"
+BLAS_SPIN = "4"
+# A local Ray starts no workers before a task needs them: it would start num_cpus when
+# it starts and num_cpus again for the first driver, and the first ones never ran a task
+# (each start costs ~0.4 CPU-s, more once it imports). And an idle worker beyond num_cpus
+# is stopped after 10 s, not 1 s: the worker that built the embedding network is the
+# first normalise worker, a few seconds of driver work later (a new one costs ~3 CPU-s).
+LOCAL_SYSTEM_CONFIG = {
+    "enable_worker_prestart": False,
+    "prestart_worker_first_driver": False,
+    "idle_worker_killing_time_threshold_ms": 10_000,
+}
 
 
 def init_options(log_to_driver: bool) -> dict[str, Any]:
@@ -32,6 +48,7 @@ def init_options(log_to_driver: bool) -> dict[str, Any]:
         env = {logs.VERBOSE_ENV: "1" if logs.verbose() else "0", PRINT_PATCH_ENV: "0"}
         # Bars drawn inside a worker reach the driver as forwarded lines, not as bars.
         env[NO_BARS_ENV] = "1"
+        env[BLAS_SPIN_ENV] = os.environ.get(BLAS_SPIN_ENV, BLAS_SPIN)
         options["runtime_env"] = {
             "worker_process_setup_hook": "common.logs.quiet_worker",
             "env_vars": env,
@@ -57,5 +74,10 @@ def ensure_ray(address: str | None, num_cpus: int | None, log_to_driver: bool = 
     if address:
         ray.init(address=address, **init_options(log_to_driver))
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **init_options(log_to_driver))
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _system_config=dict(LOCAL_SYSTEM_CONFIG),  # ray.init adds to the dict
+            **init_options(log_to_driver),
+        )
     logs.quiet_libraries()  # ray.init configures Ray's loggers again

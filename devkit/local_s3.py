@@ -84,10 +84,14 @@ class LocalS3:
             use_listings_cache=False,  # as common.storage: tests poll what other processes write
         )
 
-    def create_bucket(self, bucket: str) -> None:
+    def client(self):  # noqa: ANN201 - boto3 is an optional import here
+        """A boto3 S3 client of this endpoint, as on AWS."""
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.endpoint_url, **_boto_credentials())
+        return boto3.client("s3", endpoint_url=self.endpoint_url, **_boto_credentials())
+
+    def create_bucket(self, bucket: str) -> None:
+        client = self.client()
         if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
             client.create_bucket(Bucket=bucket)
 

@@ -12,6 +12,11 @@ from pipeline.junk import JunkConfig
 from pipeline.offclass import OffClassConfig
 from pipeline.split import SplitConfig
 
+# Where the embedding runs (execution.embedding_device): in the normalise tasks, or in
+# a stage of its own, an actor pool on GPUs or on CPUs (`pipeline.embed_stage`).
+EMBED_IN_TASKS, EMBED_ON_GPU, EMBED_ON_CPU_ACTORS = "cpu", "gpu", "cpu-actors"
+EMBEDDING_DEVICES = (EMBED_IN_TASKS, EMBED_ON_GPU, EMBED_ON_CPU_ACTORS)
+
 
 @dataclass
 class NormalizeConfig:
@@ -78,6 +83,36 @@ class ExecutionConfig:
         "When another run is writing OUTPUT_URI (it holds _lease.json), wait for it to "
         "finish instead of stopping with exit 2",
     )
+    embedding_device: str = option(
+        EMBED_IN_TASKS,
+        "Where the embedding network runs: 'cpu' = inside each normalise task; 'gpu' = a "
+        "stage of its own, a pool of up to embedding_actors actors with "
+        "embedding_gpus_per_actor GPUs each (GPU nodes: docs/cleaning.md); 'cpu-actors' = "
+        "that stage on CPUs (torch in those actors only, not in every normalise worker). "
+        "No effect with --embedding-weights none",
+        choices=EMBEDDING_DEVICES,
+    )
+    embedding_actors: int = option(
+        1,
+        "Most actors the embedding stage grows to ('gpu' or 'cpu-actors'): one per GPU "
+        "the run may use",
+        min=1,
+    )
+    embedding_gpus_per_actor: float = option(
+        1.0,
+        "GPUs each embedding actor reserves ('gpu'); a fraction such as 0.5 puts two "
+        "actors on one GPU",
+        above=0,
+    )
+
+    def validate(self) -> None:
+        """Ray takes a fraction of a GPU, or whole GPUs: never 1.5."""
+        gpus = self.embedding_gpus_per_actor
+        if gpus > 1 and not float(gpus).is_integer():
+            raise ConfigError(
+                "execution.embedding_gpus_per_actor",
+                f"must be at most 1 or a whole number, got {gpus:g}",
+            )
 
 
 @dataclass
@@ -101,6 +136,12 @@ class CleanConfig:
         None,
         "CSV/JSON of a person's decisions (source_uri, decision keep|drop|auto, note), "
         "honoured before any rule and kept by later runs; report.html downloads one",
+    )
+    inventory_uri: str | None = option(
+        None,
+        "An S3 Inventory report of the lake's bucket (its manifest.json, or the folder whose "
+        "newest manifest.json counts), read as the run's snapshot instead of listing the "
+        "lake: CSV, ORC or Parquet with the Size field (docs/cluster.md)",
     )
     storage: StorageConfig = section(StorageConfig)
     normalize: NormalizeConfig = section(NormalizeConfig)

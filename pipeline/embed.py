@@ -97,9 +97,11 @@ def grey_correlation(layout: np.ndarray, others: np.ndarray, shift: int = GREY_S
 
 @dataclass
 class Embedder:
-    """The backbone in eval mode; call it with `embedding_input` arrays."""
+    """The backbone in eval mode; call it with `embedding_input` arrays. `device`: where
+    `features` lies ('cuda' in the GPU embedding stage, `pipeline.embed_stage`)."""
 
     features: nn.Module
+    device: str = "cpu"
 
     def __call__(self, inputs: list[np.ndarray]) -> np.ndarray:
         """(n, 1280) float16, each row L2-normalised (cosine = dot product)."""
@@ -114,9 +116,9 @@ class Embedder:
                 batch = (batch / MAX_PIXEL_VALUE - mean) / std
                 # NHWC as it comes: viewed as NCHW it is channels_last, the layout the
                 # folded network runs fastest in (no transposed copy).
-                x = torch.from_numpy(batch).permute(0, 3, 1, 2)
+                x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)
                 pooled = self.features(x).mean(dim=(2, 3))
-                out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
+                out.append(torch.nn.functional.normalize(pooled, dim=1).cpu().numpy())
         return np.concatenate(out).astype(np.float16) if out else np.zeros((0, 0), np.float16)
 
 

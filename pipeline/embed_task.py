@@ -11,6 +11,13 @@ into a GraphModule of plain torch.nn layers: the same layers, called in the same
 so the same embeddings to the bit (tests/test_dedup.py). The driver holds only the
 object's reference and never imports torch; each worker deserialises it once, with
 torch but without torchvision.
+
+A local state dict (what offline clusters and the benchmarks use) needs no torchvision
+at all: the same layers under the same names are built here (`plain_mobilenet_v2`), in
+a worker of the normalise tasks' kind that stays one, so no process starts and exits
+for the build (~5 CPU-s: Python, Ray, torch and torchvision imported for one task).
+Only 'default' (torchvision's download) and 'none' (its random init), or a file these
+layers cannot load, take the torchvision task.
 """
 
 from __future__ import annotations
@@ -19,7 +26,14 @@ from typing import TYPE_CHECKING
 
 import ray
 
-from common.backbone import WeightsReport, WeightsUnavailable, mobilenet_v2_backbone
+from common.backbone import (
+    DEFAULT_WEIGHTS,
+    NO_WEIGHTS,
+    WeightsReport,
+    WeightsUnavailable,
+    load_backbone,
+    mobilenet_v2_backbone,
+)
 from pipeline.embed import Embedder, for_inference
 
 if TYPE_CHECKING:
@@ -46,11 +60,102 @@ def _build(weights: str) -> tuple[WeightsReport | str, nn.Module | None]:
     return report, symbolic_trace(for_inference(model.features.eval()))
 
 
+@ray.remote(num_cpus=1, num_returns=2)
+def _build_plain(weights: str) -> tuple[WeightsReport | None, nn.Module | None]:
+    """(what loading reported; the folded network, traced as `_build` traces it) from
+    a local state dict, without torchvision; (None, None) where these layers cannot
+    load it."""
+    from torch.fx import symbolic_trace
+
+    model = plain_mobilenet_v2()
+    try:
+        report = load_backbone(model, weights)
+    except (OSError, RuntimeError, ValueError):  # missing file, other shapes, not a state dict
+        return None, None
+    return report, symbolic_trace(for_inference(model.features.eval()))
+
+
+def plain_mobilenet_v2() -> nn.Module:
+    """torchvision's MobileNetV2 `features` (width 1.0), its layers under its names (the
+    state dict's `features.*` keys), built from torch.nn alone: an object with the same
+    modules, run in the same order, as `symbolic_trace` makes of torchvision's."""
+    from torch import nn
+
+    residual_block = _inverted_residual_class()
+
+    def conv(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Module:
+        """torchvision's Conv2dNormActivation: convolution, batch norm, ReLU6."""
+        padding = (kernel - 1) // 2
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=True),
+        )
+
+    layers = [conv(3, 32, stride=2)]
+    channels = 32
+    for expand, out, repeats, first_stride in MOBILENET_V2_BLOCKS:
+        for i in range(repeats):
+            hidden = channels * expand
+            stride = first_stride if i == 0 else 1
+            block = [conv(channels, hidden, kernel=1)] if expand != 1 else []
+            block += [
+                conv(hidden, hidden, stride=stride, groups=hidden),
+                nn.Conv2d(hidden, out, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(out),
+            ]
+            keeps_shape = stride == 1 and channels == out
+            layers.append(residual_block(nn.Sequential(*block), keeps_shape))
+            channels = out
+    layers.append(conv(channels, 1280, kernel=1))
+    model = nn.Module()
+    model.features = nn.Sequential(*layers)
+    return model
+
+
+# torchvision's MobileNetV2 settings: expansion, output channels, repeats, first stride.
+MOBILENET_V2_BLOCKS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def _inverted_residual_class() -> type:
+    """torchvision's InvertedResidual without torchvision: `conv`, plus the input where
+    the block keeps its shape (defined on first use: torch loads lazily; the traced
+    network holds none of it, only its layers)."""
+    from torch import nn
+
+    class _InvertedResidual(nn.Module):
+        def __init__(self, conv: nn.Module, residual: bool) -> None:
+            super().__init__()
+            self.conv = conv
+            self.residual = residual
+
+        def forward(self, x):  # noqa: ANN001, ANN202 - a torch.Tensor
+            return x + self.conv(x) if self.residual else self.conv(x)
+
+    return _InvertedResidual
+
+
 def shared_features(weights: str) -> ray.ObjectRef:
     """The traced network for `weights`, in the object store. Raises
     common.backbone.WeightsUnavailable (before any file is processed) when the weights
     cannot be loaded; a state dict with missing or unexpected keys is logged here."""
-    # A fresh process of the normalise tasks' kind, which exits after this task.
+    if weights not in (DEFAULT_WEIGHTS, NO_WEIGHTS):
+        # In a worker of the normalise tasks' kind, which runs them next.
+        report_ref, features = _build_plain.options(runtime_env=EMBEDDING_WORKERS).remote(weights)
+        report = ray.get(report_ref)
+        if report is not None:
+            report.warn()
+            return features
+    # A fresh process of the normalise tasks' kind, which exits after this task; for a
+    # file the plain layers could not load, it also says why.
     report_ref, features = _build.options(runtime_env=EMBEDDING_WORKERS).remote(weights)
     report = ray.get(report_ref)
     if isinstance(report, str):

@@ -10,14 +10,16 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from common.storage import StorageConfig
+from common.storage import StorageConfig, join
 from pipeline.output import read_shards
-from pipeline.sink import Shards, ShardSink
-from pipeline.tables import KEPT, REJECTED, route_final
+from pipeline.sink import Shards, ShardSink, ShardWrite, write_parquet
+from pipeline.tables import INDEX, INDEX_COLUMNS, KEPT, REJECTED, route_final, schema_of
+from pipeline.vectors import VECTOR_COLUMNS, VectorRows
 
 DECISION_COLUMNS = ["source_uri", "keep", "reason", "duplicate_of", "distance", "cluster_id",
                     "split"]  # fmt: skip
@@ -108,3 +110,48 @@ def finalize_stage(items: list[dict[str, Any]], stage_uri: str, storage: Storage
             .write_datasink(sink)
         )
     return sink.result
+
+
+def index_shard(
+    candidates: pa.Table,
+    vectors: VectorRows | None,
+    decisions: pa.Table,
+    stage: str,
+    run_id: str,
+    storage: StorageConfig,
+) -> Shards:
+    """This run's rows of the hash index: kept images' metadata, cluster and split, and
+    their vectors (`vectors`: the candidates'), which the task writing it reads. None:
+    no verification, so the vectors are null, and the driver writes it."""
+    kept = decisions.filter(decisions["keep"])
+    if kept.num_rows == 0:
+        return Shards()
+    chosen = pc.is_in(candidates["source_uri"], value_set=kept["source_uri"])
+    rows = candidates.filter(chosen)
+    outcome = pc.index_in(rows["source_uri"], value_set=kept["source_uri"])
+    table = (
+        rows.drop_columns([c for c in ("cluster_id", "split") if c in rows.column_names])
+        .append_column("cluster_id", pc.take(kept["cluster_id"], outcome))
+        .append_column("split", pc.take(kept["split"], outcome))
+    )
+    uri = join(stage, INDEX, f"index-{run_id}.parquet")
+    if vectors is None:
+        size = _write_index(table, None, uri, storage)
+    else:
+        found = vectors.take(np.flatnonzero(chosen.to_numpy(zero_copy_only=False)))
+        size = ray.get(_remote_write_index.remote(table, found, uri, storage))
+    return Shards([ShardWrite(INDEX, uri, table.num_rows, size)])
+
+
+def _write_index(
+    table: pa.Table, vectors: VectorRows | None, uri: str, storage: StorageConfig
+) -> int:
+    """The index rows with their vectors (None: null ones), written; its size."""
+    found = None if vectors is None else vectors.read(list(VECTOR_COLUMNS))
+    for field in schema_of(list(VECTOR_COLUMNS)):
+        column = pa.nulls(table.num_rows, field.type) if found is None else found[field.name]
+        table = table.append_column(field.name, column)
+    return write_parquet(table.select(INDEX_COLUMNS), uri, storage)
+
+
+_remote_write_index = ray.remote(num_cpus=1)(_write_index)

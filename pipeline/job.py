@@ -25,10 +25,12 @@ from common.logs import show_bars, stage_line
 from common.ray_runtime import ensure_ray
 from common.storage import join, relative_to
 from pipeline import dedup, offclass
-from pipeline.config import CleanConfig
+from pipeline.config import EMBED_IN_TASKS, CleanConfig
+from pipeline.embed_stage import embedding_stage, require_gpus
 from pipeline.embed_task import EMBEDDING_WORKERS, shared_features
-from pipeline.finalize import finalize_stage, work_items
+from pipeline.finalize import finalize_stage, index_shard, work_items
 from pipeline.incremental import carry_over, overrides_to_redo, plan_run, previous_state
+from pipeline.inventory import inventory_snapshot
 from pipeline.lease import Lease
 from pipeline.listing import list_lake
 from pipeline.normalize import normalise_batch
@@ -45,9 +47,10 @@ from pipeline.output import (
 from pipeline.overrides import OVERRIDE, load_overrides, with_overrides
 from pipeline.report import build_report, read_version
 from pipeline.review import review_page
-from pipeline.sink import Shards, ShardSink, ShardWrite, StageFailed, write_parquet
+from pipeline.sink import Shards, ShardSink, ShardWrite, StageFailed
 from pipeline.split import assign_splits, group_of, load_group_manifest
 from pipeline.tables import CANDIDATES, INDEX, INDEX_COLUMNS, route_normalized
+from pipeline.vectors import VECTOR_COLUMNS, VectorRows, of_shards
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,8 @@ class CleanResult:
 def stable_classes(previous: dict[str, Any] | None, snapshot: pa.Table) -> list[str]:
     """Labels never change between versions: known classes first, new ones appended."""
     known = list(previous["classes"]) if previous else []
-    found = sorted({c for c in snapshot["class_name"].to_pylist() if c} - set(known))
+    # The distinct names only: no Python string per file (1M files, ~60 MB).
+    found = sorted({c for c in pc.unique(snapshot["class_name"]).to_pylist() if c} - set(known))
     return known + found
 
 
@@ -116,14 +120,19 @@ def normalise_stage(
     work: pa.Table, cfg: CleanConfig, stage: str, features: ray.ObjectRef | None = None
 ) -> Shards:
     """Ray Data: one task per `files_per_task` files; rows routed to candidates/rejected.
-    `features`: the embedding network the tasks share (`pipeline.embed_task`)."""
+    `features`: the embedding network (`pipeline.embed_task`), which the tasks share, or
+    which the embedding stage's actors hold (`execution.embedding_device`)."""
     sink = ShardSink(stage, route_normalized, cfg.storage, name_prefix="norm")
     if work.num_rows == 0:
         return sink.result
     step = max(1, cfg.execution.files_per_task)
     kwargs: dict[str, Any] = {"cfg": cfg}
     remote_args: dict[str, Any] = {"max_retries": NORMALISE_MAX_RETRIES}  # default: forever
-    if features is not None:
+    separate = features is not None and cfg.execution.embedding_device != EMBED_IN_TASKS
+    if separate:
+        require_gpus(cfg)  # before any file is read
+        kwargs["embed_later"] = True  # the tasks hold no torch: Ray's shared workers do
+    elif features is not None:
         kwargs["features"] = features
         remote_args["runtime_env"] = EMBEDDING_WORKERS
     blocks = [work.slice(i, step) for i in range(0, work.num_rows, step)]
@@ -137,7 +146,10 @@ def normalise_stage(
                 batch_size=None,
                 **remote_args,
             )
-        # The same remote args: the write fuses into the normalise task (no block in between).
+        if separate:
+            dataset = embedding_stage(dataset, cfg, features)
+        # The same remote args: the write fuses into the normalise task (no block in
+        # between); after the embedding stage, it runs in tasks of its own.
         dataset.write_datasink(sink, ray_remote_args=remote_args)
     except _WORKER_DEATHS as exc:
         raise StageFailed(
@@ -159,17 +171,24 @@ def dedup_input(table: pa.Table) -> pa.Table:
 
 
 def decide(
-    existing: pa.Table, candidates: pa.Table, cfg: CleanConfig
+    existing: pa.Table, candidates: pa.Table, cfg: CleanConfig, vectors: VectorRows | None = None
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """De-duplicate the candidates against each other and the kept index, then split."""
+    """De-duplicate the candidates against each other and the kept index, then split.
+    `vectors`: where the rows' vectors lie (`existing`'s, then the candidates')."""
     result = dedup.deduplicate(
-        dedup_input(candidates), cfg.dedup, dedup_input(existing) if existing.num_rows else None
+        dedup_input(candidates),
+        cfg.dedup,
+        dedup_input(existing) if existing.num_rows else None,
+        vectors,
     )
     decisions, summary = result.decisions, result.summary
-    # Arrow joins, not a dict per file: the driver holds columns, not Python rows.
+    # Arrow joins on the columns they need (not every candidate column), not a dict per file.
     keep = decisions["keep"]
-    kept = decisions.filter(keep)
-    kept_new = candidates.filter(pc.is_in(candidates["source_uri"], value_set=kept["source_uri"]))
+    kept = decisions.select(["source_uri", "cluster_id"]).filter(keep)
+    needed = [c for c in SPLIT_COLUMNS if c in candidates.column_names]
+    kept_new = candidates.select(needed).filter(
+        pc.is_in(candidates["source_uri"], value_set=kept["source_uri"])
+    )
     cluster = pc.take(
         kept["cluster_id"], pc.index_in(kept_new["source_uri"], value_set=kept["source_uri"])
     )
@@ -204,25 +223,6 @@ def _split_input(table: pa.Table, replace: dict[str, Any] | None = None) -> pa.T
     )
 
 
-def index_shard(
-    candidates: pa.Table, decisions: pa.Table, stage: str, run_id: str, cfg: CleanConfig
-) -> Shards:
-    """This run's rows of the hash index: kept images' metadata, cluster and split."""
-    kept = decisions.filter(decisions["keep"])
-    if kept.num_rows == 0:
-        return Shards()
-    rows = candidates.filter(pc.is_in(candidates["source_uri"], value_set=kept["source_uri"]))
-    outcome = pc.index_in(rows["source_uri"], value_set=kept["source_uri"])
-    table = (
-        rows.drop_columns([c for c in ("cluster_id", "split") if c in rows.column_names])
-        .append_column("cluster_id", pc.take(kept["cluster_id"], outcome))
-        .append_column("split", pc.take(kept["split"], outcome))
-        .select(INDEX_COLUMNS)
-    )
-    uri = join(stage, INDEX, f"index-{run_id}.parquet")
-    return Shards([ShardWrite(INDEX, uri, table.num_rows, write_parquet(table, uri, cfg.storage))])
-
-
 def run_clean(cfg: CleanConfig) -> CleanResult:
     """The whole run holds the output's lease: one writer per output (`pipeline.lease`)."""
     started = time.perf_counter()
@@ -241,7 +241,11 @@ def _run_clean_leased(
     cfg: CleanConfig, run_id: str, lease: Lease, started: float, given: pa.Table | None
 ) -> CleanResult:
     ensure_ray(cfg.execution.ray_address, cfg.execution.num_cpus)  # the listing's tasks
-    snapshot = list_lake(cfg.input_uri, cfg.storage)
+    snapshot = (
+        inventory_snapshot(cfg.inventory_uri, cfg.input_uri, cfg.storage)
+        if cfg.inventory_uri
+        else list_lake(cfg.input_uri, cfg.storage)
+    )
     previous = read_manifest(cfg.output_uri, cfg.storage)
     classes = stable_classes(previous, snapshot)
     previous_snapshot, retry = previous_state(cfg.output_uri, previous, cfg.storage)
@@ -324,33 +328,54 @@ def deduplicate_and_finalize(
     cfg: CleanConfig,
 ) -> tuple[Shards, dict[str, Any]]:
     """Decide on this run's candidates from their metadata, then apply the decisions to
-    their pixels in Ray tasks; carried-over shards that had to be rewritten come along."""
+    their pixels in Ray tasks; carried-over shards that had to be rewritten come along.
+    The driver reads no vectors: the tasks that use them read them (`pipeline.vectors`)."""
     index_rewrites = [join(stage, r) for r in rewritten if r.startswith(INDEX + "/")]
-    existing = _existing_index(cfg, carried, index_rewrites)
+    existing, existing_uris = _existing_index(cfg, carried, index_rewrites)
+    candidate_uris = normalised.uris(CANDIDATES)
     candidates = read_shards(
-        normalised.uris(CANDIDATES),
+        candidate_uris,
         cfg.storage,
-        [c for c in INDEX_COLUMNS if c not in ("cluster_id", "split")] + [OVERRIDE],
+        [c for c in INDEX_COLUMNS if c not in ("cluster_id", "split", *VECTOR_COLUMNS)]
+        + [OVERRIDE],
         with_shard=True,
+    )
+    # Row ids: the kept index's rows, then the candidates' (`pipeline.vectors`).
+    vectors = of_shards(
+        existing_uris + candidate_uris, cfg.storage, existing.num_rows + candidates.num_rows
     )
     final, stats = Shards(), {}
     if candidates.num_rows:
-        decisions, stats = decide_with_off_class(existing, candidates, cfg)
+        decisions, stats = decide_with_off_class(existing, candidates, cfg, vectors)
         final = finalize_stage(work_items(candidates, decisions), stage, cfg.storage)
-        final.writes += index_shard(candidates, decisions, stage, run_id, cfg).writes
+        new_rows = None  # without verification the vectors are null: nothing to read
+        if cfg.dedup.verified:
+            new_rows = vectors.take(np.arange(existing.num_rows, len(vectors)))
+        final.writes += index_shard(
+            candidates, new_rows, decisions, stage, run_id, cfg.storage
+        ).writes
     final.writes += [ShardWrite(rel.split("/", 1)[0], join(stage, rel), 0, 0) for rel in rewritten]
     return final, stats
 
 
 def decide_with_off_class(
-    existing: pa.Table, candidates: pa.Table, cfg: CleanConfig
+    existing: pa.Table, candidates: pa.Table, cfg: CleanConfig, vectors: VectorRows | None = None
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Off-class photos first (`pipeline.offclass`: they are not offered to
-    de-duplication, so they never stand in for a copy), then `decide` on the rest."""
-    off = offclass.off_class_stage(candidates, existing, cfg.off_class)
-    rest = candidates.filter(pc.invert(off[offclass.REJECT]))
+    de-duplication, so they never stand in for a copy), then `decide` on the rest.
+    `vectors`: where the rows' vectors lie (`existing`'s, then the candidates'), when
+    the tables do not carry them; read only with verification (none without)."""
+    if not cfg.dedup.verified:
+        vectors = None
+    off = offclass.off_class_stage(candidates, existing, cfg.off_class, vectors)
+    offered = pc.invert(off[offclass.REJECT])
+    rest = candidates.filter(offered)
     if rest.num_rows:
-        decisions, stats = decide(existing, rest, cfg)
+        if vectors is not None:
+            rows = np.flatnonzero(offered.to_numpy(zero_copy_only=False))
+            e = existing.num_rows
+            vectors = vectors.take(np.concatenate([np.arange(e), e + rows]))
+        decisions, stats = decide(existing, rest, cfg, vectors)
     else:
         decisions, stats = (
             dedup.DECISION_SCHEMA.empty_table().append_column("split", pa.array([], pa.string())),
@@ -362,10 +387,12 @@ def decide_with_off_class(
 
 def _existing_index(
     cfg: CleanConfig, carried: dict[str, list[str]], rewritten: list[str]
-) -> pa.Table:
-    """The hash index of the images this version keeps from the previous one."""
+) -> tuple[pa.Table, list[str]]:
+    """The hash index of the images this version keeps from the previous one, without
+    its vectors, and the shards it was read from (the tasks read the vectors there)."""
     uris = [join(cfg.output_uri, rel) for rel in carried.get(INDEX, [])] + rewritten
-    return read_shards(uris, cfg.storage, INDEX_COLUMNS) if uris else pa.table({})
+    columns = [c for c in INDEX_COLUMNS if c not in VECTOR_COLUMNS]
+    return (read_shards(uris, cfg.storage, columns) if uris else pa.table({})), uris
 
 
 def read_json_report(cfg: CleanConfig, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -140,7 +140,7 @@ def _groups(items: list[str], count: int) -> list[list[str]]:
     return [g for g in (items[i::count] for i in range(count)) if g]
 
 
-def _with_labels(rows: pa.Table, input_uri: str) -> pa.Table:
+def with_labels(rows: pa.Table, input_uri: str) -> pa.Table:
     """Sorted by path, labelled by the sorted class names (`class_names`)."""
     if rows.num_rows == 0:
         raise LakeError(f"input {input_uri} holds no files")
@@ -167,7 +167,7 @@ def list_lake(input_uri: str, storage: StorageConfig, concurrent: bool | None = 
         fs, root = _open_root(input_uri, storage)
         if not concurrent:
             rows = _rows_table(input_uri, root, fs.find(root, detail=True, withdirs=False))
-            return _with_labels(rows, input_uri)
+            return with_labels(rows, input_uri)
         top = fs.ls(root, detail=True, refresh=True)
         loose = {e["name"]: e for e in top if e.get("type") != "directory"}
         tables = [_rows_table(input_uri, root, loose)]
@@ -180,7 +180,7 @@ def list_lake(input_uri: str, storage: StorageConfig, concurrent: bool | None = 
         subdirs = sorted(d for _, found in levels for d in found)
         refs = [_list_tree.remote(input_uri, storage, g) for g in _groups(subdirs, tasks)]
         tables += ray.get(refs)
-        return _with_labels(pa.concat_tables(tables), input_uri)
+        return with_labels(pa.concat_tables(tables), input_uri)
 
 
 def class_names(rows: list[dict]) -> list[str]:

@@ -27,7 +27,7 @@ from common.reasons import Reason, Rejected
 from common.storage import filesystem
 from pipeline.config import CleanConfig, NormalizeConfig
 from pipeline.dedup.signals import hash_signals
-from pipeline.embed import colour_layout, embedder, embedding_input, grey_layout
+from pipeline.embed import Embedder, colour_layout, embedder, embedding_input, grey_layout
 from pipeline.junk import (
     Content,
     is_low_detail,
@@ -42,6 +42,10 @@ from pipeline.tables import KEPT, REJECTED, work_schema
 
 if TYPE_CHECKING:
     import ray
+
+    # What embeds a batch: the run's shared network (`pipeline.embed_task`), an embedder
+    # of its own (`pipeline.embed_stage`'s actors), or None: loaded from the weights setting.
+    Network = ray.ObjectRef | Embedder | None
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +230,15 @@ def judge_junk(row: dict[str, Any], cfg: CleanConfig) -> dict[str, Any]:
 
 
 def normalise_batch(
-    batch: pa.Table, cfg: CleanConfig, features: ray.ObjectRef | None = None
+    batch: pa.Table,
+    cfg: CleanConfig,
+    features: ray.ObjectRef | None = None,
+    embed_later: bool = False,
 ) -> pa.Table:
     """Ray Data map_batches function: snapshot rows in, normalised rows out (same count).
     `features`: the run's embedding network (`pipeline.embed_task`); None: this process
-    loads it from the weights setting."""
+    loads it from the weights setting. `embed_later`: the rows leave unjudged, with their
+    embedding inputs, for the embedding stage (`pipeline.embed_stage`: on GPUs, say)."""
     Image.MAX_IMAGE_PIXELS = cfg.normalize.max_pixels
     fs, _ = filesystem(cfg.input_uri, cfg.storage)
     out: list[dict[str, Any]] = []
@@ -247,14 +255,26 @@ def normalise_batch(
             fetched = pool.map(lambda item: _fetch(fs, item["source_uri"]), window)
             for item, data in zip(window, fetched, strict=True):
                 out.append(normalise_item(item, data, cfg))
-    out, vectors, todo = judge_batch(out, cfg, features)
-    table = pa.Table.from_pylist(out, schema=work_schema(score_columns(cfg)))
-    kept = [j for j, i in enumerate(todo) if out[i]["status"] == KEPT]  # only they are compared
-    return with_embeddings(table, vectors[kept], [todo[j] for j in kept], len(out))
+    if embed_later:
+        from pipeline.embed_stage import pending_table  # it imports this module
+
+        return pending_table(out, cfg)
+    return judged_table(out, cfg, features)
+
+
+def judged_table(
+    rows: list[dict[str, Any]], cfg: CleanConfig, features: Network = None
+) -> pa.Table:
+    """The rows judged (`judge_batch`) as a work table, with the embeddings of the rows
+    still kept (only they are compared); what the normalise and the embedding stage emit."""
+    rows, vectors, todo = judge_batch(rows, cfg, features)
+    table = pa.Table.from_pylist(rows, schema=work_schema(score_columns(cfg)))
+    kept = [j for j, i in enumerate(todo) if rows[i]["status"] == KEPT]
+    return with_embeddings(table, vectors[kept], [todo[j] for j in kept], len(rows))
 
 
 def judge_batch(
-    rows: list[dict[str, Any]], cfg: CleanConfig, features: ray.ObjectRef | None = None
+    rows: list[dict[str, Any]], cfg: CleanConfig, features: Network = None
 ) -> tuple[list[dict[str, Any]], np.ndarray, list[int]]:
     """Embed every decodable row once (one batched pass), score what it shows, then
     give every row its junk verdict: (rows, embeddings, the rows they belong to)."""
@@ -265,14 +285,16 @@ def judge_batch(
 
 
 def embed_inputs(
-    inputs: list[np.ndarray | None], cfg: CleanConfig, features: ray.ObjectRef | None = None
+    inputs: list[np.ndarray | None], cfg: CleanConfig, features: Network = None
 ) -> tuple[np.ndarray, list[int]]:
     """Embed every decodable row once, in one batched pass (a CNN costs far less per
     image in batches): (vectors, the row positions they belong to)."""
     todo = [i for i, x in enumerate(inputs) if x is not None]
     if not todo or not cfg.dedup.verified:
         return np.zeros((0, 0), np.float16), []
-    if features is None:
+    if isinstance(features, Embedder):  # the embedding stage's actor holds its own
+        embed = features
+    elif features is None:
         embed = embedder(cfg.dedup.embedding_weights)
     else:
         from pipeline.embed_task import shared_embedder  # Ray: only where a run shares it
@@ -315,8 +337,11 @@ def score_columns(cfg: CleanConfig) -> list[str]:
 
 
 def _fetch(fs: AbstractFileSystem, uri: str) -> bytes | Exception:
-    """Whole-object read; errors are returned, not raised (cat_file: no glob expansion)."""
+    """Whole-object read; errors are returned, not raised (cat_file: no glob expansion).
+    On S3 one GET per file: s3fs's cat_file otherwise first asks for the object's size
+    (a HEAD request, as much CPU as the GET) to split large objects into ranged reads."""
+    single = {"max_concurrency": 1} if getattr(fs, "max_concurrency", 1) > 1 else {}
     try:
-        return fs.cat_file(fs._strip_protocol(uri))
+        return fs.cat_file(fs._strip_protocol(uri), **single)
     except Exception as exc:  # noqa: BLE001 - recorded as read_error for this file only
         return exc

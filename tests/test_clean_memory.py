@@ -169,7 +169,7 @@ def test_one_folds_statistics_equal_that_fold_of_the_blocks_sum():
 
 @pytest.mark.usefixtures("ray_session")
 def test_the_probes_fitted_off_the_driver_are_the_drivers_to_the_bit():
-    """Each fold's statistics are summed in a task and the probes solved by an actor
+    """Each fold's statistics are summed in a task and the probes solved by a task
     whose BLAS runs the driver's thread count: the same weights as the driver's own
     solve of its own sum (d = 1280, where the LU solve runs threaded)."""
     from pipeline.offclass.fit import fold_probes, share

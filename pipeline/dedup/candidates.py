@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pipeline.dedup.config import HASH_BITS, DedupConfig
-from pipeline.dedup.rows import Rows
+from pipeline.dedup.rows import Rows, RowVectors
 from pipeline.dedup.search import NearPairs, find_near_pairs
 
 SIMHASH_SEED = 0
@@ -32,6 +32,16 @@ def simhashes(embedding: np.ndarray) -> np.ndarray:
     centre = sum(_unit_rows(embedding[c]).sum(axis=0) for c in chunks)
     centre = centre / (len(embedding) + SIMHASH_CENTRE_PRIOR)
     return _hyperplane_sides(embedding, SIMHASH_SEED, lambda rows: _unit_rows(rows) - centre)
+
+
+def stored_simhashes(vectors: RowVectors, units: np.ndarray, grey: bool) -> np.ndarray:
+    """Ray task: the SimHashes of the `units`' grey layouts (`grey`) or embeddings, from
+    the rows' vectors in the object store. Its projection runs one BLAS thread where the
+    driver's ran two: the same bits (sgemm splits the rows between threads, never a
+    sum), checked on the 20,000 halmstad candidates."""
+    if grey:
+        return grey_simhashes(vectors.grey[units])
+    return simhashes(vectors.embedding[units])
 
 
 def grey_simhashes(layouts: np.ndarray) -> np.ndarray:

@@ -3,7 +3,9 @@ keep decisions per part in Ray tasks) and merges the parts' decisions and counts
 
 The driver holds the rows' arrays and the near pairs; the per-row work of clustering and
 deciding (Python loops and lists, in the single pass this replaced) runs in the tasks
-(`pipeline.dedup.parts`, `pipeline.dedup.keep`), which return Arrow tables and counts."""
+(`pipeline.dedup.parts`, `pipeline.dedup.keep`), which return Arrow tables and counts.
+Verification's vectors never reach the driver: a task reads them (`pipeline.vectors`)
+and leaves them in the object store, the SimHashes and each part's task take theirs."""
 
 from __future__ import annotations
 
@@ -18,10 +20,9 @@ import pyarrow.compute as pc
 
 from pipeline.dedup.candidates import (
     apply_strict_distance,
-    grey_simhashes,
     search_hashes,
     search_units,
-    simhashes,
+    stored_simhashes,
     with_simhash_candidates,
 )
 from pipeline.dedup.config import DedupConfig
@@ -29,6 +30,7 @@ from pipeline.dedup.keep import DECISION_SCHEMA, REASONS, PartResult, decide_par
 from pipeline.dedup.parts import split_parts
 from pipeline.dedup.rows import Rows, prepare_rows
 from pipeline.dedup.search import NearPairs
+from pipeline.vectors import VectorRows
 
 __all__ = ["DECISION_SCHEMA", "DedupResult", "deduplicate"]
 
@@ -43,14 +45,22 @@ class DedupResult:
     summary: dict[str, Any]
 
 
-def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = None) -> DedupResult:
+def deduplicate(
+    new: pa.Table,
+    cfg: DedupConfig,
+    existing: pa.Table | None = None,
+    vectors: VectorRows | None = None,
+) -> DedupResult:
     """Decide which `new` rows to keep; `existing` rows (kept earlier) stay kept.
 
     A full run passes existing=None. The candidate search, the components and the
-    clustering with its decisions run as Ray tasks (Ray must be initialised).
+    clustering with its decisions run as Ray tasks (Ray must be initialised). With
+    verification, `vectors` says where the rows' vectors lie (those of `existing`, then
+    of `new`: `pipeline.vectors`) when the tables do not carry them; tasks read them.
     """
     started = time.perf_counter()
-    rows = prepare_rows(existing, new, cfg)
+    rows = prepare_rows(existing, new, cfg, vectors)
+    stored = _in_store(rows.vectors)
     nodes, node_of = np.unique(rows.hashes[rows.searchable], return_inverse=True)
     node_of_row = np.full(rows.count, -1, dtype=np.int64)
     node_of_row[rows.searchable] = node_of
@@ -60,21 +70,20 @@ def deduplicate(new: pa.Table, cfg: DedupConfig, existing: pa.Table | None = Non
         is_query[node_of_row[rows.n_existing :][rows.searchable[rows.n_existing :]]] = True
     pairs = search_hashes(nodes, cfg.search_distance, is_query, cfg, cfg.hash_bands)
     if cfg.verified:
+        sources = []
         if cfg.embedding_hash_distance:
-            units = search_units(rows, node_of_row)
-            hashes = simhashes(rows.embedding[units])
-            pairs = with_simhash_candidates(
-                pairs, units, hashes, cfg.embedding_hash_distance, node_of_row, nodes, is_query, cfg
-            )
-        if cfg.grey_hash_distance and rows.grey is not None:
+            sources.append((search_units(rows, node_of_row), False, cfg.embedding_hash_distance))
+        if cfg.grey_hash_distance:
             units = search_units(rows, node_of_row, rows.has_grey)
-            hashes = grey_simhashes(rows.grey[units])
+            sources.append((units, True, cfg.grey_hash_distance))
+        found = _simhashes_of(stored, [(units, grey) for units, grey, _ in sources])
+        for (units, _, distance), hashes in zip(sources, found, strict=True):
             pairs = with_simhash_candidates(
-                pairs, units, hashes, cfg.grey_hash_distance, node_of_row, nodes, is_query, cfg
+                pairs, units, hashes, distance, node_of_row, nodes, is_query, cfg
             )
     else:
         pairs = apply_strict_distance(pairs, rows, node_of_row, nodes.size, cfg)
-    results = _decide_parts(rows, node_of_row, pairs, _kept_by_override(new), cfg)
+    results = _decide_parts(rows, node_of_row, pairs, _kept_by_override(new), stored, cfg)
     decisions, summary = _summary(rows, results, cfg)
     rejected = summary.pop("failed_verification")
     summary["search"] = {
@@ -103,25 +112,49 @@ def _kept_by_override(new: pa.Table) -> np.ndarray:
 
 
 def _decide_parts(
-    rows: Rows, node_of_row: np.ndarray, pairs: NearPairs, forced: np.ndarray, cfg: DedupConfig
+    rows: Rows,
+    node_of_row: np.ndarray,
+    pairs: NearPairs,
+    forced: np.ndarray,
+    vectors: Any,
+    cfg: DedupConfig,
 ) -> list[PartResult]:
     """One Ray task per part; each part is sliced and handed over before the next is cut,
-    so the driver holds one part's copies at a time."""
+    so the driver holds one part's copies at a time. `vectors`: the rows' `RowVectors`
+    in the object store (None without verification), each task takes its rows' own."""
     import ray
 
-    task = _remote_decide()
+    task = _remote(decide_part)
     refs = [
-        task.remote(part, cfg)
+        task.remote(part, cfg, vectors)
         for part in split_parts(rows, node_of_row, pairs, forced, ROWS_PER_TASK)
     ]
     return ray.get(refs)
 
 
-@cache
-def _remote_decide() -> Any:
+def _in_store(vectors: Any) -> Any:
+    """The rows' `RowVectors` as a reference into the object store (None: none)."""
     import ray
 
-    return ray.remote(decide_part)
+    if vectors is None or isinstance(vectors, ray.ObjectRef):
+        return vectors
+    return ray.put(vectors)
+
+
+def _simhashes_of(vectors: Any, sources: list[tuple[np.ndarray, bool]]) -> list[np.ndarray]:
+    """The SimHashes of each (unit rows, grey layouts or embeddings), computed in tasks
+    from the rows' vectors in the object store (the driver never holds them)."""
+    import ray
+
+    task = _remote(stored_simhashes)
+    return ray.get([task.remote(vectors, units, grey) for units, grey in sources])
+
+
+@cache
+def _remote(fn: Any) -> Any:
+    import ray
+
+    return ray.remote(fn)
 
 
 def _summary(

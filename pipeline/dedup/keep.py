@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.dedup.cluster import Clusterer
 from pipeline.dedup.config import EXACT_DUPLICATE, LABEL_CONFLICT, NEAR_DUPLICATE, DedupConfig
 from pipeline.dedup.parts import Part
-from pipeline.dedup.rows import Rows
+from pipeline.dedup.rows import Rows, RowVectors
 from pipeline.dedup.verify import Verifier
 from pipeline.tables import schema_of
 
@@ -45,9 +46,10 @@ class PartResult:
     conflicts: list[dict[str, Any]]  # the report's, with row ids for names (`_named`)
 
 
-def decide_part(part: Part, cfg: DedupConfig) -> PartResult:
-    """Ray task: cluster the part's rows and turn each new row's keeper into a decision."""
-    rows = part.rows
+def decide_part(part: Part, cfg: DedupConfig, vectors: RowVectors | None = None) -> PartResult:
+    """Ray task: cluster the part's rows and turn each new row's keeper into a decision
+    (`vectors`: every row's, with verification; the part takes its own rows')."""
+    rows = part.rows if vectors is None else part.rows.with_vectors(vectors, part.row_ids)
     verifier = Verifier(rows, cfg) if cfg.verified else None
     near_across = cfg.conflict_matching == "near"
     keeper = Clusterer(
@@ -94,13 +96,15 @@ def merge(results: list[PartResult], rows: Rows) -> tuple[pa.Table, dict[str, An
     keeper, reason = column("keeper"), column("reason")
     new = np.arange(rows.n_existing, rows.count)
     is_keeper = keeper == new
+    keepers = pa.array(keeper, pa.int64())
+    none = pa.scalar(None, pa.string())
     decisions = pa.table(
         {
-            "source_uri": pa.array(rows.uri[new], pa.string()),
-            "cluster_id": pa.array(rows.cluster_id[keeper], pa.string()),
+            "source_uri": rows.uri.slice(rows.n_existing),
+            "cluster_id": rows.cluster_id.take(keepers),
             "keep": pa.array(column("keep")),
             "reason": pa.array(REASONS, pa.string()).take(pa.array(reason, mask=reason < 0)),
-            "duplicate_of": pa.array(rows.uri[keeper], pa.string(), mask=is_keeper),
+            "duplicate_of": pc.if_else(pa.array(is_keeper), none, rows.uri.take(keepers)),
             "distance": pa.array(column("distance"), pa.int32(), mask=is_keeper),
         },
         schema=DECISION_SCHEMA,
@@ -171,9 +175,9 @@ def _named(conflict: dict[str, Any], rows: Rows) -> dict[str, Any]:
     """A conflict as the report lists it: the cluster's id and names, not row ids."""
     keeper = conflict["keeper"]
     return {
-        "cluster_id": str(rows.cluster_id[keeper]),
-        "keeper": str(rows.uri[keeper]),
+        "cluster_id": rows.cluster_id[keeper].as_py(),
+        "keeper": rows.uri[keeper].as_py(),
         "size": conflict["size"],
         "classes": conflict["classes"],
-        "members": [str(u) for u in rows.uri[conflict["members"]]],
+        "members": rows.uri.take(pa.array(conflict["members"], pa.int64())).to_pylist(),
     }

@@ -20,7 +20,10 @@ grey checks (hash indexes written before it existed stay usable).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +31,7 @@ import pyarrow.compute as pc
 
 from pipeline.dedup.config import HASH_BITS, KEEP_KEYS, DedupConfig
 from pipeline.tables import schema_of
+from pipeline.vectors import VECTOR_COLUMNS, VectorRows, of_tables
 
 REQUIRED_COLUMNS = (
     "source_uri",
@@ -44,18 +48,42 @@ OPTIONAL_COLUMNS = ("hash_stability", "embedding", "colour_layout", "grey_layout
 # The job passes the source's size as width/height (`pipeline.job.dedup_input`): both
 # are declared int32 in `pipeline.tables`, as the normalise stage writes them.
 INPUT_SCHEMA = schema_of([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
+# What the driver's arrays come from: the vectors are read apart (`row_vectors`).
+METADATA_SCHEMA = schema_of([*REQUIRED_COLUMNS, "hash_stability"])
 
 
 def hashes_to_uint64(hex_hashes: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """16-hex-char strings to uint64 (as `int(h, 16)`), plus a mask of the non-null ones."""
+    """16-hex-char strings to uint64 (as `int(h, 16)`), plus a mask of the non-null ones.
+    Decoded from the strings' bytes in numpy: no Python string per row (at 1M rows
+    those cost the driver some 100 MB)."""
     valid = np.asarray(pc.is_valid(hex_hashes), dtype=bool)
     filled = pc.fill_null(hex_hashes, "0" * 16)
     lengths = np.asarray(pc.utf8_length(filled))
     if lengths.size and (lengths != 16).any():
         bad = filled[int(np.flatnonzero(lengths != 16)[0])].as_py()
         raise ValueError(f"a hash must be 16 hex characters (64 bits), got {bad!r}")
-    raw = bytes.fromhex("".join(filled.to_pylist()))
-    return np.frombuffer(raw, dtype=">u8").astype(np.uint64), valid
+    chunks = filled.chunks if isinstance(filled, pa.ChunkedArray) else [filled]
+    text = np.concatenate([_utf8_bytes(c) for c in chunks] or [np.zeros(0, np.uint8)])
+    nibbles = _HEX_VALUE[text]
+    if text.size != 16 * lengths.size or (nibbles > 15).any():
+        raise ValueError("a hash must be 16 hex characters (64 bits): found other characters")
+    raw = (nibbles[0::2] << 4) | nibbles[1::2]
+    return raw.view(">u8").astype(np.uint64), valid
+
+
+_HEX_VALUE = np.full(256, 255, np.uint8)  # an ASCII byte's value as a hex digit
+for _digits, _first in (("0123456789", 0), ("abcdef", 10), ("ABCDEF", 10)):
+    _HEX_VALUE[[ord(c) for c in _digits]] = np.arange(_first, _first + len(_digits))
+
+
+def _utf8_bytes(strings: pa.Array) -> np.ndarray:
+    """The bytes of a string array's values, one after the other, without a copy."""
+    offsets = np.frombuffer(strings.buffers()[1], np.int32)
+    offsets = offsets[strings.offset : strings.offset + len(strings) + 1]
+    data = strings.buffers()[2]
+    if data is None or not len(strings):
+        return np.zeros(0, np.uint8)
+    return np.frombuffer(data, np.uint8)[offsets[0] : offsets[-1]]
 
 
 def degenerate_hashes(
@@ -86,7 +114,7 @@ class Rows:
     """Existing rows first, then new ones, as the arrays the decisions need."""
 
     n_existing: int
-    uri: np.ndarray  # object (str)
+    uri: pa.ChunkedArray | np.ndarray  # the source URIs (a part's: row ids)
     classes: list[str]
     class_code: np.ndarray
     sha_code: np.ndarray  # equal pixels, equal code
@@ -96,27 +124,89 @@ class Rows:
     strict: np.ndarray  # low hash stability: matched within strict_hash_distance only
     searchable: np.ndarray  # takes part in the near-duplicate search
     rank: np.ndarray  # position in keep-policy order, 0 = best
-    cluster_id: np.ndarray  # object: the id a cluster kept by this row gets
-    embedding: np.ndarray | None  # (rows, dim) float16, L2-normalised; None: no verification
+    cluster_id: pa.ChunkedArray | np.ndarray  # the id a cluster kept by it gets (part: ids)
+    # Verification's vectors (None without it): `vectors` holds them all (a RowVectors,
+    # in the driver's `Rows` a ray.ObjectRef of one) and the arrays below are None but
+    # `has_grey`, until `with_vectors` sets them (a part's rows, in its task).
+    embedding: np.ndarray | None  # (rows, dim) float16, L2-normalised
     colour: np.ndarray | None  # (rows, cells) float32, L2-normalised
     grey: np.ndarray | None  # (rows, cells) uint8, zeros where has_grey is False
     has_grey: np.ndarray | None
+    vectors: Any = None  # RowVectors, or a ray.ObjectRef of one (`prepare_rows`)
 
     @property
     def count(self) -> int:
-        return self.uri.size
+        return len(self.uri)
+
+    def with_vectors(self, vectors: RowVectors, ids: np.ndarray | None = None) -> Rows:
+        """These rows with their vectors in memory (`ids`: their rows in `vectors`)."""
+        pick = slice(None) if ids is None else ids
+        return dataclasses.replace(
+            self,
+            embedding=vectors.embedding[pick],
+            colour=vectors.colour[pick],
+            grey=vectors.grey[pick],
+            has_grey=vectors.has_grey[pick],
+            vectors=None,
+        )
+
+
+@dataclass
+class RowVectors:
+    """Verification's vectors of every row, in `Rows`' order (`row_vectors`)."""
+
+    embedding: np.ndarray  # (rows, dim) float16, L2-normalised
+    colour: np.ndarray  # (rows, cells) float32, L2-normalised
+    grey: np.ndarray  # (rows, cells) uint8, zeros where has_grey is False
+    has_grey: np.ndarray
+    usable: np.ndarray  # the row has an embedding and a colour layout
+
+
+def row_vectors(table: pa.Table) -> RowVectors:
+    """The `VECTOR_COLUMNS` of `table` as `RowVectors` (in a task when they are read
+    from the candidate shards, `stored_vectors`), each copied once on its way."""
+    grey, has_grey = vectors(_typed(table, "grey_layout"), np.uint8)
+    embedding, has_embedding = vectors(_typed(table, "embedding"), np.float16)
+    colour, has_colour = vectors(_typed(table, "colour_layout"), np.float32)
+    colour /= np.maximum(np.linalg.norm(colour, axis=1, keepdims=True), 1e-12)
+    return RowVectors(embedding, colour, grey, has_grey, has_embedding & has_colour)
+
+
+def _typed(table: pa.Table, name: str) -> pa.ChunkedArray:
+    return table[name].cast(INPUT_SCHEMA.field(name).type)
+
+
+def _read_row_vectors(rows: VectorRows) -> tuple[RowVectors, tuple[np.ndarray, np.ndarray]]:
+    """Ray task: the rows' `RowVectors` (left in the object store) and what the driver
+    needs of them: which rows are usable, which have a grey layout."""
+    found = row_vectors(rows.read(list(VECTOR_COLUMNS)))
+    return found, (found.usable, found.has_grey)
+
+
+def stored_vectors(rows: VectorRows) -> tuple[Any, np.ndarray, np.ndarray]:
+    """`rows`' `RowVectors` built by a task and left in the object store: (its
+    reference, the usable rows, the rows with a grey layout)."""
+    import ray
+
+    stored, masks = _remote_read().remote(rows)
+    usable, has_grey = ray.get(masks)
+    return stored, usable, has_grey
+
+
+@cache
+def _remote_read() -> Any:
+    import ray
+
+    return ray.remote(num_returns=2)(_read_row_vectors)
 
 
 def _checked(table: pa.Table, what: str) -> pa.Table:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{what} table lacks column(s): {', '.join(missing)}")
-    for name in OPTIONAL_COLUMNS:
-        if name not in table.column_names:
-            table = table.append_column(
-                name, pa.nulls(table.num_rows, INPUT_SCHEMA.field(name).type)
-            )
-    out = table.select(INPUT_SCHEMA.names).cast(INPUT_SCHEMA)
+    if "hash_stability" not in table.column_names:
+        table = table.append_column("hash_stability", pa.nulls(table.num_rows, pa.float32()))
+    out = table.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA)
     if out["sha256"].null_count or out["source_uri"].null_count:
         raise ValueError(f"{what} table has rows without source_uri or sha256")
     return out
@@ -148,53 +238,65 @@ def _int64(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column.cast(pa.int64())
 
 
-def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Each row's code (equal values, equal codes) and the values by code."""
     encoded = pc.dictionary_encode(pc.fill_null(column, "")).combine_chunks()
-    return np.asarray(encoded.indices, dtype=np.int64), encoded.dictionary.to_pylist()
+    return np.asarray(encoded.indices, dtype=np.int64), encoded.dictionary
 
 
-def prepare_rows(existing: pa.Table | None, new: pa.Table, cfg: DedupConfig) -> Rows:
+def prepare_rows(
+    existing: pa.Table | None,
+    new: pa.Table,
+    cfg: DedupConfig,
+    vectors: VectorRows | None = None,
+) -> Rows:
+    """The rows as arrays. With verification, their `RowVectors` (`Rows.vectors`): read
+    by a task from `vectors` (the rows of `existing`, then of `new`: `pipeline.vectors`)
+    and left in the object store; without `vectors`, from the tables' own columns."""
     missing = {"embedding", "colour_layout"} - set(new.column_names)
-    if cfg.verified and missing:
+    if cfg.verified and vectors is None and missing:
         raise ValueError(
             f"verification is on (embedding_weights {cfg.embedding_weights!r}) but the new "
             f"rows lack {', '.join(sorted(missing))}; embedding_weights 'none' turns it off"
         )
-    tables = [_checked(new, "new")]
-    if existing is not None:
-        tables.insert(0, _checked(existing, "existing"))
-    table = pa.concat_tables(tables)
-    uri = table["source_uri"].to_numpy()
-    if pc.count_distinct(table["source_uri"]).as_py() != uri.size:
+    tables = [new] if existing is None else [existing, new]
+    table = pa.concat_tables(
+        [_checked(t, w) for t, w in zip(tables, ("existing", "new")[-len(tables) :], strict=True)]
+    )
+    # Arrow columns, not numpy arrays of Python strings (the driver's memory at 1M rows).
+    uri = table["source_uri"]
+    if pc.count_distinct(uri).as_py() != len(uri):
         raise ValueError("source_uri must be unique across the existing and new rows")
     n_existing = 0 if existing is None else existing.num_rows
     sha_code, _ = _codes(table["sha256"])
-    class_code, classes = _codes(table["class_name"])
+    class_code, class_names = _codes(table["class_name"])
     hashes, has_hash = hashes_to_uint64(table["phash"])
     low_detail = np.asarray(pc.fill_null(table["low_detail"], False), dtype=bool)
     degenerate = has_hash & degenerate_hashes(
         hashes, cfg.min_hash_bits, sha_code, cfg.max_hash_collisions
     )
     searchable = has_hash & ~low_detail & ~degenerate
-    embedding = colour = grey = has_grey = None
-    if cfg.verified:
-        grey, has_grey = vectors(table["grey_layout"], np.uint8)
-        embedding, has_embedding = vectors(table["embedding"], np.float16)
-        colour, has_colour = vectors(table["colour_layout"], np.float32)
-        colour /= np.maximum(np.linalg.norm(colour, axis=1, keepdims=True), 1e-12)
-        searchable &= has_embedding & has_colour
+    found: RowVectors | Any = None
+    has_grey = None
+    if cfg.verified and vectors is None:
+        found = row_vectors(of_tables(*tables).read(list(VECTOR_COLUMNS)))
+        searchable &= found.usable
+        has_grey = found.has_grey
+    elif cfg.verified:
+        found, usable, has_grey = stored_vectors(vectors)
+        searchable &= usable
     # A unit (the new rows of one sha256) is searched only if all its rows can be.
     new_codes = sha_code[n_existing:]
     blocked = np.bincount(new_codes, weights=~searchable[n_existing:], minlength=1) > 0
     searchable[n_existing:] &= ~blocked[new_codes]
-    cluster_id = table["sha256"].to_numpy()
+    cluster_id = table["sha256"]
     if existing is not None and "cluster_id" in existing.column_names:
         given = pc.coalesce(existing["cluster_id"].cast(pa.string()), existing["sha256"])
-        cluster_id[:n_existing] = given.to_numpy()
+        cluster_id = pa.chunked_array(given.chunks + cluster_id.slice(n_existing).chunks)
     return Rows(
         n_existing=n_existing,
         uri=uri,
-        classes=classes,
+        classes=class_names.to_pylist(),
         class_code=class_code,
         sha_code=sha_code,
         hashes=hashes,
@@ -207,17 +309,18 @@ def prepare_rows(existing: pa.Table | None, new: pa.Table, cfg: DedupConfig) -> 
         searchable=searchable,
         rank=policy_rank(table, cfg.keep_policy, cfg.lossless_formats),
         cluster_id=cluster_id,
-        embedding=embedding,
-        colour=colour,
-        grey=grey,
+        embedding=None,
+        colour=None,
+        grey=None,
         has_grey=has_grey,
+        vectors=found,
     )
 
 
 def vectors(column: pa.ChunkedArray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
     """A list column as a (rows, dim) matrix (zeros where null), and the non-null mask.
     The values are copied once on their way (at 20,000 embeddings each copy is 51 MB of
-    the driver's memory)."""
+    the memory of the task that reads them, `stored_vectors`)."""
     if not column.num_chunks:
         column = pa.chunked_array([], column.type)
     valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)

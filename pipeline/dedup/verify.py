@@ -105,7 +105,7 @@ def explain_pair(keeper: dict[str, Any], candidate: dict[str, Any], cfg: DedupCo
     if not cfg.verified:
         raise ValueError("explain_pair needs verification on (embedding_weights not 'none')")
     rows = prepare_rows(None, pa.Table.from_pylist([keeper, candidate]), cfg)
-    m = Verifier(rows, cfg).measure(0, np.array([1]))
+    m = Verifier(rows.with_vectors(rows.vectors), cfg).measure(0, np.array([1]))
     if m.passed[0]:
         return None
     if m.grey is not None and m.grey[0] < cfg.min_grey_correlation:

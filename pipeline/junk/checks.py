@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.junk.image import ImageMeta, ImageView
+from pipeline.junk.image import ImageMeta, ImageView, edge_padded
 from pipeline.junk.registry import JunkCheck, register_check
 
 # Source formats that hold drawings, never camera pixels.
@@ -13,7 +13,7 @@ VECTOR_FORMATS = frozenset({"SVG", "SVGZ", "EPS", "PDF", "WMF", "EMF"})
 
 
 def _laplacian(grey: np.ndarray) -> np.ndarray:
-    padded = np.pad(grey, 1, mode="edge")
+    padded = edge_padded(grey)
     return padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:] - 4 * grey
 
 

@@ -63,8 +63,9 @@ class ImageView:
     @cached_property
     def local_range(self) -> np.ndarray:
         """Per pixel, the largest per-channel span (max - min) over its 3x3 neighbourhood."""
-        high = _filter3x3(self.small, np.maximum)
-        low = _filter3x3(self.small, np.minimum)
+        padded = edge_padded(self.small)  # once for both filters
+        high = _filter3x3(padded, np.maximum)
+        low = _filter3x3(padded, np.minimum)
         return (high - low).max(axis=-1)
 
     @cached_property
@@ -76,8 +77,15 @@ class ImageView:
         return np.concatenate([p.reshape(-1, 3) for p in parts])
 
 
-def _filter3x3(rgb: np.ndarray, op: Callable[..., np.ndarray]) -> np.ndarray:
-    """Separable 3x3 max or min filter (edges replicated), per channel."""
-    padded = np.pad(rgb, ((1, 1), (1, 1), (0, 0)), mode="edge")
+def edge_padded(array: np.ndarray) -> np.ndarray:
+    """`array` with its first and last row and column repeated once outside it: what
+    np.pad(mode="edge") gives on the first two axes, at a fraction of its per-call cost
+    (tens of microseconds, as much as the filters on a 128 px copy)."""
+    rows = np.concatenate([array[:1], array, array[-1:]], axis=0)
+    return np.concatenate([rows[:, :1], rows, rows[:, -1:]], axis=1)
+
+
+def _filter3x3(padded: np.ndarray, op: Callable[..., np.ndarray]) -> np.ndarray:
+    """Separable 3x3 max or min filter per channel, of an `edge_padded` image."""
     rows = op(op(padded[:-2], padded[1:-1]), padded[2:])
     return op(op(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])

@@ -31,8 +31,10 @@ report.json lists images where most do as possible label issues.
 
 Distributed and deterministic: each fold's probe is one Ray task (training rows capped
 per class, chosen by URI hash), the neighbour search runs over blocks of query rows in
-Ray tasks with the reference embeddings put in the object store once, and nothing loops
-over images on the driver. An incremental run scores its new images against everything
+Ray tasks, and nothing loops over images on the driver. The references are built once
+by a task that reads their embeddings from the candidate shards (`pipeline.vectors`) and
+left in the object store; the driver keeps their labels and keys, and hands the tasks
+row numbers, never vectors. An incremental run scores its new images against everything
 that will be kept.
 
 One module per concern: `config` (settings, column names), `probe` (the maths in numpy),
@@ -65,7 +67,14 @@ from pipeline.offclass.probe import (
     typical_confidence,
     uri_rank,
 )
-from pipeline.offclass.score import OffClassScores, distributed_votes, out_of_fold, score_rows
+from pipeline.offclass.score import (
+    OffClassScores,
+    Stored,
+    distributed_votes,
+    out_of_fold,
+    score_rows,
+    score_stored,
+)
 from pipeline.offclass.stage import (
     decisions_with_off_class,
     detail,
@@ -88,6 +97,7 @@ __all__ = [
     "OffClassConfig",
     "OffClassScores",
     "References",
+    "Stored",
     "capped",
     "decisions_with_off_class",
     "detail",
@@ -101,6 +111,7 @@ __all__ = [
     "out_of_fold",
     "posterior",
     "score_rows",
+    "score_stored",
     "summary",
     "typical_confidence",
     "uri_rank",

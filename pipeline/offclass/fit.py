@@ -5,9 +5,10 @@ summed over blocks of references, and whatever a process reads from or writes to
 object store stays in its memory while it lives (the store's pages remain mapped). So
 each fold's statistics are summed by a task of its own over every block in block order
 (`probe.one_fold_stats`: the same sums to the bit as the blocks' `fold_stats` added up),
-and the probes are solved by an actor whose BLAS runs the driver's thread count
-(OpenBLAS's LU solve differs in its last bits with it); the driver receives each probe's
-weights, a few KiB.
+and the probes are solved by a task whose BLAS runs the driver's thread count for the
+solves (OpenBLAS's LU solve differs in its last bits with it; `threadpoolctl` sets it in
+a worker that already runs, where a process of its own would cost a start and imports);
+the driver receives each probe's weights, a few KiB.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import ray
 
 from pipeline.offclass.probe import FoldStats, References, discriminants, one_fold_stats
 
-BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
 
 @ray.remote(num_cpus=1)
 def _fold_task(
@@ -29,41 +28,40 @@ def _fold_task(
     return one_fold_stats(refs.vectors, refs.labels, folds, fold, n_classes, step)
 
 
-@ray.remote(num_cpus=0)
-class _Prober:
-    """Solves the probes of one off-class run in a process whose BLAS runs the driver's
-    thread count (`blas_like_this_process`); an actor, so that process starts once, not
-    again for every fold split."""
+@ray.remote(num_cpus=1)
+def _solve_task(
+    wanted: list[int], shrinkage: float, threads: int, *folds: FoldStats
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The probes without each fold in `wanted`, solved at `threads` BLAS threads."""
+    from threadpoolctl import threadpool_limits
 
-    def fit(self, wanted: list[int], shrinkage: float, *folds: FoldStats) -> list[tuple]:
-        names = ("sums", "counts", "scatter")
-        stats = FoldStats(*(np.stack([getattr(f, name) for f in folds]) for name in names))
+    names = ("sums", "counts", "scatter")
+    stats = FoldStats(*(np.stack([getattr(f, name) for f in folds]) for name in names))
+    with threadpool_limits(limits=threads, user_api="blas"):
         return [discriminants(stats, fold, shrinkage) for fold in wanted]
 
 
 @dataclass
 class Shared:
     """What one off-class run's tasks share: the references in the object store (put
-    once: pages the driver writes stay in its memory) and the prober."""
+    once: pages the driver writes stay in its memory) and the driver's BLAS threads."""
 
     refs: ray.ObjectRef
-    prober: ray.actor.ActorHandle
+    threads: int
 
 
-def share(refs: References) -> Shared:
-    """The references put once and a prober started, for one off-class run."""
-    return Shared(ray.put(refs), _Prober.options(runtime_env=blas_like_this_process()).remote())
+def share(refs: References | ray.ObjectRef) -> Shared:
+    """The references put once (or already in the object store, where a task left
+    them), and this process's BLAS thread count, for one run."""
+    return Shared(refs if isinstance(refs, ray.ObjectRef) else ray.put(refs), blas_threads())
 
 
-def blas_like_this_process() -> dict:
-    """A runtime_env whose BLAS runs as many threads as this process's: OpenBLAS's LU
-    solve differs in its last bits with the thread count, and a probe fitted elsewhere
-    must be the one the driver would have fitted (the same decisions, to the bit)."""
+def blas_threads() -> int:
+    """How many threads this process's BLAS runs: a probe solved elsewhere at this count
+    is the one the driver would have solved (the same decisions, to the bit)."""
     from threadpoolctl import threadpool_info
 
-    blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-    threads = str(max(blas, default=1))
-    return {"env_vars": {name: threads for name in BLAS_THREADS_ENV}}
+    return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
 
 
 def fold_probes(
@@ -75,5 +73,5 @@ def fold_probes(
     folds = ray.put(ref_folds)
     stats = [_fold_task.remote(shared.refs, folds, f, n_classes, step) for f in range(n_folds)]
     keys = wanted.tolist()
-    fits = ray.get(shared.prober.fit.remote(keys, shrinkage, *stats))
+    fits = ray.get(_solve_task.remote(keys, shrinkage, shared.threads, *stats))
     return dict(zip(keys, fits, strict=True))

@@ -21,31 +21,50 @@ from pipeline.offclass.probe import (
 )
 
 
+@dataclass
+class Stored:
+    """References left in the object store, and what the driver keeps of them: their
+    labels and keys, not their vectors. Queries are rows of `pool`: the references
+    themselves (`refs`, a `References`) or an array whose row `offset` is reference 0."""
+
+    refs: ray.ObjectRef
+    labels: np.ndarray
+    uris: np.ndarray
+    pool: ray.ObjectRef
+    offset: int = 0
+
+
+def _rows_of(pool: References | np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return (pool.vectors if isinstance(pool, References) else pool)[rows]
+
+
 @ray.remote(num_cpus=1)
-def _posterior_task(queries: np.ndarray, weights: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    return posterior(queries, weights, offsets)
+def _posterior_task(
+    pool: References | np.ndarray, rows: np.ndarray, weights: np.ndarray, offsets: np.ndarray
+) -> np.ndarray:
+    return posterior(_rows_of(pool, rows), weights, offsets)
 
 
 def out_of_fold(
-    queries: np.ndarray, query_uris: np.ndarray, refs: References, n_classes: int,
-    cfg: OffClassConfig, shared: Shared | None = None, repeat: int = 0,
+    stored: Stored, rows: np.ndarray, query_uris: np.ndarray, n_classes: int,
+    cfg: OffClassConfig, shared: Shared, repeat: int = 0,
 ) -> np.ndarray:  # fmt: skip
-    """(m, n_classes): each query's class probabilities from the probe fitted on every
-    reference outside the query's fold (folds fixed by a hash of the key and `repeat`)."""
+    """(len(rows), n_classes): the class probabilities of the queries (`rows` of the
+    pool) from the probe fitted on every reference outside the query's fold (folds
+    fixed by a hash of the key and `repeat`)."""
     k = cfg.off_class_folds
-    ref_folds = (uri_rank(refs.uris, repeat) % k).astype(np.int64)
-    shared = share(refs) if shared is None else shared
+    ref_folds = (uri_rank(stored.uris, repeat) % k).astype(np.int64)
     step = cfg.off_class_block_rows
     query_folds = uri_rank(query_uris, repeat) % k
     wanted = np.unique(query_folds)
     probes = fold_probes(shared, ref_folds, k, n_classes, step, wanted, cfg.off_class_shrinkage)
-    probabilities = np.zeros((len(queries), n_classes))
+    probabilities = np.zeros((len(rows), n_classes))
     futures, owners = [], []
     for fold, (weights, offsets) in probes.items():
-        rows = np.flatnonzero(query_folds == fold)
-        for i in range(0, rows.size, step):
-            block = rows[i : i + step]
-            futures.append(_posterior_task.remote(queries[block], weights, offsets))
+        members = np.flatnonzero(query_folds == fold)
+        for i in range(0, members.size, step):
+            block = members[i : i + step]
+            futures.append(_posterior_task.remote(stored.pool, rows[block], weights, offsets))
             owners.append(block)
     for block, result in zip(owners, ray.get(futures), strict=True):
         probabilities[block] = result
@@ -53,43 +72,43 @@ def out_of_fold(
 
 
 def bagged_out_of_fold(
-    queries: np.ndarray, query_uris: np.ndarray, refs: References, n_classes: int,
+    stored: Stored, rows: np.ndarray, query_uris: np.ndarray, n_classes: int,
     cfg: OffClassConfig, shared: Shared,
 ) -> np.ndarray:  # fmt: skip
     """`out_of_fold` averaged over `off_class_repeats` fold splits. One split decides
     borderline images by where their look-alikes happened to fall: on the web-scraped
     benchmark three single splits flagged 8, 10 and 11 of 1,208 real photos, three
     averages of five splits 6 each (and 59-60 of 91 planted off-class photos each)."""
-    total = np.zeros((len(queries), n_classes))
+    total = np.zeros((len(rows), n_classes))
     for repeat in range(cfg.off_class_repeats):
-        total += out_of_fold(queries, query_uris, refs, n_classes, cfg, shared, repeat)
+        total += out_of_fold(stored, rows, query_uris, n_classes, cfg, shared, repeat)
     return total / cfg.off_class_repeats
 
 
 @ray.remote(num_cpus=1)
 def _neighbour_task(
-    queries: np.ndarray, uris: np.ndarray, refs: References, n_classes: int, k: int, copy: float
-) -> np.ndarray:
-    return neighbour_votes(queries, uris, refs, n_classes, k, copy)
+    pool: References | np.ndarray, rows: np.ndarray, uris: np.ndarray, refs: References,
+    n_classes: int, k: int, copy: float,
+) -> np.ndarray:  # fmt: skip
+    return neighbour_votes(_rows_of(pool, rows), uris, refs, n_classes, k, copy)
 
 
 def distributed_votes(
-    queries: np.ndarray, uris: np.ndarray, refs: References, n_classes: int,
-    cfg: OffClassConfig, shared: Shared | None = None,
-) -> np.ndarray:  # fmt: skip
-    """`neighbour_votes` over blocks of queries in Ray tasks; references put once."""
-    refs_ref = (share(refs) if shared is None else shared).refs
+    stored: Stored, rows: np.ndarray, uris: np.ndarray, n_classes: int, cfg: OffClassConfig
+) -> np.ndarray:
+    """`neighbour_votes` of the queries (`rows` of the pool) over blocks in Ray tasks."""
     step = cfg.off_class_block_rows
     futures = [
         _neighbour_task.remote(
-            queries[i : i + step],
+            stored.pool,
+            rows[i : i + step],
             uris[i : i + step],
-            refs_ref,
+            stored.refs,
             n_classes,
             cfg.off_class_k,
             cfg.off_class_copy_similarity,
         )  # fmt: skip
-        for i in range(0, len(queries), step)
+        for i in range(0, len(rows), step)
     ]
     parts = ray.get(futures)
     return np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
@@ -117,26 +136,54 @@ def score_rows(
     n_classes: int,
     cfg: OffClassConfig,
 ) -> OffClassScores:
-    """Off-class scores of the query rows against the references (see the module doc)."""
+    """Off-class scores of the query rows against the references (see the module doc),
+    both held in memory (`score_stored`: the references in the object store)."""
     m = len(queries)
-    sizes = np.bincount(refs.labels, minlength=n_classes)
-    big = sizes >= cfg.off_class_min_class  # enough images to say what belongs
-    if m == 0 or big.sum() < 2:
-        nan = np.full(m, np.nan)
-        return OffClassScores(nan, np.full(m, -1), nan, nan, np.full(m, -1))
-    sample = capped(refs.labels, uri_rank(refs.uris), cfg.off_class_sample)
-    shared = share(refs)  # once for both searches
+    if not _scorable(refs.labels, m, n_classes, cfg):
+        return _unscored(m)
+    pool = ray.put(np.concatenate([queries, refs.vectors]))
+    stored = Stored(ray.put(refs), refs.labels, refs.uris, pool, offset=m)
+    return score_stored(np.arange(m), labels, uris, stored, n_classes, cfg)
+
+
+def _scorable(ref_labels: np.ndarray, m: int, n_classes: int, cfg: OffClassConfig) -> bool:
+    """Queries, and at least two classes with enough images to say what belongs."""
+    sizes = np.bincount(ref_labels, minlength=n_classes)
+    return m > 0 and (sizes >= cfg.off_class_min_class).sum() >= 2
+
+
+def _unscored(m: int) -> OffClassScores:
+    nan = np.full(m, np.nan)
+    return OffClassScores(nan, np.full(m, -1), nan, nan, np.full(m, -1))
+
+
+def score_stored(
+    rows: np.ndarray,
+    labels: np.ndarray,
+    uris: np.ndarray,
+    stored: Stored,
+    n_classes: int,
+    cfg: OffClassConfig,
+) -> OffClassScores:
+    """Off-class scores of the queries, `rows` of the pool (with their labels and keys),
+    against the references in the object store; the driver never holds a vector."""
+    m = len(rows)
+    if not _scorable(stored.labels, m, n_classes, cfg):
+        return _unscored(m)
+    big = np.bincount(stored.labels, minlength=n_classes) >= cfg.off_class_min_class
+    sample = capped(stored.labels, uri_rank(stored.uris), cfg.off_class_sample)
+    shared = share(stored.refs)  # once for every fold split
     probabilities = bagged_out_of_fold(
-        np.concatenate([queries, refs.vectors[sample]]),
-        np.concatenate([uris, refs.uris[sample]]),
-        refs,
+        stored,
+        np.concatenate([rows, stored.offset + sample]),
+        np.concatenate([uris, stored.uris[sample]]),
         n_classes,
         cfg,
         shared,
     )
-    rows = np.arange(len(probabilities))
-    own = probabilities[rows, np.concatenate([labels, refs.labels[sample]])]
-    stats = typical_confidence(logit(own[m:]), refs.labels[sample], n_classes)
+    every = np.arange(len(probabilities))
+    own = probabilities[every, np.concatenate([labels, stored.labels[sample]])]
+    stats = typical_confidence(logit(own[m:]), stored.labels[sample], n_classes)
     probabilities, own = probabilities[:m], own[:m]
     atypical = (stats[labels, 0] - logit(own)) / stats[labels, 1]
     score = np.where(own <= cfg.off_class_max_own, np.maximum(atypical, 0.0), 0.0)
@@ -144,7 +191,7 @@ def score_rows(
     others = probabilities.copy()
     others[np.arange(m), labels] = -1.0
     like = others.argmax(axis=1)
-    votes = distributed_votes(queries, uris, refs, n_classes, cfg, shared)
+    votes = distributed_votes(stored, rows, uris, n_classes, cfg)
     votes[np.arange(m), labels] = 0.0
     return OffClassScores(
         score, like, others[np.arange(m), like], votes.max(axis=1), votes.argmax(axis=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 
 from pipeline.offclass.config import (
     COLUMNS,
@@ -19,12 +20,14 @@ from pipeline.offclass.config import (
     OffClassConfig,
 )
 from pipeline.offclass.probe import References
-from pipeline.offclass.score import score_rows
+from pipeline.offclass.score import Stored, score_stored
+from pipeline.vectors import VectorRows, of_tables
 
 
 def embeddings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(mask of rows with an embedding, their vectors as (m, d) float16), in one copy of
-    the vectors (each copy is 51 MB of the driver's memory at 20,000 rows)."""
+    the vectors (each copy is 51 MB at 20,000 rows; in the task that builds the
+    references, `_read_references`)."""
     has = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
     rows = int(has.sum())
     if not rows:
@@ -33,26 +36,48 @@ def embeddings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return has, values.reshape(rows, -1).astype(np.float16, copy=False)
 
 
-def _references(existing: pa.Table, candidates: pa.Table) -> tuple[References, list[str]]:
-    """Kept images of the previous version plus this run's candidates, in URI order
-    (the probe's result must not depend on the order shards were read in)."""
+def _read_references(
+    vectors: VectorRows, labels: np.ndarray, keys: np.ndarray
+) -> tuple[References, np.ndarray]:
+    """Ray task: the `References` of the rows that have an embedding (left in the
+    object store), and which rows those are."""
+    has, matrix = embeddings(vectors.read(["embedding"])["embedding"])
+    return References(matrix, labels[has], keys[has]), has
+
+
+_remote_references = ray.remote(num_returns=2)(_read_references)
+
+
+def _references(
+    existing: pa.Table, candidates: pa.Table, vectors: VectorRows
+) -> tuple[Stored, np.ndarray, list[str]]:
+    """Kept images of the previous version plus this run's candidates that have an
+    embedding, in URI order (the probe's result must not depend on the order shards
+    were read in), built by a task (`vectors`: the rows of both); the candidates' rows
+    among them (-1: none); the class names."""
     columns = ["source_uri", "sha256", "label", "class_name"]
-    parts = [t.select([*columns, "embedding"]) for t in (existing, candidates) if t.num_rows]
+    parts = [t.select(columns) for t in (existing, candidates) if t.num_rows]
     table = pa.concat_tables(parts, promote_options="default")
-    order = pc.sort_indices(table, [("source_uri", "ascending")])
-    has, vectors = embeddings(table["embedding"].take(order))
-    table = table.select(columns).take(order).filter(pa.array(has))  # no vectors copied
+    order = pc.sort_indices(table, [("source_uri", "ascending")]).to_numpy()
+    table = table.take(order)
     labels = table["label"].to_numpy(zero_copy_only=False).astype(np.int32)
+    keys = content_keys(table)
+    refs, found = _remote_references.remote(vectors.take(order), labels, keys)
+    has = ray.get(found)
+    at = np.full(len(order), -1, np.int64)  # each row's reference, by row id
+    at[order[has]] = np.arange(int(has.sum()))
     names = {}
     for row in (
-        table.select(["label", "class_name"])
+        table.filter(pa.array(has))
+        .select(["label", "class_name"])
         .group_by(["label", "class_name"])
         .aggregate([])
         .to_pylist()
     ):
         names[row["label"]] = row["class_name"]
+    labels, keys = labels[has], keys[has]
     classes = [names.get(c, str(c)) for c in range(int(labels.max(initial=-1)) + 1)]
-    return References(vectors, labels, content_keys(table)), classes
+    return Stored(refs, labels, keys, refs), at[existing.num_rows :], classes
 
 
 def content_keys(table: pa.Table) -> np.ndarray:
@@ -63,21 +88,31 @@ def content_keys(table: pa.Table) -> np.ndarray:
     return np.asarray(keys.to_pylist(), dtype=object)
 
 
-def off_class_stage(candidates: pa.Table, existing: pa.Table, cfg: OffClassConfig) -> pa.Table:
+def off_class_stage(
+    candidates: pa.Table,
+    existing: pa.Table,
+    cfg: OffClassConfig,
+    vectors: VectorRows | None = None,
+) -> pa.Table:
     """Score this run's candidates; one row per candidate, in order: source_uri,
     class_name, the `COLUMNS`, `NEIGHBOUR_CLASS` and `REJECT` (policy 'reject', score
-    at least max_off_class, and no person's "keep" on the row)."""
+    at least max_off_class, and no person's "keep" on the row). `vectors`: where the
+    embeddings of `existing`'s rows, then of the candidates', lie (`pipeline.vectors`),
+    when the tables do not carry them; None and no embedding column: none to score."""
     n = candidates.num_rows
     score, like_p, share = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     like: list[str | None] = [None] * n
     neighbour: list[str | None] = [None] * n
-    has, queries = embeddings(candidates["embedding"])
-    if n and has.any():
-        refs, classes = _references(existing, candidates)
-        rows = np.flatnonzero(has)
+    if vectors is None and "embedding" in candidates.column_names:
+        vectors = of_tables(existing, candidates)
+    if n and vectors is not None:
+        stored, at, classes = _references(existing, candidates, vectors)
+        rows = np.flatnonzero(at >= 0)
         labels = candidates["label"].to_numpy(zero_copy_only=False)[rows].astype(np.int32)
-        keys = content_keys(candidates)[rows]
-        got = score_rows(queries, labels, keys, refs, len(classes), cfg)
+        keys = content_keys(
+            candidates.select(["sha256", "source_uri"]).take(pa.array(rows, pa.int64()))
+        )
+        got = score_stored(at[rows], labels, keys, stored, len(classes), cfg)
         score[rows], like_p[rows], share[rows] = (
             got.score,
             got.like_probability,

@@ -11,7 +11,12 @@ Ray is local (num_cpus=2). While the job runs, a sampler thread here reads the R
 the job's driver and of every descendant process (raylet with its plasma store, GCS,
 Ray workers) every 0.2 s; the moto server is not part of the job and is left out.
 Reported: images/s, wall time, the peak of the summed RSS, the peak of the largest
-single Ray worker, and the ratio of those peaks between the largest scale and 1x.
+single Ray worker, and the ratio of those peaks between the largest scale and 1x; the
+job's CPU time (user + system, each process's last value seen) per file, by role: the
+driver, Ray's system processes, and the workers by kind (the normalise pool, Ray Data's
+actors, the others), each process's in cpu_<scale>x.json in the log dir. --decisions
+also writes each run's decisions there (which copy of a duplicate is kept depends on
+the files' upload times: compare two trees' runs on one uploaded lake).
 
 Run from the repository root:
 
@@ -26,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -57,8 +63,22 @@ JOB_TIMEOUT_S = 1800
 MEMORY_RATIO_TARGET = 1.3
 SEED = 0
 MIB = 2**20
-# Process names of Ray's system processes, for the per-role peaks.
-SYSTEM_ROLES = ("raylet", "gcs_server", "dashboard", "runtime_env", "log_monitor", "monitor.py")
+# Ray's system processes, for the per-role peaks and CPU: (role, what names them: the
+# process name, or a script in its command line). Checked before the workers: the
+# raylet's command line names default_worker.py, and the agents are named ray::<Agent>.
+SYSTEM_ROLES = (
+    ("raylet", "raylet"),
+    ("gcs_server", "gcs_server"),
+    ("dashboard agent", "ray::DashboardAgent"),
+    ("runtime_env agent", "ray::RuntimeEnvAgent"),
+    ("dashboard", "dashboard/dashboard.py"),
+    ("log_monitor", "log_monitor.py"),
+    ("monitor.py", "autoscaler/_private/monitor.py"),
+)
+# Ray Data's own actors: worker processes of their own, started by every Dataset run.
+RAY_DATA_ACTORS = ("ray::_StatsActor", "ray::_AutoscalingCoordinatorActor")
+# The normalise tasks' worker pool runs with this variable (pipeline.embed_task).
+POOL_VARIABLE = "LAKECLEAN_WORKERS"
 
 
 @dataclass
@@ -71,6 +91,8 @@ class MemoryPeaks:
     samples: int = 0
     cpu_seconds: dict[int, float] = field(default_factory=dict)
     roles: dict[int, str] = field(default_factory=dict)  # pid -> role, for CPU per role
+    names: dict[int, str] = field(default_factory=dict)  # pid -> last process name seen
+    reaped_cpu: float = 0.0  # CPU s of the job's processes that were waited for (getrusage)
 
     def cpu_by_role(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -105,6 +127,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=int, default=JOB_TIMEOUT_S, help="per job, seconds")
     parser.add_argument(
         "--log-dir", type=Path, default=None, help="keep the jobs' logs here (default: temp)"
+    )
+    parser.add_argument(
+        "--decisions",
+        action="store_true",
+        help="write each run's decisions (source key, 'kept' or reason, split) to "
+        "decisions_<scale>x.json in the log dir, to compare two trees' runs",
     )
     return parser.parse_args(argv)
 
@@ -155,16 +183,35 @@ def upload_lake(s3: LocalS3, sources: list[tuple[str, bytes]], count: int) -> fl
 
 
 def role(proc: psutil.Process, driver_pid: int) -> str:
+    """driver, a Ray system process, "worker" (every Ray worker: the memory bar's unit),
+    or a worker's kind for CPU: "worker: normalise" (the normalise tasks' own pool, the
+    network build task among them), "worker: Ray Data actors", "worker: other"."""
     if proc.pid == driver_pid:
         return "driver"
     name = proc.name()
     cmdline = " ".join(proc.cmdline())
-    if name.startswith("ray::") or "default_worker.py" in cmdline:
-        return "worker"
-    for system in SYSTEM_ROLES:
-        if system in name or system in cmdline:
+    for system, marker in SYSTEM_ROLES:
+        if name == marker or cmdline.startswith(marker) or f"/{marker} " in cmdline:
             return system
+    if name.startswith("ray::") or "default_worker.py" in cmdline:
+        if cmdline.startswith(RAY_DATA_ACTORS):
+            return "worker: Ray Data actors"
+        if POOL_VARIABLE in proc.environ():
+            return "worker: normalise"
+        return "worker: other"
     return "other"
+
+
+def name_of(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())[:120] or proc.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return "?"
+
+
+def memory_role(kind: str) -> str:
+    """Workers of every kind count as one role for the memory peaks."""
+    return "worker" if kind.startswith("worker") else kind
 
 
 def sample_once(driver: psutil.Process, peaks: MemoryPeaks) -> None:
@@ -178,15 +225,17 @@ def sample_once(driver: psutil.Process, peaks: MemoryPeaks) -> None:
     for proc in procs:
         try:
             rss = proc.memory_info().rss
-            kind = role(proc, driver.pid)
+            cpu_role = role(proc, driver.pid)
             times = proc.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
+        kind = memory_role(cpu_role)
         total += rss
         per_role[kind] = per_role.get(kind, 0) + rss
         peaks.processes_seen.add(proc.pid)
         peaks.cpu_seconds[proc.pid] = times.user + times.system
-        peaks.roles[proc.pid] = kind
+        peaks.roles[proc.pid] = cpu_role
+        peaks.names[proc.pid] = name_of(proc)
         if kind == "worker":
             peaks.largest_worker = max(peaks.largest_worker, rss)
         if kind == "driver":
@@ -243,6 +292,7 @@ def run_job(s3: LocalS3, log_path: Path, timeout: int) -> tuple[int, float, Memo
     env = {**os.environ, **s3.env(), "RAY_AUTH_MODE": "disabled"}
     peaks, marks, stop = MemoryPeaks(), {}, threading.Event()
     started = time.perf_counter()
+    reaped_before = children_cpu()
     child = subprocess.Popen(
         job_command(s3.endpoint_url),
         cwd=REPO,
@@ -268,7 +318,15 @@ def run_job(s3: LocalS3, log_path: Path, timeout: int) -> tuple[int, float, Memo
     stop.set()
     sampler.join()
     reader.join()
+    peaks.reaped_cpu = children_cpu() - reaped_before
     return code, wall, peaks, marks
+
+
+def children_cpu() -> float:
+    """User + system CPU s of this process's waited-for descendants: the job's driver,
+    and every process under it that its parent reaped (a cross-check of the sampling)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def read_report(s3: LocalS3) -> dict:
@@ -281,8 +339,33 @@ def moto_cpu(s3: LocalS3) -> float:
     return times.user + times.system
 
 
+def write_decisions(s3: LocalS3, path: Path) -> None:
+    """Sorted [source key, 'kept' or the reason, split] of every row of the output's
+    images and rejected tables (as tests/sample_lake_decisions.py reads them)."""
+    import pyarrow.parquet as pq
+
+    fs = s3.filesystem()
+    root = f"{BUCKET}/{OUTPUT_PREFIX}"
+    manifest = json.loads(fs.cat_file(f"{root}/_manifest.json"))
+    rows = []
+    for table in ("images", "rejected"):
+        columns = ["source_uri", "reason" if table == "rejected" else "split"]
+        for rel in manifest["files"][table]:
+            with fs.open(f"{root}/{rel}", "rb") as file:
+                for row in pq.read_table(file, columns=columns).to_pylist():
+                    key = row["source_uri"].split(f"/{INPUT_PREFIX}/", 1)[-1]
+                    rows.append([key, row.get("reason", "kept"), row.get("split")])
+    rows.sort(key=lambda r: [str(v) for v in r])
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
+
+
 def run_scale(
-    scale: int, files: int, sources: list[tuple[str, bytes]], log_dir: Path, timeout: int
+    scale: int,
+    files: int,
+    sources: list[tuple[str, bytes]],
+    log_dir: Path,
+    timeout: int,
+    decisions: bool = False,
 ) -> RunResult:
     count = files * scale
     with LocalS3() as s3:
@@ -293,8 +376,11 @@ def run_scale(
         moto_before = moto_cpu(s3)
         log_path = log_dir / f"job_{scale}x.log"
         code, wall, peaks, marks = run_job(s3, log_path, timeout)
+        write_cpu_detail(log_dir / f"cpu_{scale}x.json", peaks)
         moto_s = moto_cpu(s3) - moto_before
         report = read_report(s3) if code == 0 else {"totals": {}, "seconds": float("nan")}
+        if code == 0 and decisions:
+            write_decisions(s3, log_dir / f"decisions_{scale}x.json")
     totals = report["totals"]
     print(f"[{scale}x] exit {code} after {wall:.0f} s; log: {log_path}", flush=True)
     return RunResult(
@@ -364,6 +450,15 @@ HEADER = [
 ]
 
 
+def write_cpu_detail(path: Path, peaks: MemoryPeaks) -> None:
+    """Each process's CPU s, role and command line, largest first (for profiling)."""
+    rows = [
+        {"pid": pid, "role": peaks.roles[pid], "cpu_s": round(cpu, 2), "name": peaks.names[pid]}
+        for pid, cpu in sorted(peaks.cpu_seconds.items(), key=lambda kv: -kv[1])
+    ]
+    path.write_text(json.dumps(rows, indent=1))
+
+
 def print_ratios(results: list[RunResult]) -> None:
     base, top = results[0], results[-1]
     if top is base or not base.peaks.total:
@@ -385,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         log_dir = args.log_dir or Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
-        results = [run_scale(s, args.files, sources, log_dir, args.timeout) for s in scales]
+        results = [
+            run_scale(s, args.files, sources, log_dir, args.timeout, args.decisions) for s in scales
+        ]
     print(
         f"\n{os.cpu_count()} cores; Ray num_cpus={NUM_CPUS}; RSS sampled every "
         f"{SAMPLE_INTERVAL_S} s over the job's driver and all its descendants (moto excluded)\n"
@@ -402,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{k} {1000 * v / r.files:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
         )
         print(f"  {r.scale}x CPU ms per file by role: {per_file}")
+        print(
+            f"  {r.scale}x job CPU {1000 * sum(cpu.values()) / r.files:.1f} ms per file "
+            f"(sampled; {1000 * r.peaks.reaped_cpu / r.files:.1f} by the reaped processes' "
+            "own accounting)"
+        )
     print_ratios(results)
     return max(r.exit_code for r in results)
 
