@@ -27,6 +27,7 @@ import ray
 
 from pipeline.config import EMBED_ON_GPU, CleanConfig
 from pipeline.embed import Embedder
+from pipeline.embed_task import load_features
 from pipeline.normalize import EMBEDDING_INPUT, judged_table, score_columns
 from pipeline.sink import StageFailed
 from pipeline.tables import work_schema
@@ -80,7 +81,7 @@ class EmbedBatches:
         import torch
 
         if isinstance(features, ray.ObjectRef):
-            features = ray.get(features)
+            features = load_features(features)
         if device == "cuda":
             # TF32 convolutions (on by default on Ampere and later) keep 10 bits of
             # mantissa: embeddings further from the CPU ones that the kept index and

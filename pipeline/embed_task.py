@@ -8,9 +8,9 @@ that the weights load, and a normalise worker only has to run the network. So on
 whose process exits after it (`max_calls=1`, taking torchvision with it) loads the
 weights, folds the network (`pipeline.embed.for_inference`) and traces it with torch.fx
 into a GraphModule of plain torch.nn layers: the same layers, called in the same order,
-so the same embeddings to the bit (tests/test_dedup.py). The driver holds only the
-object's reference and never imports torch; each worker deserialises it once, with
-torch but without torchvision.
+so the same embeddings to the bit (tests/test_dedup.py). The task returns it pickled:
+the driver puts those bytes in the object store without importing torch, and each
+worker unpickles them once, with torch but without torchvision.
 
 A local state dict (what offline clusters and the benchmarks use) needs no torchvision
 at all: the same layers under the same names are built here (`plain_mobilenet_v2`), in
@@ -48,31 +48,34 @@ EMBEDDING_WORKERS = {"env_vars": {"LAKECLEAN_WORKERS": "normalise-embedding"}}
 _LOADED: dict[str, Embedder] = {}
 
 
-@ray.remote(num_cpus=1, max_calls=1, num_returns=2)
-def _build(weights: str) -> tuple[WeightsReport | str, nn.Module | None]:
-    """(what loading reported, or why it failed; the traced network)."""
+@ray.remote(num_cpus=1, max_calls=1)
+def _build(weights: str) -> tuple[WeightsReport | str, bytes | None]:
+    """(what loading reported, or why it failed; the traced network, pickled)."""
     try:
         model, report = mobilenet_v2_backbone(weights)
     except WeightsUnavailable as exc:
         return str(exc), None
-    from torch.fx import symbolic_trace
-
-    return report, symbolic_trace(for_inference(model.features.eval()))
+    return report, _traced(model)
 
 
-@ray.remote(num_cpus=1, num_returns=2)
-def _build_plain(weights: str) -> tuple[WeightsReport | None, nn.Module | None]:
-    """(what loading reported; the folded network, traced as `_build` traces it) from
-    a local state dict, without torchvision; (None, None) where these layers cannot
-    load it."""
-    from torch.fx import symbolic_trace
-
+@ray.remote(num_cpus=1)
+def _build_plain(weights: str) -> tuple[WeightsReport | None, bytes | None]:
+    """(what loading reported; the network pickled as `_build` pickles it) from a local
+    state dict, without torchvision; (None, None) where these layers cannot load it."""
     model = plain_mobilenet_v2()
     try:
         report = load_backbone(model, weights)
     except (OSError, RuntimeError, ValueError):  # missing file, other shapes, not a state dict
         return None, None
-    return report, symbolic_trace(for_inference(model.features.eval()))
+    return report, _traced(model)
+
+
+def _traced(model: nn.Module) -> bytes:
+    """The folded `features`, traced with torch.fx into plain torch.nn layers, as bytes:
+    the driver holds them without torch (`shared_features`)."""
+    from torch.fx import symbolic_trace
+
+    return ray.cloudpickle.dumps(symbolic_trace(for_inference(model.features.eval())))
 
 
 def plain_mobilenet_v2() -> nn.Module:
@@ -144,24 +147,34 @@ def _inverted_residual_class() -> type:
 
 
 def shared_features(weights: str) -> ray.ObjectRef:
-    """The traced network for `weights`, in the object store. Raises
+    """The traced network for `weights`, pickled, in the object store. Raises
     common.backbone.WeightsUnavailable (before any file is processed) when the weights
-    cannot be loaded; a state dict with missing or unexpected keys is logged here."""
+    cannot be loaded; a state dict with missing or unexpected keys is logged here.
+
+    The driver puts the bytes itself: the object then lives on the driver's node, not
+    on the worker node that built it. A task's result lost with its node is rebuilt by
+    Ray re-running the task, but a task's worker waiting for the network while the
+    rebuild waited for a CPU hung a run whose node died (tests/test_cluster.py)."""
     if weights not in (DEFAULT_WEIGHTS, NO_WEIGHTS):
         # In a worker of the normalise tasks' kind, which runs them next.
-        report_ref, features = _build_plain.options(runtime_env=EMBEDDING_WORKERS).remote(weights)
-        report = ray.get(report_ref)
+        report, network = ray.get(
+            _build_plain.options(runtime_env=EMBEDDING_WORKERS).remote(weights)
+        )
         if report is not None:
             report.warn()
-            return features
+            return ray.put(network)
     # A fresh process of the normalise tasks' kind, which exits after this task; for a
     # file the plain layers could not load, it also says why.
-    report_ref, features = _build.options(runtime_env=EMBEDDING_WORKERS).remote(weights)
-    report = ray.get(report_ref)
+    report, network = ray.get(_build.options(runtime_env=EMBEDDING_WORKERS).remote(weights))
     if isinstance(report, str):
         raise WeightsUnavailable(report)
     report.warn()
-    return features
+    return ray.put(network)
+
+
+def load_features(features: ray.ObjectRef) -> nn.Module:
+    """The network `shared_features` stored, unpickled (imports torch, not torchvision)."""
+    return ray.cloudpickle.loads(ray.get(features))
 
 
 def shared_embedder(features: ray.ObjectRef) -> Embedder:
@@ -169,5 +182,5 @@ def shared_embedder(features: ray.ObjectRef) -> Embedder:
     key = features.hex()
     if key not in _LOADED:
         _LOADED.clear()  # one run's network at a time
-        _LOADED[key] = Embedder(ray.get(features))
+        _LOADED[key] = Embedder(load_features(features))
     return _LOADED[key]
