@@ -2,16 +2,23 @@
 
 Code under test talks to it with s3fs/boto3 exactly as to AWS; only the endpoint URL
 differs (AWS_ENDPOINT_URL). Nothing is mocked inside the process under test.
+
+With `fill`, `listing` or `list_latency_ms`, the process is `devkit.s3_lake_server`
+instead: the same moto server, filled in its own process, with S3's listing cost on
+demand (for listing at scale: `scripts/bench/scale_listing.py`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from pathlib import Path
 
 # moto accepts any credentials; real ones must never be sent to a local endpoint.
 DUMMY_CREDENTIALS = {
@@ -29,25 +36,54 @@ def free_port() -> int:
 
 
 class LocalS3:
-    """Start/stop a moto S3 server; use as a context manager."""
+    """Start/stop a moto S3 server; use as a context manager.
 
-    def __init__(self, port: int | None = None) -> None:
+    fill: {bucket: file of keys, one a line} created in the server before it answers;
+    listing: "moto" (moto's own ListObjectsV2) or "s3" (a page costs O(page), as on S3);
+    list_latency_ms: a fixed latency per LIST request (see `devkit.s3_listing_model`)."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        fill: dict[str, str | Path] | None = None,
+        listing: str | None = None,
+        list_latency_ms: float = 0.0,
+        start_timeout_s: float = _START_TIMEOUT_S,
+    ) -> None:
         self.port = port or free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen | None = None
+        self.lake_server = bool(fill) or listing is not None or list_latency_ms > 0
+        self._options = [f"--fill={bucket}={path}" for bucket, path in (fill or {}).items()]
+        if listing is not None:
+            self._options.append(f"--listing={listing}")
+        if list_latency_ms:
+            self._options.append(f"--list-latency-ms={list_latency_ms}")
+        self.start_timeout_s = start_timeout_s
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
 
     def env(self) -> dict[str, str]:
         """Environment that points AWS SDKs (and Ray workers started after it) here."""
         return {**DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint_url}
 
+    def _command(self) -> list[str]:
+        address = ["-H", "127.0.0.1", "-p", str(self.port)]
+        if self.lake_server:
+            return [sys.executable, "-m", "devkit.s3_lake_server", *address, *self._options]
+        return [sys.executable, "-m", "moto.server", *address]
+
     def start(self) -> LocalS3:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            self._command(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, **DUMMY_CREDENTIALS},
         )
-        deadline = time.monotonic() + _START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"moto server exited with {self._process.returncode}")
@@ -58,6 +94,16 @@ class LocalS3:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"moto server did not answer on {self.endpoint_url}")
+
+    def set_listing(self, listing: str, list_latency_ms: float = 0.0) -> dict:
+        """Switch the running lake server's listing model and LIST latency; returns the
+        server's settings ({"model", "latency_ms"})."""
+        if not self.lake_server:
+            raise RuntimeError("set_listing needs the lake server (fill, listing or latency)")
+        query = urllib.parse.urlencode({"model": listing, "latency_ms": list_latency_ms})
+        url = f"{self.endpoint_url}/_devkit/listing?{query}"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return json.load(answer)
 
     def stop(self) -> None:
         if self._process and self._process.poll() is None:

@@ -26,9 +26,10 @@ from common.ray_runtime import ensure_ray
 from common.storage import join, relative_to
 from pipeline import dedup, offclass
 from pipeline.config import EMBED_IN_TASKS, CleanConfig
+from pipeline.decision_shards import ShardRows, stage_decisions, write_index
 from pipeline.embed_stage import embedding_stage, require_gpus
 from pipeline.embed_task import EMBEDDING_WORKERS, shared_features
-from pipeline.finalize import finalize_stage, index_shard, work_items
+from pipeline.finalize import finalize_stage
 from pipeline.incremental import carry_over, overrides_to_redo, plan_run, previous_state
 from pipeline.inventory import inventory_snapshot
 from pipeline.lease import Lease
@@ -45,7 +46,7 @@ from pipeline.output import (
     write_snapshot,
 )
 from pipeline.overrides import OVERRIDE, load_overrides, with_overrides
-from pipeline.report import build_report, read_version
+from pipeline.report import build_report, read_listing, read_version
 from pipeline.review import review_page
 from pipeline.sink import Shards, ShardSink, ShardWrite, StageFailed
 from pipeline.split import assign_splits, group_of, load_group_manifest
@@ -182,25 +183,21 @@ def decide(
         vectors,
     )
     decisions, summary = result.decisions, result.summary
-    # Arrow joins on the columns they need (not every candidate column), not a dict per file.
+    # The decisions are in the candidates' order (`dedup.DedupResult`): the kept rows'
+    # columns are taken by position (the columns the split needs), with no join.
     keep = decisions["keep"]
-    kept = decisions.select(["source_uri", "cluster_id"]).filter(keep)
     needed = [c for c in SPLIT_COLUMNS if c in candidates.column_names]
-    kept_new = candidates.select(needed).filter(
-        pc.is_in(candidates["source_uri"], value_set=kept["source_uri"])
-    )
-    cluster = pc.take(
-        kept["cluster_id"], pc.index_in(kept_new["source_uri"], value_set=kept["source_uri"])
-    )
+    kept_new = candidates.select(needed).filter(keep)
+    cluster = decisions["cluster_id"].filter(keep)
     units = pa.concat_tables(
         [_split_input(existing), _split_input(kept_new, {"cluster_id": cluster, "split": None})]
     )
     splits, split_stats = assign_splits(units, cfg.split, root=cfg.input_uri)
-    position = pc.index_in(decisions["source_uri"], value_set=units["source_uri"])
-    split = pc.take(pa.array(splits, pa.string()), position)
-    decisions = decisions.append_column(
-        "split", pc.if_else(keep, split, pa.scalar(None, pa.string()))
-    )
+    # The units are the existing rows, then the kept new ones in order; others get none.
+    kept = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
+    position = pa.array(np.cumsum(kept) - 1, pa.int64(), mask=~kept)
+    split = pa.array(splits[existing.num_rows :], pa.string()).take(position)
+    decisions = decisions.append_column("split", split)
     return decisions, {**summary, **split_stats}
 
 
@@ -252,6 +249,7 @@ def _run_clean_leased(
     in_force, redo = overrides_to_redo(cfg.output_uri, previous, given, cfg.storage)
     retry |= redo
     plan = plan_run(snapshot, previous_snapshot, retry)
+    del previous_snapshot  # compared: a row per file the run no longer needs
     log.info(
         "listed %d files in %d classes; %d to process, %d carried over, %d removed",
         snapshot.num_rows,
@@ -267,33 +265,39 @@ def _run_clean_leased(
     # Fails here, before any work, if the weights are unavailable.
     features = shared_features(cfg.dedup.embedding_weights) if cfg.dedup.verified else None
     stage = staging_uri(cfg.output_uri, run_id)
-    write_snapshot(snapshot, join(stage, "snapshot.parquet"), cfg.storage)
+    snapshot_uri = join(stage, "snapshot.parquet")
+    write_snapshot(snapshot, snapshot_uri, cfg.storage)
     # Bars on a terminal; elsewhere one line per stage (stage_line) instead of hundreds.
     ray.data.DataContext.get_current().enable_progress_bars = cfg.execution.progress and show_bars()
 
     first_seen = previous.get("next_seen_order", 0) if previous else 0
     work = with_work_columns(plan.todo, classes, first_seen, cfg, in_force)
+    processed, removed, unchanged = work.num_rows, plan.removed, plan.carried
     with stage_line("normalise", logger=log) as line:
         normalised = normalise_stage(work, cfg, stage, features)
-        line.count = work.num_rows
-    carried, rewritten = carry_over(cfg.output_uri, previous, plan.removed, stage, cfg.storage)
+        line.count = processed
+    # The listing and the work table (a row per file) are not held through the stages
+    # after this one: the report reads the listing back from the run's snapshot.
+    del snapshot, work, plan
+    carried, rewritten = carry_over(cfg.output_uri, previous, removed, stage, cfg.storage)
 
     with stage_line("dedup+finalize", logger=log) as line:
         final, decision_stats = deduplicate_and_finalize(
             normalised, carried, rewritten, stage, run_id, cfg
         )
-        line.count = work.num_rows
+        line.count = processed
     normalised.writes = [w for w in normalised.writes if w.folder != CANDIDATES]
     staged = Shards(normalised.writes + final.writes)
 
     decision_stats = {
-        "processed": work.num_rows,
-        "carried": plan.carried,
-        "removed": len(plan.removed),
+        "processed": processed,
+        "carried": unchanged,
+        "removed": len(removed),
         **decision_stats,
     }
     tables = read_version(cfg, staged, carried)
-    report = build_report(cfg, run_id, snapshot, classes, tables, decision_stats, in_force)
+    listing = read_listing(snapshot_uri, cfg.storage)
+    report = build_report(cfg, run_id, listing, classes, tables, decision_stats, in_force)
     report["seconds"] = round(time.perf_counter() - started, 2)
     html = review_page(cfg, report, tables, in_force)
     lease.check()  # still this run's: nobody took the output over while it worked
@@ -310,7 +314,7 @@ def _run_clean_leased(
             "totals": report["totals"],
             "splits": report["splits"],
             "channel_stats": report["channel_stats"],
-            "next_seen_order": first_seen + work.num_rows,
+            "next_seen_order": first_seen + processed,
             "overrides": in_force.to_pylist(),
             "config": to_dict(cfg),
         },
@@ -329,33 +333,36 @@ def deduplicate_and_finalize(
 ) -> tuple[Shards, dict[str, Any]]:
     """Decide on this run's candidates from their metadata, then apply the decisions to
     their pixels in Ray tasks; carried-over shards that had to be rewritten come along.
-    The driver reads no vectors: the tasks that use them read them (`pipeline.vectors`)."""
+    The driver reads no vectors: the tasks that use them read them (`pipeline.vectors`),
+    and it hands the decisions over as files, a candidate shard's at a time
+    (`pipeline.decision_shards`), which the finalize and index tasks read."""
     index_rewrites = [join(stage, r) for r in rewritten if r.startswith(INDEX + "/")]
     existing, existing_uris = _existing_index(cfg, carried, index_rewrites)
-    candidate_uris = normalised.uris(CANDIDATES)
-    candidates = read_shards(
-        candidate_uris,
-        cfg.storage,
-        [c for c in INDEX_COLUMNS if c not in ("cluster_id", "split", *VECTOR_COLUMNS)]
-        + [OVERRIDE],
-        with_shard=True,
-    )
+    shards = ShardRows.of(normalised.writes)
+    candidates = read_shards(shards.uris, cfg.storage, DECIDING_COLUMNS)
     # Row ids: the kept index's rows, then the candidates' (`pipeline.vectors`).
     vectors = of_shards(
-        existing_uris + candidate_uris, cfg.storage, existing.num_rows + candidates.num_rows
+        existing_uris + shards.uris, cfg.storage, existing.num_rows + candidates.num_rows
     )
     final, stats = Shards(), {}
     if candidates.num_rows:
+        shards.check(candidates.num_rows)
         decisions, stats = decide_with_off_class(existing, candidates, cfg, vectors)
-        final = finalize_stage(work_items(candidates, decisions), stage, cfg.storage)
-        new_rows = None  # without verification the vectors are null: nothing to read
-        if cfg.dedup.verified:
-            new_rows = vectors.take(np.arange(existing.num_rows, len(vectors)))
-        final.writes += index_shard(
-            candidates, new_rows, decisions, stage, run_id, cfg.storage
-        ).writes
+        kept = int(pc.sum(decisions["keep"]).as_py() or 0)
+        items = stage_decisions(candidates["source_uri"], decisions, shards, stage, cfg.storage)
+        del candidates, decisions  # the tasks read what they need from the staged files
+        final = finalize_stage(items, stage, cfg.storage)
+        final.writes += write_index(items, kept, stage, run_id, cfg.storage, cfg.dedup.verified)
     final.writes += [ShardWrite(rel.split("/", 1)[0], join(stage, rel), 0, 0) for rel in rewritten]
     return final, stats
+
+
+# What the driver's decisions read of the candidates (de-duplication, off-class, split):
+# the index's other columns, the vectors included, are read by the task writing it.
+DECIDING_COLUMNS = [
+    "source_uri", "class_name", "label", "sha256", "phash", "source_width", "source_height",
+    "source_format", "seen_order", "low_detail", "hash_stability", "group", OVERRIDE,
+]  # fmt: skip
 
 
 def decide_with_off_class(
@@ -369,7 +376,8 @@ def decide_with_off_class(
         vectors = None
     off = offclass.off_class_stage(candidates, existing, cfg.off_class, vectors)
     offered = pc.invert(off[offclass.REJECT])
-    rest = candidates.filter(offered)
+    # A filter copies every column, even when it keeps every row (the usual case).
+    rest = candidates if pc.all(offered).as_py() else candidates.filter(offered)
     if rest.num_rows:
         if vectors is not None:
             rows = np.flatnonzero(offered.to_numpy(zero_copy_only=False))

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from botocore.utils import parse_timestamp
 
 from common.storage import StorageConfig, filesystem, join
 
@@ -49,27 +50,48 @@ def _etag(info: dict) -> str:
     return str(etag).strip('"')
 
 
-def _row(input_uri: str, root: str, path: str, info: dict) -> dict | None:
-    """One snapshot row (without its label), or None for a directory entry."""
-    if info.get("type") == "directory" or path.endswith("/"):
-        return None
-    relative = path[len(root) :].lstrip("/")
-    parts = relative.split("/")
-    return {
-        "source_uri": join(input_uri, relative),
-        "class_name": parts[0] if len(parts) > 1 else None,
-        "size": int(info.get("size") or 0),
-        "etag": _etag(info),
-        "mtime": _mtime(info),
-    }
-
-
 _ROW_SCHEMA = pa.schema([f for f in SNAPSHOT_SCHEMA if f.name != "label"])
 
 
 def _rows_table(input_uri: str, root: str, entries: dict[str, dict]) -> pa.Table:
-    rows = [_row(input_uri, root, path, info) for path, info in entries.items()]
-    return pa.Table.from_pylist([r for r in rows if r], schema=_ROW_SCHEMA)
+    """The snapshot rows (without labels) of listed entries; directories are left out.
+    Column by column: a listing's client CPU is per key."""
+    columns: list[list] = [[], [], [], [], []]
+    uris, classes, sizes, etags, mtimes = columns
+    for path, info in entries.items():
+        if info.get("type") == "directory" or path.endswith("/"):
+            continue
+        relative = path[len(root) :].lstrip("/")
+        class_name, below, _ = relative.partition("/")
+        uris.append(join(input_uri, relative))
+        classes.append(class_name if below else None)  # null: a file outside any class
+        sizes.append(int(info.get("size") or 0))
+        etags.append(_etag(info))
+        mtimes.append(_mtime(info))
+    return pa.table(columns, schema=_ROW_SCHEMA)
+
+
+def _iso_timestamp(value: object) -> dt.datetime:
+    """S3's LastModified ('2026-12-07T05:00:00.000Z') read in ~1 us: botocore's own parser
+    goes through dateutil, ~50 us a key, most of a listing's client CPU. The same instant and
+    `isoformat()`; any other form goes to botocore's parser."""
+    if isinstance(value, str) and len(value) > 10 and value[4] == "-" and value[10] == "T":
+        with contextlib.suppress(ValueError):
+            return dt.datetime.fromisoformat(value)
+    return parse_timestamp(value)
+
+
+def _filesystem(input_uri: str, storage: StorageConfig) -> tuple[object, str]:
+    """`common.storage.filesystem`, with S3 responses' timestamps read by `_iso_timestamp`
+    (botocore's documented parser default, on this filesystem's session: the process's other
+    users of it read no timestamps, and would get the same instants)."""
+    fs, root = filesystem(input_uri, storage)
+    if hasattr(fs, "connect") and hasattr(fs, "session"):  # s3fs
+        if fs.session is None:
+            fs.connect()
+        factory = fs.session.get_component("response_parser_factory")
+        factory.set_parser_defaults(timestamp_parser=_iso_timestamp)
+    return fs, root.rstrip("/")
 
 
 @contextlib.contextmanager
@@ -92,8 +114,7 @@ def _listing_errors(input_uri: str) -> Iterator[None]:
 
 
 def _open_root(input_uri: str, storage: StorageConfig) -> tuple[object, str]:
-    fs, root = filesystem(input_uri, storage)
-    root = root.rstrip("/")
+    fs, root = _filesystem(input_uri, storage)
     if not fs.isdir(root):
         raise LakeError(f"input {input_uri} does not exist or is not a folder/prefix")
     return fs, root
@@ -110,8 +131,7 @@ def _list_level(
     input_uri: str, storage: StorageConfig, prefixes: list[str]
 ) -> tuple[pa.Table, list[str]]:
     """Each prefix one level deep (delimiter '/'): its files as rows, its sub-prefixes."""
-    fs, root = filesystem(input_uri, storage)
-    root = root.rstrip("/")
+    fs, root = _filesystem(input_uri, storage)
 
     def level(prefix: str) -> tuple[dict[str, dict], list[str]]:
         entries = fs.ls(prefix, detail=True, refresh=True)
@@ -127,8 +147,7 @@ def _list_level(
 @ray.remote(max_retries=3)
 def _list_tree(input_uri: str, storage: StorageConfig, prefixes: list[str]) -> pa.Table:
     """Every object below each of `prefixes` (recursive, as the sequential listing)."""
-    fs, root = filesystem(input_uri, storage)
-    root = root.rstrip("/")
+    fs, root = _filesystem(input_uri, storage)
     tables = _threaded(
         lambda p: _rows_table(input_uri, root, fs.find(p, detail=True, withdirs=False)), prefixes
     )

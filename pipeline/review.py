@@ -60,11 +60,14 @@ def worst_first(rejected: pa.Table, limit: int) -> pa.Table:
 def _column_of(uris: set[str], table: pa.Table, column: str, cfg: CleanConfig) -> dict[str, bytes]:
     """`column` (thumbnail or image) of just these rows, reading only their shards."""
     by_shard: dict[str, set[str]] = defaultdict(set)
+    # Only these rows become Python strings, not every kept file's.
+    shown = table.filter(
+        pc.is_in(table["source_uri"], value_set=pa.array(sorted(uris), pa.string()))
+    )
     for uri, shard in zip(
-        table["source_uri"].to_pylist(), table["_shard"].to_pylist(), strict=True
+        shown["source_uri"].to_pylist(), shown["_shard"].to_pylist(), strict=True
     ):
-        if uri in uris:
-            by_shard[shard].add(uri)
+        by_shard[shard].add(uri)
     found: dict[str, bytes] = {}
     for shard, wanted in by_shard.items():
         part = read_shards([shard], cfg.storage, ["source_uri", column])
@@ -137,7 +140,7 @@ def kept_sections(
         order = pc.sort_indices(
             images, sort_keys=[(SCORE, "descending", "at_end"), ("source_uri", "ascending")]
         )
-        top = images.take(order).slice(0, limit)
+        top = images.take(order.slice(0, limit))  # not a copy of every kept row first
         top = top.filter(pc.is_valid(top[SCORE]))
         rows = [
             {

@@ -47,3 +47,40 @@ def test_a_rewritten_carried_shard_stays_in_its_table():
     assert table_folder("runs/r1/images/split=train/a.parquet", "images") == "images/split=train"
     assert table_folder("runs/r1/rejected/b.parquet", "rejected") == "rejected"
     assert table_folder("images/split=test/c.parquet", "images") == "images/split=test"
+
+
+def _reference_plan(now: pa.Table, before: pa.Table, retry: set[str]) -> tuple:
+    """The planning as it was written with a dict per listing (the reference)."""
+
+    def fingerprints(t: pa.Table) -> dict:
+        rows = zip(t["etag"].to_pylist(), t["size"].to_pylist(), strict=True)
+        return dict(zip(t["source_uri"].to_pylist(), rows, strict=True))
+
+    b, n = fingerprints(before), fingerprints(now)
+    changed = {u for u, fp in n.items() if u in b and b[u] != fp} | {u for u in retry if u in n}
+    new = {u for u in n if u not in b}
+    gone = {u for u in b if u not in n}
+    todo = [u for u in now["source_uri"].to_pylist() if u in new | changed]
+    return todo, gone | changed, len(n) - len(new) - len(changed)
+
+
+def test_planning_matches_the_dict_reference_on_random_listings():
+    """Arrow columns instead of a dict per file: the same plan, nulls included."""
+    import random
+
+    rng = random.Random(7)
+
+    def listing(names: list[str]) -> pa.Table:
+        rows = [(u, rng.choice([None, "e1", "e2"]), rng.choice([1, 2])) for u in names]
+        table = snapshot([(u, e or "", s) for u, e, s in rows])
+        return table.set_column(4, "etag", pa.array([e for _, e, _ in rows], pa.string()))
+
+    for _ in range(30):
+        uris = [f"a/{i}" for i in rng.sample(range(60), 40)]
+        before = listing(uris[:30])
+        now = listing(uris[10:])
+        retry = set(rng.sample(uris, 8)) | {"a/none"}
+        plan = plan_run(now, before, retry)
+        todo, removed, carried = _reference_plan(now, before, retry)
+        assert plan.todo["source_uri"].to_pylist() == todo
+        assert plan.removed == removed and plan.carried == carried

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.dedup.cluster import Clusterer
 from pipeline.dedup.config import EXACT_DUPLICATE, LABEL_CONFLICT, NEAR_DUPLICATE, DedupConfig
@@ -97,14 +96,14 @@ def merge(results: list[PartResult], rows: Rows) -> tuple[pa.Table, dict[str, An
     new = np.arange(rows.n_existing, rows.count)
     is_keeper = keeper == new
     keepers = pa.array(keeper, pa.int64())
-    none = pa.scalar(None, pa.string())
     decisions = pa.table(
         {
             "source_uri": rows.uri.slice(rows.n_existing),
             "cluster_id": rows.cluster_id.take(keepers),
             "keep": pa.array(column("keep")),
             "reason": pa.array(REASONS, pa.string()).take(pa.array(reason, mask=reason < 0)),
-            "duplicate_of": pc.if_else(pa.array(is_keeper), none, rows.uri.take(keepers)),
+            # The copies' keepers only: a keeper's own URI is never taken (null).
+            "duplicate_of": rows.uri.take(pa.array(keeper, pa.int64(), mask=is_keeper)),
             "distance": pa.array(column("distance"), pa.int32(), mask=is_keeper),
         },
         schema=DECISION_SCHEMA,

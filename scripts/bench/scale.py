@@ -17,7 +17,8 @@ would not fit 10M rows on this machine; the off-class stage is then idle. Storag
 local filesystem (file://).
 
 Prints per-stage seconds, then as its LAST line one JSON object: rows, wall_s (the run,
-not the data generation), driver_peak_rss_mb (VmHWM of this process), worker_peak_rss_mb
+not the data generation), driver_peak_rss_mb (VmHWM of this process, which uses Arrow's
+system memory pool as the job's driver does: `pipeline.cli`), worker_peak_rss_mb
 (the largest VmHWM of any Ray worker process, sampled), the stage times and counts.
 """
 
@@ -33,6 +34,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -51,7 +53,9 @@ _TIMED = (
     "deduplicate_and_finalize",
     "decide_with_off_class",  # within deduplicate_and_finalize: the driver's decisions
     "dedup.deduplicate",  # within decide_with_off_class: search, clustering (Ray tasks)
-    "finalize_stage",  # within deduplicate_and_finalize: Ray Data tasks
+    "stage_decisions",  # within deduplicate_and_finalize: each shard's decisions written
+    "finalize_stage",  # within deduplicate_and_finalize: Ray tasks
+    "write_index",  # within deduplicate_and_finalize: one Ray task
     "read_version",
     "build_report",
     "review_page",
@@ -206,6 +210,9 @@ def main() -> int:
     cfg.execution.progress = False
     cfg.execution.num_cpus = args.num_cpus
     timings: dict[str, float] = {}
+    # As the job's driver runs (`pipeline.cli.clean`): Arrow's system pool, so what the
+    # stages free goes back to the system and the peak is what they hold at once.
+    pa.set_memory_pool(pa.system_memory_pool())
     try:
         ensure_ray(None, args.num_cpus)
         started = time.perf_counter()
