@@ -23,6 +23,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -111,18 +112,29 @@ def read_shards(
     storage: StorageConfig,
     columns: list[str] | None = None,
     with_shard: bool = False,
+    optional: dict[str, pa.DataType] | None = None,
 ) -> pa.Table:
-    """Concatenate Parquet shards (fetched concurrently); `with_shard` adds a `_shard`
-    column naming each row's file, so a later pass can go back for other columns."""
+    """Concatenate Parquet shards (fetched concurrently). `with_shard` adds a `_shard`
+    column naming each row's file, so a later pass can go back for other columns
+    (dictionary-encoded: one string per shard, not ~100 bytes per row). `optional`:
+    columns a shard written by an earlier version may lack, read there as nulls."""
     if not uris:
         return pa.table({})
     fs, _ = filesystem(uris[0], storage)
+    extra = optional or {}
 
     def read_one(uri: str) -> pa.Table:
         with fs.open(fs._strip_protocol(uri), "rb") as f:
-            table = pq.read_table(f, columns=columns)
+            found = pq.ParquetFile(f).schema_arrow.names if extra else []
+            missing = [name for name in extra if name not in found]
+            wanted = None if columns is None else [*columns, *(c for c in extra if c in found)]
+            table = pq.read_table(f, columns=wanted)
+        for name in missing:
+            table = table.append_column(name, pa.nulls(table.num_rows, extra[name]))
         if with_shard:
-            table = table.append_column("_shard", pa.array([uri] * table.num_rows, pa.string()))
+            indices = pa.array(np.zeros(table.num_rows, np.int32))
+            shard = pa.DictionaryArray.from_arrays(indices, pa.array([uri], pa.string()))
+            table = table.append_column("_shard", shard)
         return table
 
     with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +55,6 @@ _REJECTED_STATS = [
     "detail",
 ]
 _MAX_CONFLICTS_LISTED = 100
-_READ_THREADS = 16  # shards fetched at once, as `read_shards` does
 NO_CLASS = "(no class)"
 
 
@@ -202,42 +199,6 @@ class VersionTables:
     rejected: pa.Table
 
 
-def _with_optional(
-    uris: list[str], storage: StorageConfig, columns: list[str], optional: dict[str, pa.DataType]
-) -> pa.Table:
-    """read_shards of `columns` and `optional` with `_shard` (`_read_each`); a shard
-    written by an earlier version that lacks an optional column (e.g. off_class_score)
-    reads it as nulls."""
-
-    def one(uri: str) -> pa.Table:
-        try:
-            return read_shards([uri], storage, [*columns, *optional])
-        except (pa.ArrowInvalid, KeyError):
-            part = read_shards([uri], storage, columns)
-            for name, kind in optional.items():
-                part = part.append_column(name, pa.nulls(part.num_rows, kind))
-            return part
-
-    return _read_each(uris, one)
-
-
-def _read_each(uris: list[str], read: Callable[[str], pa.Table]) -> pa.Table:
-    """The shards `uris` read by `read`, concatenated, each row naming its shard in a
-    dictionary-encoded `_shard` column: one string per shard, not one per row (~100
-    bytes a row, 100 MB of the driver's at 1M kept files)."""
-
-    def one(uri: str) -> pa.Table:
-        part = read(uri)
-        indices = pa.array(np.zeros(part.num_rows, np.int32))
-        return part.append_column(
-            "_shard", pa.DictionaryArray.from_arrays(indices, pa.array([uri], pa.string()))
-        )
-
-    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
-        parts = list(pool.map(one, uris))
-    return pa.concat_tables(parts, promote_options="default") if parts else pa.table({})
-
-
 # What the report reads of the run's listing (`read_listing`).
 LISTING_COLUMNS = ["source_uri", "class_name", "size"]
 
@@ -249,13 +210,14 @@ def read_listing(uri: str, storage: StorageConfig) -> pa.Table:
 
 
 def read_version(cfg: CleanConfig, staged: Shards, carried: dict[str, list[str]]) -> VersionTables:
-    images = _with_optional(
-        current_uris(cfg, IMAGES, staged, carried), cfg.storage, _IMAGE_STATS, _OPTIONAL_STATS
-    )
-    rejected = _read_each(
-        current_uris(cfg, REJECTED_DIR, staged, carried),
-        lambda uri: read_shards([uri], cfg.storage, _REJECTED_STATS),
-    )
+    images = read_shards(
+        current_uris(cfg, IMAGES, staged, carried), cfg.storage, _IMAGE_STATS,
+        with_shard=True, optional=_OPTIONAL_STATS,
+    )  # fmt: skip
+    rejected = read_shards(
+        current_uris(cfg, REJECTED_DIR, staged, carried), cfg.storage, _REJECTED_STATS,
+        with_shard=True,
+    )  # fmt: skip
     return VersionTables(
         images if images.num_rows else _empty([*_IMAGE_STATS, *_OPTIONAL_STATS, "_shard"]),
         rejected if rejected.num_rows else _empty([*_REJECTED_STATS, "_shard"]),

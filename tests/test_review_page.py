@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from common.dataset import read_shards
 from common.storage import StorageConfig
 from devkit import browser
 from devkit.messy_lake import encode, photo
 from devkit.planted import logo
 from pipeline.overrides import parse_overrides
-from pipeline.report import _with_optional
 from pipeline.report_html import render_report_html
 from pipeline.review import kept_sections, worst_first
 
@@ -191,7 +191,9 @@ def test_shards_of_an_earlier_version_without_the_off_class_columns_still_read(t
         new,
     )
     optional = {"off_class_score": pa.float32(), "off_class_like": pa.string()}
-    table = _with_optional([str(old), str(new)], StorageConfig(), ["source_uri", "width"], optional)
+    table = read_shards(
+        [str(old), str(new)], StorageConfig(), ["source_uri", "width"], True, optional
+    )
     assert table.sort_by("source_uri").select(["source_uri", "off_class_score"]).to_pylist() == [
         {"source_uri": "a", "off_class_score": None},
         {"source_uri": "b", "off_class_score": 0.5},
