@@ -24,12 +24,10 @@ from common.config import to_dict
 from common.logs import show_bars, stage_line
 from common.ray_runtime import ensure_ray
 from common.storage import join, relative_to
-from pipeline import dedup, offclass
 from pipeline.config import EMBED_IN_TASKS, CleanConfig
-from pipeline.decision_shards import ShardRows, stage_decisions, write_index
+from pipeline.decide import deduplicate_and_finalize
 from pipeline.embed_stage import embedding_stage, require_gpus
 from pipeline.embed_task import EMBEDDING_WORKERS, shared_features
-from pipeline.finalize import finalize_stage
 from pipeline.incremental import carry_over, overrides_to_redo, plan_run, previous_state
 from pipeline.inventory import inventory_snapshot
 from pipeline.lease import Lease
@@ -41,17 +39,15 @@ from pipeline.output import (
     publish,
     read_json,
     read_manifest,
-    read_shards,
     staging_uri,
     write_snapshot,
 )
-from pipeline.overrides import OVERRIDE, load_overrides, with_overrides
+from pipeline.overrides import load_overrides, with_overrides
 from pipeline.report import build_report, read_listing, read_version
 from pipeline.review import review_page
-from pipeline.sink import Shards, ShardSink, ShardWrite, StageFailed
-from pipeline.split import assign_splits, group_of, load_group_manifest
-from pipeline.tables import CANDIDATES, INDEX, INDEX_COLUMNS, route_normalized
-from pipeline.vectors import VECTOR_COLUMNS, VectorRows, of_shards
+from pipeline.sink import Shards, ShardSink, StageFailed
+from pipeline.split import group_of, load_group_manifest
+from pipeline.tables import CANDIDATES, route_normalized
 
 log = logging.getLogger(__name__)
 
@@ -161,65 +157,6 @@ def normalise_stage(
     return sink.result
 
 
-def dedup_input(table: pa.Table) -> pa.Table:
-    """The de-duplication stage ranks resolution by the source's size: normalised images
-    of every large source share the same 512 px side."""
-    table = table.drop_columns(
-        [c for c in ("width", "height", "_shard") if c in table.schema.names]
-    )
-    sizes = {"source_width": "width", "source_height": "height"}
-    return table.rename_columns([sizes.get(c, c) for c in table.column_names])
-
-
-def decide(
-    existing: pa.Table, candidates: pa.Table, cfg: CleanConfig, vectors: VectorRows | None = None
-) -> tuple[pa.Table, dict[str, Any]]:
-    """De-duplicate the candidates against each other and the kept index, then split.
-    `vectors`: where the rows' vectors lie (`existing`'s, then the candidates')."""
-    result = dedup.deduplicate(
-        dedup_input(candidates),
-        cfg.dedup,
-        dedup_input(existing) if existing.num_rows else None,
-        vectors,
-    )
-    decisions, summary = result.decisions, result.summary
-    # The decisions are in the candidates' order (`dedup.DedupResult`): the kept rows'
-    # columns are taken by position (the columns the split needs), with no join.
-    keep = decisions["keep"]
-    needed = [c for c in SPLIT_COLUMNS if c in candidates.column_names]
-    kept_new = candidates.select(needed).filter(keep)
-    cluster = decisions["cluster_id"].filter(keep)
-    units = pa.concat_tables(
-        [_split_input(existing), _split_input(kept_new, {"cluster_id": cluster, "split": None})]
-    )
-    splits, split_stats = assign_splits(units, cfg.split, root=cfg.input_uri)
-    # The units are the existing rows, then the kept new ones in order; others get none.
-    kept = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
-    position = pa.array(np.cumsum(kept) - 1, pa.int64(), mask=~kept)
-    split = pa.array(splits[existing.num_rows :], pa.string()).take(position)
-    decisions = decisions.append_column("split", split)
-    return decisions, {**summary, **split_stats}
-
-
-SPLIT_COLUMNS = ["source_uri", "class_name", "cluster_id", "group", "split"]
-
-
-def _split_input(table: pa.Table, replace: dict[str, Any] | None = None) -> pa.Table:
-    """The split's columns only (the rows also carry 1280-float embeddings), as strings;
-    `replace`: columns given instead (None: all null), as are columns `table` lacks."""
-    given = {c: table[c] for c in SPLIT_COLUMNS if c in table.column_names}
-    given.update(replace or {})
-    return pa.table(
-        [
-            pa.nulls(table.num_rows, pa.string())
-            if given.get(c) is None
-            else given[c].cast(pa.string())
-            for c in SPLIT_COLUMNS
-        ],
-        schema=pa.schema([(c, pa.string()) for c in SPLIT_COLUMNS]),
-    )
-
-
 def run_clean(cfg: CleanConfig) -> CleanResult:
     """The whole run holds the output's lease: one writer per output (`pipeline.lease`)."""
     started = time.perf_counter()
@@ -321,86 +258,6 @@ def _run_clean_leased(
         cfg.storage,
     )
     return CleanResult(cfg.output_uri, manifest, report, time.perf_counter() - started)
-
-
-def deduplicate_and_finalize(
-    normalised: Shards,
-    carried: dict[str, list[str]],
-    rewritten: list[str],
-    stage: str,
-    run_id: str,
-    cfg: CleanConfig,
-) -> tuple[Shards, dict[str, Any]]:
-    """Decide on this run's candidates from their metadata, then apply the decisions to
-    their pixels in Ray tasks; carried-over shards that had to be rewritten come along.
-    The driver reads no vectors: the tasks that use them read them (`pipeline.vectors`),
-    and it hands the decisions over as files, a candidate shard's at a time
-    (`pipeline.decision_shards`), which the finalize and index tasks read."""
-    index_rewrites = [join(stage, r) for r in rewritten if r.startswith(INDEX + "/")]
-    existing, existing_uris = _existing_index(cfg, carried, index_rewrites)
-    shards = ShardRows.of(normalised.writes)
-    candidates = read_shards(shards.uris, cfg.storage, DECIDING_COLUMNS)
-    # Row ids: the kept index's rows, then the candidates' (`pipeline.vectors`).
-    vectors = of_shards(
-        existing_uris + shards.uris, cfg.storage, existing.num_rows + candidates.num_rows
-    )
-    final, stats = Shards(), {}
-    if candidates.num_rows:
-        shards.check(candidates.num_rows)
-        decisions, stats = decide_with_off_class(existing, candidates, cfg, vectors)
-        kept = int(pc.sum(decisions["keep"]).as_py() or 0)
-        items = stage_decisions(candidates["source_uri"], decisions, shards, stage, cfg.storage)
-        del candidates, decisions  # the tasks read what they need from the staged files
-        final = finalize_stage(items, stage, cfg.storage)
-        final.writes += write_index(items, kept, stage, run_id, cfg.storage, cfg.dedup.verified)
-    final.writes += [ShardWrite(rel.split("/", 1)[0], join(stage, rel), 0, 0) for rel in rewritten]
-    return final, stats
-
-
-# What the driver's decisions read of the candidates (de-duplication, off-class, split):
-# the index's other columns, the vectors included, are read by the task writing it.
-DECIDING_COLUMNS = [
-    "source_uri", "class_name", "label", "sha256", "phash", "source_width", "source_height",
-    "source_format", "seen_order", "low_detail", "hash_stability", "group", OVERRIDE,
-]  # fmt: skip
-
-
-def decide_with_off_class(
-    existing: pa.Table, candidates: pa.Table, cfg: CleanConfig, vectors: VectorRows | None = None
-) -> tuple[pa.Table, dict[str, Any]]:
-    """Off-class photos first (`pipeline.offclass`: they are not offered to
-    de-duplication, so they never stand in for a copy), then `decide` on the rest.
-    `vectors`: where the rows' vectors lie (`existing`'s, then the candidates'), when
-    the tables do not carry them; read only with verification (none without)."""
-    if not cfg.dedup.verified:
-        vectors = None
-    off = offclass.off_class_stage(candidates, existing, cfg.off_class, vectors)
-    offered = pc.invert(off[offclass.REJECT])
-    # A filter copies every column, even when it keeps every row (the usual case).
-    rest = candidates if pc.all(offered).as_py() else candidates.filter(offered)
-    if rest.num_rows:
-        if vectors is not None:
-            rows = np.flatnonzero(offered.to_numpy(zero_copy_only=False))
-            e = existing.num_rows
-            vectors = vectors.take(np.concatenate([np.arange(e), e + rows]))
-        decisions, stats = decide(existing, rest, cfg, vectors)
-    else:
-        decisions, stats = (
-            dedup.DECISION_SCHEMA.empty_table().append_column("split", pa.array([], pa.string())),
-            {},
-        )
-    stats["off_class"] = offclass.summary(off, cfg.off_class)
-    return offclass.decisions_with_off_class(decisions, off), stats
-
-
-def _existing_index(
-    cfg: CleanConfig, carried: dict[str, list[str]], rewritten: list[str]
-) -> tuple[pa.Table, list[str]]:
-    """The hash index of the images this version keeps from the previous one, without
-    its vectors, and the shards it was read from (the tasks read the vectors there)."""
-    uris = [join(cfg.output_uri, rel) for rel in carried.get(INDEX, [])] + rewritten
-    columns = [c for c in INDEX_COLUMNS if c not in VECTOR_COLUMNS]
-    return (read_shards(uris, cfg.storage, columns) if uris else pa.table({})), uris
 
 
 def read_json_report(cfg: CleanConfig, manifest: dict[str, Any]) -> dict[str, Any]:

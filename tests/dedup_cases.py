@@ -33,7 +33,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def synthetic_rows(seed: int = 0, groups: int = 70) -> list[dict[str, Any]]:
-    """One lake's de-duplication input rows (as `pipeline.job.dedup_input` passes them)."""
+    """One lake's de-duplication input rows (as `pipeline.decide.dedup_input` passes them)."""
     rng = np.random.default_rng(seed)
     scenes = rng.integers(0, 2**64, 8, dtype=np.uint64)
     rows: list[dict[str, Any]] = []

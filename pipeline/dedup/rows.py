@@ -45,7 +45,7 @@ REQUIRED_COLUMNS = (
     "low_detail",
 )
 OPTIONAL_COLUMNS = ("hash_stability", "embedding", "colour_layout", "grey_layout")
-# The job passes the source's size as width/height (`pipeline.job.dedup_input`): both
+# The job passes the source's size as width/height (`pipeline.decide.dedup_input`): both
 # are declared int32 in `pipeline.tables`, as the normalise stage writes them.
 INPUT_SCHEMA = schema_of([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
 # What the driver's arrays come from: the vectors are read apart (`row_vectors`).

@@ -66,8 +66,8 @@ from common.storage import StorageConfig
 from devkit.weights import local_embedding_weights
 from pipeline import dedup
 from pipeline.config import CleanConfig, NormalizeConfig
+from pipeline.decide import dedup_input
 from pipeline.embed import BATCH_SIZE as EMBED_BATCH
-from pipeline.job import dedup_input
 from pipeline.normalize import EMBEDDING_INPUT, judge_batch, normalise, signals
 from pipeline.tables import KEPT
 
@@ -316,7 +316,7 @@ def load_originals(crops_dir: Path, position: float = MIDDLE_FRAME) -> list[Orig
 def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
     """The normalise stage's per-file work for one file (the job's `normalise` and
     `signals`: hashes, junk scores, layouts), leaving deduplicate()'s input columns in
-    sample.row (as `pipeline.job.dedup_input` passes them), the signals for the batch
+    sample.row (as `pipeline.decide.dedup_input` passes them), the signals for the batch
     verdict in sample.signals, or the rejection in .filtered."""
     cfg = CleanConfig()
     try:
