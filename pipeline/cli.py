@@ -50,13 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def clean(cfg: CleanConfig) -> int:
     """Run the job on a validated config and print its summary; the exit status."""
-    import pyarrow as pa
-
+    from pipeline.driver_memory import return_freed_memory
     from pipeline.job import run_clean  # imports Ray: keep --help and config errors fast
 
-    # This process is the job's driver: Arrow's default pool (mimalloc) keeps what its
-    # threads freed in per-thread heaps, ~100 MiB more at 2,000 files (docs/cleaning.md).
-    pa.set_memory_pool(pa.system_memory_pool())
+    return_freed_memory()  # this process is the job's driver
     try:
         result = run_clean(cfg)
     except (

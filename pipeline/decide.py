@@ -9,11 +9,11 @@ scale (`scripts/bench/scale.py` times these functions).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from common.storage import join
 from pipeline import dedup, offclass
@@ -23,7 +23,7 @@ from pipeline.finalize import finalize_stage
 from pipeline.output import read_shards
 from pipeline.overrides import OVERRIDE
 from pipeline.sink import Shards, ShardWrite
-from pipeline.split import assign_splits
+from pipeline.split import split_ids
 from pipeline.tables import INDEX, INDEX_COLUMNS
 from pipeline.vectors import VECTOR_COLUMNS, VectorRows, of_shards
 
@@ -53,8 +53,8 @@ def deduplicate_and_finalize(
     if candidates.num_rows:
         shards.check(candidates.num_rows)
         decisions, stats = decide_with_off_class(existing, candidates, cfg, vectors)
-        kept = int(pc.sum(decisions["keep"]).as_py() or 0)
-        items = stage_decisions(candidates["source_uri"], decisions, shards, stage, cfg.storage)
+        items = stage_decisions(decisions.rows, shards, stage, cfg.storage)
+        kept = decisions.kept
         del candidates, decisions  # the tasks read what they need from the staged files
         final = finalize_stage(items, stage, cfg.storage)
         final.writes += write_index(items, kept, stage, run_id, cfg.storage, cfg.dedup.verified)
@@ -70,9 +70,40 @@ DECIDING_COLUMNS = [
 ]  # fmt: skip
 
 
+@dataclass
+class Decisions:
+    """This run's decisions on its candidates, as numbers in the candidates' order:
+    de-duplication's (on the rows off-class did not reject), each kept row's split and
+    the off-class columns. The table the finalize tasks read is built a candidate shard
+    at a time (`rows`): the driver never holds every decision's strings (cluster ids,
+    keepers' URIs, reasons; at 1M candidates ~270 MB at once, built and copied)."""
+
+    decided: dedup.Decided  # on the offered rows, in order
+    split: np.ndarray  # int8 per offered row: an index into `split_names`, -1: none
+    split_names: list[str]
+    off: pa.Table  # the off-class stage's columns, a row per candidate
+    offered_before: np.ndarray  # per candidate and one past the last: offered rows before
+
+    @property
+    def kept(self) -> int:
+        return int(self.decided.keep.sum())
+
+    def rows(self, start: int, stop: int) -> pa.Table:
+        """The decisions on candidates `start` to `stop`: the rows offered to
+        de-duplication in order, then the off-class rejections, all with the off-class
+        columns (`offclass.decisions_with_off_class`)."""
+        a, b = int(self.offered_before[start]), int(self.offered_before[stop])
+        split = self.split[a:b]
+        names = pa.array(self.split_names, pa.string())
+        table = self.decided.table(a, b).append_column(
+            "split", names.take(pa.array(split, mask=split < 0))
+        )
+        return offclass.decisions_with_off_class(table, self.off.slice(start, stop - start))
+
+
 def decide_with_off_class(
     existing: pa.Table, candidates: pa.Table, cfg: CleanConfig, vectors: VectorRows | None = None
-) -> tuple[pa.Table, dict[str, Any]]:
+) -> tuple[Decisions, dict[str, Any]]:
     """Off-class photos first (`pipeline.offclass`: they are not offered to
     de-duplication, so they never stand in for a copy), then `decide` on the rest.
     `vectors`: where the rows' vectors lie (`existing`'s, then the candidates'), when
@@ -80,22 +111,19 @@ def decide_with_off_class(
     if not cfg.dedup.verified:
         vectors = None
     off = offclass.off_class_stage(candidates, existing, cfg.off_class, vectors)
-    offered = pc.invert(off[offclass.REJECT])
+    offered = ~np.asarray(off[offclass.REJECT].to_numpy(zero_copy_only=False), dtype=bool)
     # A filter copies every column, even when it keeps every row (the usual case).
-    rest = candidates if pc.all(offered).as_py() else candidates.filter(offered)
+    rest = candidates if offered.all() else candidates.filter(pa.array(offered))
     if rest.num_rows:
         if vectors is not None:
-            rows = np.flatnonzero(offered.to_numpy(zero_copy_only=False))
             e = existing.num_rows
-            vectors = vectors.take(np.concatenate([np.arange(e), e + rows]))
-        decisions, stats = decide(existing, rest, cfg, vectors)
+            vectors = vectors.take(np.concatenate([np.arange(e), e + np.flatnonzero(offered)]))
+        decided, (names, split), stats = decide(existing, rest, cfg, vectors)
     else:
-        decisions, stats = (
-            dedup.DECISION_SCHEMA.empty_table().append_column("split", pa.array([], pa.string())),
-            {},
-        )
+        decided, (names, split), stats = dedup.Decided.none(), ([], np.zeros(0, np.int8)), {}
     stats["off_class"] = offclass.summary(off, cfg.off_class)
-    return offclass.decisions_with_off_class(decisions, off), stats
+    offered_before = np.concatenate([[0], np.cumsum(offered)])
+    return Decisions(decided, split, names, off, offered_before), stats
 
 
 def _existing_index(
@@ -120,32 +148,33 @@ def dedup_input(table: pa.Table) -> pa.Table:
 
 def decide(
     existing: pa.Table, candidates: pa.Table, cfg: CleanConfig, vectors: VectorRows | None = None
-) -> tuple[pa.Table, dict[str, Any]]:
-    """De-duplicate the candidates against each other and the kept index, then split.
-    `vectors`: where the rows' vectors lie (`existing`'s, then the candidates')."""
+) -> tuple[dedup.Decided, tuple[list[str], np.ndarray], dict[str, Any]]:
+    """De-duplicate the candidates against each other and the kept index, then split:
+    the decisions, (the split names, each candidate's split as an index into them or -1)
+    and the counts. `vectors`: where the rows' vectors lie (`existing`'s, then the
+    candidates')."""
     result = dedup.deduplicate(
         dedup_input(candidates),
         cfg.dedup,
         dedup_input(existing) if existing.num_rows else None,
         vectors,
     )
-    decisions, summary = result.decisions, result.summary
+    decided, summary = result.decided, result.summary
     # The decisions are in the candidates' order (`dedup.DedupResult`): the kept rows'
     # columns are taken by position (the columns the split needs), with no join.
-    keep = decisions["keep"]
+    kept = np.flatnonzero(decided.keep)
     needed = [c for c in SPLIT_COLUMNS if c in candidates.column_names]
-    kept_new = candidates.select(needed).filter(keep)
-    cluster = decisions["cluster_id"].filter(keep)
+    kept_new = candidates.select(needed).filter(pa.array(decided.keep))
+    cluster = decided.clusters(kept)
     units = pa.concat_tables(
         [_split_input(existing), _split_input(kept_new, {"cluster_id": cluster, "split": None})]
     )
-    splits, split_stats = assign_splits(units, cfg.split, root=cfg.input_uri)
+    del kept_new, cluster
+    names, ids, split_stats = split_ids(units, cfg.split, [], cfg.input_uri)
     # The units are the existing rows, then the kept new ones in order; others get none.
-    kept = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
-    position = pa.array(np.cumsum(kept) - 1, pa.int64(), mask=~kept)
-    split = pa.array(splits[existing.num_rows :], pa.string()).take(position)
-    decisions = decisions.append_column("split", split)
-    return decisions, {**summary, **split_stats}
+    split = np.full(decided.num_rows, -1, np.int8)
+    split[kept] = ids[existing.num_rows :]
+    return decided, (names, split), {**summary, **split_stats}
 
 
 SPLIT_COLUMNS = ["source_uri", "class_name", "cluster_id", "group", "split"]

@@ -5,15 +5,17 @@ the hash index read, instead of the driver serialising them and handing them ove
 Why: at 1M candidates the driver held the decisions four times over to hand them out
 (sorted by shard, as IPC bytes per shard, as the blocks `ray.data.from_items` put into
 the object store, and the candidates' shard names, ~100 bytes a row), then filtered the
-candidates' metadata into the index and wrote it itself. Now it writes one shard's
-decisions at a time (a slice of the table it already holds) and names each candidate's
-shard by position (`ShardRows`): the shards' row counts are known from their writes.
+candidates' metadata into the index and wrote it itself. Now it builds and writes one shard's
+decisions at a time from the numbers it holds (`pipeline.decide.Decisions`) and names
+each candidate's shard by position (`ShardRows`): the shards' row counts are known from
+their writes.
 The index is written by one task, a candidate shard at a time (`write_index`), with the
 same rows, values and columns as before, in the same order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +50,6 @@ class ShardRows:
         found = sorted((w.uri, w.rows) for w in writes if w.folder == CANDIDATES)
         return cls([u for u, _ in found], np.array([r for _, r in found], dtype=np.int64))
 
-    def shard_of(self, row: np.ndarray) -> np.ndarray:
-        """The shard (an index into `uris`) holding each candidate row."""
-        return np.searchsorted(np.cumsum(self.rows), row, side="right")
-
     def check(self, rows_read: int) -> None:
         if int(self.rows.sum()) != rows_read:
             raise RuntimeError(
@@ -61,45 +59,26 @@ class ShardRows:
 
 
 def stage_decisions(
-    candidate_uris: pa.ChunkedArray,
-    decisions: pa.Table,
+    decisions_of: Callable[[int, int], pa.Table],
     shards: ShardRows,
     stage: str,
     storage: StorageConfig,
 ) -> list[dict[str, Any]]:
     """Write each candidate shard's decisions (every decision column, whatever the
     further ones, e.g. off-class scores) next to it; one finalize item per shard with
-    decisions: {"shard": its URI, "decisions": theirs}. `candidate_uris`: the
-    candidates' source_uri, in read order."""
-    extra = [c for c in decisions.column_names if c not in DECISION_COLUMNS]
-    table = decisions.select(DECISION_COLUMNS + extra)
-    shard = shards.shard_of(_candidate_rows(decisions["source_uri"], candidate_uris))
-    if (shard[1:] < shard[:-1]).any():
-        # Not in shard order (off-class rejections come last): one sorted copy. A take
-        # per shard would gather from every chunk each time (quadratic: 71 s at 3M).
-        order = np.argsort(shard, kind="stable")
-        table, shard = table.take(pa.array(order, pa.int64())), shard[order]
-    bounds = np.searchsorted(shard, np.arange(len(shards.uris) + 1))
+    decisions: {"shard": its URI, "decisions": theirs}. `decisions_of(start, stop)`:
+    the decisions on candidate rows `start` to `stop` (in read order), built one shard
+    at a time (`pipeline.decide.Decisions.rows`)."""
+    bounds = np.concatenate([[0], np.cumsum(shards.rows)])
     items = []
     for k, uri in enumerate(shards.uris):
-        if bounds[k + 1] > bounds[k]:
-            part = table.slice(bounds[k], bounds[k + 1] - bounds[k])
+        part = decisions_of(int(bounds[k]), int(bounds[k + 1]))
+        if part.num_rows:
+            extra = [c for c in part.column_names if c not in DECISION_COLUMNS]
             target = join(stage, DECISIONS, f"{DECISIONS}-{k:06d}.parquet")
-            write_parquet(part, target, storage)
+            write_parquet(part.select(DECISION_COLUMNS + extra), target, storage)
             items.append({"shard": uri, "decisions": target})
     return items
-
-
-def _candidate_rows(named: pa.ChunkedArray, candidate_uris: pa.ChunkedArray) -> np.ndarray:
-    """The candidate row each decision is about. Usually the decisions are in the
-    candidates' order (nothing rejected as off-class): then without a lookup table of
-    every URI."""
-    if named.equals(candidate_uris):
-        return np.arange(len(named), dtype=np.int64)
-    at = pc.index_in(named, value_set=candidate_uris)
-    if at.null_count:
-        raise KeyError("a decision names no candidate of this run")
-    return at.to_numpy(zero_copy_only=False)
 
 
 def write_index(

@@ -93,7 +93,7 @@ def assign_splits(
     kept: pa.Table, cfg: SplitConfig, links: Iterable[tuple[str, str]] = (), root: str = ""
 ) -> tuple[list[str], dict[str, int]]:
     """`assign_split_array` as a list (the split names are shared, not copied per row)."""
-    names, split, stats = _split_ids(kept, cfg, links, root)
+    names, split, stats = split_ids(kept, cfg, links, root)
     return np.array(names, dtype=object)[split].tolist(), stats
 
 
@@ -105,11 +105,11 @@ def assign_split_array(
 
     New units are ordered by their paths relative to `root` (the lake's URI), so the
     same lake copied to another bucket or folder gets the same split."""
-    names, split, stats = _split_ids(kept, cfg, links, root)
+    names, split, stats = split_ids(kept, cfg, links, root)
     return pa.array(names, pa.string()).take(pa.array(split)), stats
 
 
-def _split_ids(
+def split_ids(
     kept: pa.Table, cfg: SplitConfig, links: Iterable[tuple[str, str]], root: str
 ) -> tuple[list[str], np.ndarray, dict[str, int]]:
     """The split names (the targets', then other names already assigned) and each row's

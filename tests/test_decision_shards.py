@@ -48,34 +48,38 @@ def _lake(tmp_path, sizes: list[int]) -> tuple[ShardRows, pa.Table, pa.Table]:
     return shards, candidates, decisions
 
 
+def _in_candidate_order(candidates: pa.Table, decisions: pa.Table):
+    """`decisions_of` for `stage_decisions`: the decisions on candidate rows a to b."""
+    at = pc.index_in(candidates["source_uri"], value_set=decisions["source_uri"])
+    ordered = decisions.take(at)
+    return lambda a, b: ordered.slice(a, b - a)
+
+
 def test_each_shard_gets_exactly_its_rows_decisions(tmp_path):
     shards, candidates, decisions = _lake(tmp_path, [70, 1, 130])
     shards.check(candidates.num_rows)
     assert shards.uris == sorted(shards.uris) and shards.rows.tolist() == [70, 1, 130]
-    items = stage_decisions(
-        candidates["source_uri"], decisions, shards, f"file://{tmp_path}/stage", StorageConfig()
-    )
+    decisions_of = _in_candidate_order(candidates, decisions)
+    stage = f"file://{tmp_path}/stage"
+    items = stage_decisions(decisions_of, shards, stage, StorageConfig())
     assert [i["shard"] for i in items] == shards.uris
     for item in items:
         own = read_shards([item["shard"]], StorageConfig(), ["source_uri"])["source_uri"]
         staged = read_shards([item["decisions"]], StorageConfig())
-        assert sorted(staged["source_uri"].to_pylist()) == sorted(own.to_pylist())
+        assert staged["source_uri"].to_pylist() == own.to_pylist()  # in the shard's order
         expected = decisions.filter(pc.is_in(decisions["source_uri"], value_set=own))
+        expected = expected.take(pc.index_in(own, value_set=expected["source_uri"]))
         assert staged.select(expected.column_names).equals(expected)
-    # In the candidates' order (no lookup by URI), each shard's rows come in that order.
-    at = pc.index_in(candidates["source_uri"], value_set=decisions["source_uri"])
-    ordered = decisions.take(at)
-    again = stage_decisions(
-        candidates["source_uri"], ordered, shards, f"file://{tmp_path}/again", StorageConfig()
-    )
-    staged = read_shards([i["decisions"] for i in again], StorageConfig())
-    assert staged.select(ordered.column_names).equals(ordered)
+    staged = read_shards([i["decisions"] for i in items], StorageConfig())
+    assert staged.select(decisions.column_names).equals(decisions_of(0, candidates.num_rows))
 
 
 def test_the_index_is_the_candidates_kept_rows_with_their_cluster_and_split(tmp_path):
     shards, candidates, decisions = _lake(tmp_path, [50, 80])
     stage = f"file://{tmp_path}/stage"
-    items = stage_decisions(candidates["source_uri"], decisions, shards, stage, StorageConfig())
+    items = stage_decisions(
+        _in_candidate_order(candidates, decisions), shards, stage, StorageConfig()
+    )
     uri = f"{stage}/index/index-run.parquet"
     _write_index(items, uri, StorageConfig(), with_vectors=False)
     # What the driver wrote before: the kept candidates, in order, with their decisions.

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from dedup_cases import CASES, GOLDEN, run_case, synthetic_rows, table
 
@@ -113,3 +114,33 @@ def test_no_new_rows_decides_nothing():
     assert result.decisions.schema == dedup.DECISION_SCHEMA
     assert result.summary["kept"] == 0 and result.summary["label_conflicts"] == []
     assert isinstance(result.decisions, pa.Table)
+
+
+def test_any_rows_decisions_are_the_whole_tables_rows():
+    """`Decided.table(start, stop)` (a shard's decisions, as the job builds them) is that
+    slice of the whole table; the input in many chunks, with existing rows whose
+    clusters new copies join."""
+    rows = synthetic_rows(seed=11, groups=60)
+    cfg = dedup.DedupConfig(embedding_weights="none")
+    half = len(rows) // 2
+    first = dedup.deduplicate(table(rows[:half]), cfg).decisions
+    kept = first.filter(first["keep"])
+    existing = table(
+        [r for r in rows[:half] if r["source_uri"] in set(kept["source_uri"].to_pylist())]
+    )
+    existing = existing.append_column("cluster_id", kept["cluster_id"])
+    new = table(rows[half:])
+    chunked = pa.Table.from_batches(new.to_batches(max_chunksize=17))
+    result = dedup.deduplicate(chunked, cfg, existing)
+    whole = result.decisions
+    assert whole.equals(dedup.deduplicate(new, cfg, existing).decisions)
+    assert pc.sum(pc.is_valid(whole["duplicate_of"])).as_py() > 10  # copies to name
+    rng = np.random.default_rng(0)
+    for start, stop in [
+        (0, whole.num_rows),
+        (0, 1),
+        (5, 40),
+        *rng.integers(0, whole.num_rows + 1, (8, 2)),
+    ]:
+        start, stop = sorted((int(start), int(stop)))
+        assert result.decided.table(start, stop).equals(whole.slice(start, stop - start))

@@ -45,7 +45,7 @@ from pipeline.dedup.config import (
     NEAR_DUPLICATE,
     DedupConfig,
 )
-from pipeline.dedup.decide import DECISION_SCHEMA, DedupResult, deduplicate
+from pipeline.dedup.decide import DECISION_SCHEMA, Decided, DedupResult, deduplicate
 from pipeline.dedup.rows import (
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
@@ -73,6 +73,7 @@ __all__ = [
     "PROBE_COST",
     "REQUIRED_COLUMNS",
     "BandPlan",
+    "Decided",
     "DedupConfig",
     "DedupResult",
     "NearPairs",

@@ -26,13 +26,20 @@ from pipeline.dedup.candidates import (
     with_simhash_candidates,
 )
 from pipeline.dedup.config import DedupConfig
-from pipeline.dedup.keep import DECISION_SCHEMA, REASONS, PartResult, decide_part, merge
+from pipeline.dedup.keep import (
+    DECISION_SCHEMA,
+    REASONS,
+    Decided,
+    PartResult,
+    decide_part,
+    merge,
+)
 from pipeline.dedup.parts import split_parts
 from pipeline.dedup.rows import Rows, prepare_rows
 from pipeline.dedup.search import NearPairs
 from pipeline.vectors import VectorRows
 
-__all__ = ["DECISION_SCHEMA", "DedupResult", "deduplicate"]
+__all__ = ["DECISION_SCHEMA", "Decided", "DedupResult", "deduplicate"]
 
 # New rows (with the old ones in their components) per clustering task: about 3 KB a row
 # with verification's vectors, so a task's arrays stay around 300 MB.
@@ -41,8 +48,14 @@ ROWS_PER_TASK = 100_000
 
 @dataclass
 class DedupResult:
-    decisions: pa.Table  # DECISION_SCHEMA: one row per new row, in the input's order
+    decided: Decided  # one decision per new row, in the input's order, as numbers
     summary: dict[str, Any]
+
+    @property
+    def decisions(self) -> pa.Table:
+        """DECISION_SCHEMA: one row per new row, in the input's order (the job builds
+        it a shard at a time instead: `Decided.table`)."""
+        return self.decided.table()
 
 
 def deduplicate(
@@ -159,7 +172,7 @@ def _remote(fn: Any) -> Any:
 
 def _summary(
     rows: Rows, results: list[PartResult], cfg: DedupConfig
-) -> tuple[pa.Table, dict[str, Any]]:
+) -> tuple[Decided, dict[str, Any]]:
     """The merged decisions, and the summary in the shape (and key order) it always had."""
     decisions, counts = merge(results, rows)
     summary = {

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.dedup.cluster import Clusterer
 from pipeline.dedup.config import EXACT_DUPLICATE, LABEL_CONFLICT, NEAR_DUPLICATE, DedupConfig
@@ -84,29 +85,101 @@ def decide_part(part: Part, cfg: DedupConfig, vectors: RowVectors | None = None)
     )
 
 
-def merge(results: list[PartResult], rows: Rows) -> tuple[pa.Table, dict[str, Any]]:
-    """The parts' decisions as one table in the caller's order, their counts added, the
+@dataclass
+class Decided:
+    """The merged decisions on the new rows, as numbers in the input's order, with the
+    rows' names they are written with. The table is built for the rows asked for
+    (`table`): the job builds it a candidate shard at a time (`pipeline.decide`), so its
+    driver never holds the decisions' strings (at 1M rows +171 MB, the cluster ids alone
+    64 bytes a row)."""
+
+    keeper: np.ndarray  # int64: the row (in `Rows`) each new row is kept in place of
+    keep: np.ndarray  # bool
+    reason: np.ndarray  # int8: -1 none, else an index into REASONS
+    distance: np.ndarray  # int32 (any value for a keeper)
+    uri: pa.ChunkedArray  # every row's source_uri (`Rows.uri`: existing rows first)
+    cluster_id: pa.ChunkedArray  # `Rows.cluster_id`
+    n_existing: int
+
+    @classmethod
+    def none(cls) -> Decided:
+        """No new rows."""
+        empty = pa.chunked_array([], pa.string())
+        ids = np.zeros(0, np.int64)
+        return cls(ids, np.zeros(0, bool), np.zeros(0, np.int8), np.zeros(0, np.int32),
+                   empty, empty, 0)  # fmt: skip
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.keep.size)
+
+    def clusters(self, new: np.ndarray) -> pa.Array:
+        """The cluster ids of the new rows at positions `new`."""
+        return _take(self.cluster_id, self.keeper[new])
+
+    def table(self, start: int = 0, stop: int | None = None) -> pa.Table:
+        """DECISION_SCHEMA for new rows `start` to `stop` (positions in the input)."""
+        stop = self.num_rows if stop is None else stop
+        keeper, reason = self.keeper[start:stop], self.reason[start:stop]
+        own = self.n_existing + np.arange(start, stop)
+        is_keeper = keeper == own
+        copies = np.flatnonzero(~is_keeper)
+        cluster = self.cluster_id.slice(self.n_existing + start, stop - start)
+        if copies.size:  # a copy's cluster is its keeper's
+            given = np.zeros(stop - start, np.int64)
+            given[copies] = np.arange(copies.size)
+            theirs = _take(self.cluster_id, keeper[copies])
+            cluster = pc.if_else(pa.array(is_keeper), cluster, theirs.take(pa.array(given)))
+        return pa.table(
+            {
+                "source_uri": self.uri.slice(self.n_existing + start, stop - start),
+                "cluster_id": cluster,
+                "keep": pa.array(self.keep[start:stop]),
+                "reason": pa.array(REASONS, pa.string()).take(pa.array(reason, mask=reason < 0)),
+                # The copies' keepers only: a keeper's own URI is never taken (null).
+                "duplicate_of": _take(self.uri, keeper, mask=is_keeper),
+                "distance": pa.array(self.distance[start:stop], pa.int32(), mask=is_keeper),
+            },
+            schema=DECISION_SCHEMA,
+        )
+
+
+def _take(column: pa.ChunkedArray, rows: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
+    """`column.take(rows)` (null where `mask`) a chunk at a time: a take on a chunked
+    array concatenates its chunks first (one per shard: the whole column per call)."""
+    wanted = np.flatnonzero(~mask) if mask is not None else np.arange(rows.size)
+    ids = rows[wanted]
+    bounds = np.cumsum([0] + [len(c) for c in column.chunks])
+    chunk = np.searchsorted(bounds, ids, side="right") - 1
+    order = np.argsort(chunk, kind="stable")
+    edges = np.searchsorted(chunk[order], np.arange(len(bounds)))
+    parts = [
+        column.chunk(c).take(pa.array(ids[order[a:b]] - bounds[c]))
+        for c, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))
+        if b > a
+    ]
+    gathered = pa.concat_arrays(parts) if parts else pa.array([], column.type)
+    back = np.empty(rows.size, np.int64)  # where each row's value lies in `gathered`
+    back[wanted[order]] = np.arange(ids.size)
+    return gathered.take(pa.array(back, mask=mask))
+
+
+def merge(results: list[PartResult], rows: Rows) -> tuple[Decided, dict[str, Any]]:
+    """The parts' decisions as numbers in the caller's order, their counts added, the
     label conflicts largest first (ties: the earlier keeper, as the single pass had it)."""
     order = np.argsort(np.concatenate([r.positions for r in results]), kind="stable")
 
     def column(name: str) -> np.ndarray:
         return np.concatenate([getattr(r, name) for r in results])[order]
 
-    keeper, reason = column("keeper"), column("reason")
-    new = np.arange(rows.n_existing, rows.count)
-    is_keeper = keeper == new
-    keepers = pa.array(keeper, pa.int64())
-    decisions = pa.table(
-        {
-            "source_uri": rows.uri.slice(rows.n_existing),
-            "cluster_id": rows.cluster_id.take(keepers),
-            "keep": pa.array(column("keep")),
-            "reason": pa.array(REASONS, pa.string()).take(pa.array(reason, mask=reason < 0)),
-            # The copies' keepers only: a keeper's own URI is never taken (null).
-            "duplicate_of": rows.uri.take(pa.array(keeper, pa.int64(), mask=is_keeper)),
-            "distance": pa.array(column("distance"), pa.int32(), mask=is_keeper),
-        },
-        schema=DECISION_SCHEMA,
+    decided = Decided(
+        column("keeper").astype(np.int64, copy=False),
+        column("keep"),
+        column("reason"),
+        column("distance"),
+        rows.uri,
+        rows.cluster_id,
+        rows.n_existing,
     )
     counts = {k: sum(r.counts[k] for r in results) for k in results[0].counts}
     counts["largest_cluster"] = max(r.counts["largest_cluster"] for r in results)
@@ -114,7 +187,7 @@ def merge(results: list[PartResult], rows: Rows) -> tuple[pa.Table, dict[str, An
         (c for r in results for c in r.conflicts), key=lambda c: (-c["size"], c["keeper"])
     )
     counts["label_conflicts"] = _named(listed, rows)
-    return decisions, counts
+    return decided, counts
 
 
 def _conflicting(rows: Rows, keeper: np.ndarray) -> np.ndarray:

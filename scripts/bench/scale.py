@@ -34,7 +34,6 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -43,6 +42,7 @@ from common.storage import join
 from devkit import synthetic_rows as synth
 from pipeline import decide, dedup, job
 from pipeline.config import CleanConfig
+from pipeline.driver_memory import return_freed_memory
 from pipeline.sink import Shards, ShardWrite, write_parquet
 from pipeline.tables import CANDIDATES
 
@@ -212,9 +212,7 @@ def main() -> int:
     cfg.execution.progress = False
     cfg.execution.num_cpus = args.num_cpus
     timings: dict[str, float] = {}
-    # As the job's driver runs (`pipeline.cli.clean`): Arrow's system pool, so what the
-    # stages free goes back to the system and the peak is what they hold at once.
-    pa.set_memory_pool(pa.system_memory_pool())
+    return_freed_memory()  # as the job's driver runs (`pipeline.cli.clean`)
     try:
         ensure_ray(None, args.num_cpus)
         started = time.perf_counter()
