@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.chunked import take
 from pipeline.split_units import CHUNK, ID, Pairs, run_starts
 
 
@@ -76,7 +77,7 @@ def stable_order(uris: pa.ChunkedArray, rows: np.ndarray, root: str) -> np.ndarr
 
 def _digests(uris: pa.ChunkedArray, rows: np.ndarray, root: str) -> np.ndarray:
     """The SHA-256 of each row's path relative to `root`, as four big-endian words."""
-    paths = relative(uris.take(pa.array(rows)), root).cast(pa.binary()).to_pylist()
+    paths = relative(take(uris, rows), root).cast(pa.binary()).to_pylist()
     digests = b"".join(hashlib.sha256(path).digest() for path in paths)
     return np.frombuffer(digests, ">u8").reshape(-1, 4)
 

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.chunked import take
+
 CHUNK = 65_536  # rows handled per step where a step copies strings or makes Python objects
 ID = np.int32  # row, unit and value ids: half the memory of int64 (a driver holds < 2**31 rows)
 
@@ -69,11 +71,12 @@ def key_groups(column: pa.ChunkedArray) -> tuple[np.ndarray | None, np.ndarray, 
     for lo in range(0, group.size, CHUNK):
         part = np.arange(lo, min(lo + CHUNK, group.size)) if rows is None else rows[lo : lo + CHUNK]
         mine = group[lo : lo + CHUNK]
-        same = pc.equal(column.take(part), column.take(first[mine]))
+        same = pc.equal(take(column, part), take(column, first[mine]))
         clash[mine[~same.to_numpy(zero_copy_only=False)]] = True
     if clash.any():
         redo = np.flatnonzero(clash[group])
-        again, distinct = codes(column.take(redo if rows is None else rows[redo]))
+        clashing = take(column, redo if rows is None else rows[redo])
+        again, distinct = codes(pa.chunked_array([clashing]))
         group[redo] = groups + again
         groups += len(distinct)
     return rows, group, groups

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.chunked import take
 from pipeline.dedup.cluster import Clusterer
 from pipeline.dedup.config import EXACT_DUPLICATE, LABEL_CONFLICT, NEAR_DUPLICATE, DedupConfig
 from pipeline.dedup.parts import Part
@@ -115,7 +116,7 @@ class Decided:
 
     def clusters(self, new: np.ndarray) -> pa.Array:
         """The cluster ids of the new rows at positions `new`."""
-        return _take(self.cluster_id, self.keeper[new])
+        return take(self.cluster_id, self.keeper[new])
 
     def table(self, start: int = 0, stop: int | None = None) -> pa.Table:
         """DECISION_SCHEMA for new rows `start` to `stop` (positions in the input)."""
@@ -128,7 +129,7 @@ class Decided:
         if copies.size:  # a copy's cluster is its keeper's
             given = np.zeros(stop - start, np.int64)
             given[copies] = np.arange(copies.size)
-            theirs = _take(self.cluster_id, keeper[copies])
+            theirs = take(self.cluster_id, keeper[copies])
             cluster = pc.if_else(pa.array(is_keeper), cluster, theirs.take(pa.array(given)))
         return pa.table(
             {
@@ -137,31 +138,11 @@ class Decided:
                 "keep": pa.array(self.keep[start:stop]),
                 "reason": pa.array(REASONS, pa.string()).take(pa.array(reason, mask=reason < 0)),
                 # The copies' keepers only: a keeper's own URI is never taken (null).
-                "duplicate_of": _take(self.uri, keeper, mask=is_keeper),
+                "duplicate_of": take(self.uri, keeper, mask=is_keeper),
                 "distance": pa.array(self.distance[start:stop], pa.int32(), mask=is_keeper),
             },
             schema=DECISION_SCHEMA,
         )
-
-
-def _take(column: pa.ChunkedArray, rows: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
-    """`column.take(rows)` (null where `mask`) a chunk at a time: a take on a chunked
-    array concatenates its chunks first (one per shard: the whole column per call)."""
-    wanted = np.flatnonzero(~mask) if mask is not None else np.arange(rows.size)
-    ids = rows[wanted]
-    bounds = np.cumsum([0] + [len(c) for c in column.chunks])
-    chunk = np.searchsorted(bounds, ids, side="right") - 1
-    order = np.argsort(chunk, kind="stable")
-    edges = np.searchsorted(chunk[order], np.arange(len(bounds)))
-    parts = [
-        column.chunk(c).take(pa.array(ids[order[a:b]] - bounds[c]))
-        for c, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))
-        if b > a
-    ]
-    gathered = pa.concat_arrays(parts) if parts else pa.array([], column.type)
-    back = np.empty(rows.size, np.int64)  # where each row's value lies in `gathered`
-    back[wanted[order]] = np.arange(ids.size)
-    return gathered.take(pa.array(back, mask=mask))
 
 
 def merge(results: list[PartResult], rows: Rows) -> tuple[Decided, dict[str, Any]]:
