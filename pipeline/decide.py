@@ -165,11 +165,17 @@ def decide(
     kept = np.flatnonzero(decided.keep)
     needed = [c for c in SPLIT_COLUMNS if c in candidates.column_names]
     kept_new = candidates.select(needed).filter(pa.array(decided.keep))
-    cluster = decided.clusters(kept)
-    units = pa.concat_tables(
-        [_split_input(existing), _split_input(kept_new, {"cluster_id": cluster, "split": None})]
-    )
-    del kept_new, cluster
+    if existing.num_rows:  # cluster ids as the kept index holds them
+        units = pa.concat_tables(
+            [
+                _split_input(existing),
+                _split_input(kept_new, {"cluster_id": decided.clusters(kept), "split": None}),
+            ]
+        )
+    else:  # a cluster's number: its keeper (two keepers never share a sha256)
+        cluster = pa.array(decided.keeper[kept], pa.int64())
+        units = _split_input(kept_new, {"cluster_id": cluster, "split": None})
+    del kept_new
     names, ids, split_stats = split_ids(units, cfg.split, [], cfg.input_uri)
     # The units are the existing rows, then the kept new ones in order; others get none.
     split = np.full(decided.num_rows, -1, np.int8)
@@ -181,16 +187,17 @@ SPLIT_COLUMNS = ["source_uri", "class_name", "cluster_id", "group", "split"]
 
 
 def _split_input(table: pa.Table, replace: dict[str, Any] | None = None) -> pa.Table:
-    """The split's columns only (the rows also carry 1280-float embeddings), as strings;
-    `replace`: columns given instead (None: all null), as are columns `table` lacks."""
+    """The split's columns only (the rows also carry 1280-float embeddings), as strings
+    but integer keys (`pipeline.split`); `replace`: columns given instead (None: all
+    null), as are columns `table` lacks."""
     given = {c: table[c] for c in SPLIT_COLUMNS if c in table.column_names}
     given.update(replace or {})
-    return pa.table(
-        [
-            pa.nulls(table.num_rows, pa.string())
-            if given.get(c) is None
-            else given[c].cast(pa.string())
-            for c in SPLIT_COLUMNS
-        ],
-        schema=pa.schema([(c, pa.string()) for c in SPLIT_COLUMNS]),
-    )
+    columns = [
+        pa.nulls(table.num_rows, pa.string())
+        if given.get(c) is None
+        else given[c]
+        if pa.types.is_integer(given[c].type)
+        else given[c].cast(pa.string())
+        for c in SPLIT_COLUMNS
+    ]
+    return pa.table(columns, names=SPLIT_COLUMNS)

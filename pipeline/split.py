@@ -101,7 +101,9 @@ def assign_split_array(
     kept: pa.Table, cfg: SplitConfig, links: Iterable[tuple[str, str]] = (), root: str = ""
 ) -> tuple[pa.Array, dict[str, int]]:
     """Split of every row of `kept` (columns source_uri, class_name, cluster_id, group,
-    split: null or empty for rows not assigned yet), as strings, and a few counts.
+    split: null or empty for rows not assigned yet), as strings, and a few counts. Key
+    columns (cluster_id, group) may be integers instead of strings: only equal keys
+    matter.
 
     New units are ordered by their paths relative to `root` (the lake's URI), so the
     same lake copied to another bucket or folder gets the same split."""
@@ -116,7 +118,7 @@ def split_ids(
     index into them: columns and integer arrays only (`pipeline.split_units`)."""
     targets = cfg.targets()
     uris = units.strings(kept["source_uri"])
-    unit = units.units_of([units.strings(kept[c]) for c in ("cluster_id", "group")], uris, links)
+    unit = units.units_of([units.keys(kept[c]) for c in ("cluster_id", "group")], uris, links)
     n_units = int(unit.max()) + 1 if unit.size else 0
     names, split = _assigned(units.strings(kept["split"]), list(targets))
     cls, class_names = units.codes(units.strings(kept["class_name"]), null=True)

@@ -41,14 +41,24 @@ def codes(column: pa.ChunkedArray, null: bool = False) -> tuple[np.ndarray, pa.A
     return np.concatenate(ids or [np.zeros(0, ID)]).astype(ID, copy=False), dictionary
 
 
+def keys(column: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """A key column as `key_groups` takes it: integers as they are, the rest as strings."""
+    if pa.types.is_integer(column.type):
+        return column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+    return strings(column)
+
+
 def key_groups(column: pa.ChunkedArray) -> tuple[np.ndarray | None, np.ndarray, int]:
     """The rows with a key (None: all), an id for each one's key, and the number of ids:
-    rows share an id exactly when their keys are equal. Ids come from fingerprints; a
-    fingerprint two different keys share (found by comparing each row's key with its
-    group's first) is resolved by dictionary-encoding the rows of those groups only."""
+    rows share an id exactly when their keys are equal. Integer keys are numbered as
+    they are; string keys by fingerprints, and a fingerprint two different keys share
+    (found by comparing each row's key with its group's first) is resolved by
+    dictionary-encoding the rows of those groups only."""
     n = len(column)
     if column.null_count == n:
         return np.zeros(0, ID), np.zeros(0, ID), 0
+    if pa.types.is_integer(column.type):
+        return _integer_groups(column)
     rows = None
     fingerprint = np.concatenate(
         [np.zeros(0, np.uint64)] + [_fingerprints(c) for c in column.chunks]
@@ -80,6 +90,16 @@ def key_groups(column: pa.ChunkedArray) -> tuple[np.ndarray | None, np.ndarray, 
         group[redo] = groups + again
         groups += len(distinct)
     return rows, group, groups
+
+
+def _integer_groups(column: pa.ChunkedArray) -> tuple[np.ndarray | None, np.ndarray, int]:
+    rows = None
+    values = column.fill_null(0).to_numpy()  # null rows are left out by `rows` below
+    if column.null_count:
+        rows = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False)).astype(ID)
+        values = values[rows]
+    distinct, group = np.unique(values, return_inverse=True)
+    return rows, group.astype(ID, copy=False), int(distinct.size)
 
 
 def _fingerprints(chunk: pa.Array) -> np.ndarray:

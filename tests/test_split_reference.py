@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from common.dataset import TRAIN
@@ -151,6 +152,10 @@ def test_same_split_as_the_per_row_algorithm(seed: int):
     assert assign_splits(kept, cfg, links, root) == expected
     array, stats = assign_split_array(kept, cfg, links, root)
     assert (array.to_pylist(), stats) == expected
+    # Cluster ids given as integers (the job numbers them by keeper): the same split.
+    numbered = pc.dictionary_encode(kept["cluster_id"]).combine_chunks().indices
+    as_numbers = kept.set_column(2, "cluster_id", numbered.cast(pa.int64()))
+    assert assign_splits(as_numbers, cfg, links, root) == expected
 
 
 def test_many_small_units_and_few_classes():
