@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from ray_train_polls import quick_train_polls  # noqa: F401 - autouse: Ray Train polls faster
 from torch import nn
 
 from common.config import _leaf_fields
@@ -41,9 +42,9 @@ WORKERS, SIZE = 2, 64
 EPOCHS_DRAWN = 3
 NOISE_SDS = 4
 ANY_DROP = 100  # accuracy points: a 2-epoch random-init model is not the point here
-KILL_EPOCHS = 6  # the kill lands in epoch 3-4; the epochs after it need a new group
+KILL_EPOCHS = 3  # the kill lands in epoch 2; the epochs after it need a new group
 KILL_POLL_S = 0.2
-KILL_TIMEOUT_S = 240  # each of: the first two checkpoints, the rest of the run
+KILL_TIMEOUT_S = 240  # each of: the first checkpoint registered, the rest of the run
 MOST = 0.5  # share of test images where int8 and fp32 agree on the top class
 STATS = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # mean, std of the random-weight checks
 # Where converted int8 convolutions live (fused conv-ReLU, and plain conv).
@@ -377,15 +378,20 @@ def test_head_epochs_must_leave_the_network_an_epoch(head_epochs: int):
 
 
 def rank0_pid_once_checkpointed(s3, run_uri: str, timeout_s: float) -> int:
-    """Rank 0's pid as the first checkpoint recorded it, read once a second checkpoint
-    exists: by then Ray Train has registered the first one, so a restart resumes."""
+    """Rank 0's pid as the first checkpoint recorded it, read once Ray Train has
+    registered that checkpoint (its checkpoint manager's snapshot is written then), so a
+    restart resumes from it."""
     import torch
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
     fs = s3.filesystem()
+    ray_dir = f"{run_uri.removeprefix('s3://')}/ray"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = fs.glob(f"{run_uri.removeprefix('s3://')}/ray/checkpoint_*/{CHECKPOINT_FILE}")
-        if len(found) >= 2:
+        files = fs.find(ray_dir)  # no listing cache: what is there now
+        registered = f"{ray_dir}/{CHECKPOINT_MANAGER_SNAPSHOT_FILENAME}" in files
+        found = [f for f in files if f.endswith(f"/{CHECKPOINT_FILE}")]
+        if registered and found:
             with fs.open(sorted(found)[0], "rb") as f:
                 state = torch.load(io.BytesIO(f.read()), map_location="cpu")
             return int(state["history"][-1]["rank0_process"].rsplit(":", 1)[1])

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from ray_train_polls import quick_train_polls  # noqa: F401 - autouse: Ray Train polls faster
 
 from devkit.sample_lake import COMMITTED_CROPS, DEMO_CLASSES
+from train import guards
 from train.cli import main as train_main
 from train.config import ScalingSection
 from train.guards import divergence
@@ -31,6 +35,10 @@ QUICK_S = 10  # a bad setting: one line within seconds (no Ray, no torch import)
 DATA_CHECK_S = 90
 PER_CLASS = {"train": 8, "test": 3}
 POLL_S = 0.2
+LIVE_EPOCHS = 2  # the shared run's: TensorBoard gets a second epoch's scalars
+# A stall test's run can never place its workers: its controller never runs the graceful
+# abort, so the watchdog always ends it by killing the controller after ABORT_GRACE_S.
+STALL_ABORT_GRACE_S = 2.0
 
 
 def write_dataset(root: Path, classes: tuple[str, ...] = DEMO_CLASSES[:2]) -> Path:
@@ -176,12 +184,38 @@ def test_divergence_rules():
     assert divergence(held, 2, 0.1) is None  # the head-only epoch is not compared
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_two_workers_with_default_flags_finish_on_two_cpus(data, tmp_path, capsys):
+class LiveRun(NamedTuple):
+    data: Path
+    run: Path
+    rc: int | None
+    seen_live: bool  # event files in the run before its metrics.json: written while it ran
+
+
+@pytest.fixture(scope="module")
+def live_run(tmp_path_factory, ray_session) -> LiveRun:
+    """Two epochs by two workers with default flags, watched from another thread while
+    they train. One fit for three tests: the issue's hang (two workers on two CPUs),
+    live TensorBoard, and the checkpoints the divergence test resumes (from a copy)."""
+    root = tmp_path_factory.mktemp("live")
+    data, run = write_dataset(root / "clean"), root / "runs" / "live-demo"
+    outcome: dict[str, int] = {}
+    argv = ["fit", str(data), str(run), *TINY, "--workers", "2", "--epochs", str(LIVE_EPOCHS)]
+    thread = threading.Thread(target=lambda: outcome.setdefault("rc", train_main(argv)))
+    thread.start()
+    board = run / "tensorboard" / "live-demo"  # named after RUN_URI
+    seen_live = False
+    while thread.is_alive():
+        if list(board.glob("*tfevents*")) and not (run / "metrics.json").exists():
+            seen_live = True
+        time.sleep(POLL_S)
+    thread.join()
+    return LiveRun(data, run, outcome.get("rc"), seen_live)
+
+
+def test_two_workers_with_default_flags_finish_on_two_cpus(live_run):
     """The issue's hang: two workers that reserved a CPU each starved Ray Data."""
-    run = tmp_path / "run"
-    assert train_main(["fit", str(data), str(run), *TINY, "--workers", "2", "--epochs", "1"]) == 0
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+    assert live_run.rc == 0
+    assert json.loads((live_run.run / "metrics.json").read_text())["epochs"] == LIVE_EPOCHS
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -198,56 +232,50 @@ def test_the_stall_watchdog_stops_a_run_that_gets_no_batch(data, tmp_path, capsy
     import ray
 
     monkeypatch.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    monkeypatch.setattr(guards, "ABORT_GRACE_S", STALL_ABORT_GRACE_S)
     started = time.monotonic()
     argv = ["fit", str(data), str(tmp_path / "run"), *TINY, "--workers", "3"]
-    rc = train_main([*argv, "--cpus-per-worker", "1", "--stall-minutes", "0.1"])
+    rc = train_main([*argv, "--cpus-per-worker", "1", "--stall-minutes", "0.05"])
     assert rc == 2
     assert time.monotonic() - started < 120
     err = capsys.readouterr().err
     assert "training stalled: no batch for" in err and "--workers" in err
 
 
-@pytest.mark.usefixtures("ray_session")
 def test_an_absurd_learning_rate_stops_the_run_and_the_best_checkpoint_exports(
-    data, tmp_path, capsys
+    live_run, tmp_path, capsys
 ):
+    assert live_run.rc == 0
+    best = json.loads((live_run.run / "metrics.json").read_text())["best_epoch"]
     run = tmp_path / "run"
-    assert train_main(["fit", str(data), str(run), *TINY, "--epochs", "1"]) == 0
-    argv = ["fit", str(data), str(run), *TINY, "--epochs", "4", "--resume"]
+    shutil.copytree(live_run.run, run)  # Ray Train's snapshot names checkpoints relative to it
+    argv = ["fit", str(live_run.data), str(run), *TINY, "--epochs", "4", "--resume"]
     assert train_main([*argv, "--lr", "1e38"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "diverged" in err and "--lr" in err and "epoch 1" in err, err
+    diverged = f"non-finite in epoch {LIVE_EPOCHS + 1}"
+    assert diverged in err and "--lr" in err and f"(epoch {best})" in err, err
     history = json.loads((run / "history.json").read_text())
-    assert [row["epoch"] for row in history] == [1]  # the diverged epoch left no checkpoint
+    # The diverged epoch left no checkpoint.
+    assert [row["epoch"] for row in history] == list(range(1, LIVE_EPOCHS + 1))
     model = tmp_path / "model"
     args = ["export", str(run), str(model), "--calibration-images", "8", "--max-int8-drop", "100"]
     assert train_main(args) == 0
     assert (model / "model.pt").is_file()
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_tensorboard_is_written_while_the_run_trains(data, tmp_path):
+def test_tensorboard_is_written_while_the_run_trains(live_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = tmp_path / "runs" / "live-demo"
-    outcome: dict[str, int] = {}
-    argv = ["fit", str(data), str(run), *TINY, "--epochs", "2"]
-    thread = threading.Thread(target=lambda: outcome.setdefault("rc", train_main(argv)))
-    thread.start()
-    board = run / "tensorboard" / "live-demo"  # named after RUN_URI
-    seen_live = False
-    while thread.is_alive():
-        if list(board.glob("*tfevents*")) and not (run / "metrics.json").exists():
-            seen_live = True
-        time.sleep(POLL_S)
-    thread.join()
-    assert outcome["rc"] == 0 and seen_live
+    assert live_run.rc == 0 and live_run.seen_live
+    board = live_run.run / "tensorboard" / "live-demo"
     events = EventAccumulator(str(board), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
     assert {"batch/train_loss", "epoch/train_loss", "epoch/test_accuracy", "epoch/lr"} <= set(
         tags["scalars"]
     )
-    assert [e.step for e in events.Scalars("epoch/train_accuracy")] == [1, 2]
+    assert [e.step for e in events.Scalars("epoch/train_accuracy")] == list(
+        range(1, LIVE_EPOCHS + 1)
+    )
     assert {"samples/before_augmentation", "samples/after_augmentation"} <= set(tags["images"])
 
 
