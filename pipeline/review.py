@@ -71,10 +71,12 @@ def _column_of(uris: set[str], table: pa.Table, column: str, cfg: CleanConfig) -
     found: dict[str, bytes] = {}
     for shard, wanted in by_shard.items():
         part = read_shards([shard], cfg.storage, ["source_uri", column])
+        # Only the shown rows' values become Python bytes, not the whole shard's.
+        part = part.filter(pc.is_in(part["source_uri"], value_set=pa.array(sorted(wanted))))
         for uri, value in zip(
             part["source_uri"].to_pylist(), part[column].to_pylist(), strict=True
         ):
-            if uri in wanted and value:
+            if value:
                 found[uri] = value
     return found
 
