@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.chunked import take
 from pipeline.dedup.cluster import Clusterer
@@ -124,17 +123,10 @@ class Decided:
         keeper, reason = self.keeper[start:stop], self.reason[start:stop]
         own = self.n_existing + np.arange(start, stop)
         is_keeper = keeper == own
-        copies = np.flatnonzero(~is_keeper)
-        cluster = self.cluster_id.slice(self.n_existing + start, stop - start)
-        if copies.size:  # a copy's cluster is its keeper's
-            given = np.zeros(stop - start, np.int64)
-            given[copies] = np.arange(copies.size)
-            theirs = take(self.cluster_id, keeper[copies])
-            cluster = pc.if_else(pa.array(is_keeper), cluster, theirs.take(pa.array(given)))
         return pa.table(
             {
                 "source_uri": self.uri.slice(self.n_existing + start, stop - start),
-                "cluster_id": cluster,
+                "cluster_id": take(self.cluster_id, keeper),  # the keeper's (a keeper: its own)
                 "keep": pa.array(self.keep[start:stop]),
                 "reason": pa.array(REASONS, pa.string()).take(pa.array(reason, mask=reason < 0)),
                 # The copies' keepers only: a keeper's own URI is never taken (null).
