@@ -75,3 +75,25 @@ def test_each_shards_decisions_are_what_the_whole_table_gave(rejected_share):
         assert found.equals(expected[k])
     if rejected_share:
         assert pc.sum(pc.equal(found["reason"], "off_class")).as_py() > 0
+
+
+def test_every_candidate_rejected_as_off_class_leaves_only_rejections():
+    """Nothing offered to de-duplication (`dedup.Decided.none`): each shard's table is
+    its off-class rejections, with the columns the other rows would have had."""
+    rng = np.random.default_rng(5)
+    candidates = table(synthetic_rows(seed=2, groups=5))
+    n = candidates.num_rows
+    decisions = Decisions(
+        dedup.Decided.none(),
+        np.zeros(0, np.int8),
+        [],
+        _off(candidates, np.ones(n, bool), rng),
+        np.zeros(n + 1, np.int64),
+    )
+    assert decisions.kept == 0
+    found = decisions.rows(3, n)
+    assert found.num_rows == n - 3
+    assert found["reason"].to_pylist() == ["off_class"] * (n - 3)
+    assert found["source_uri"].equals(candidates["source_uri"].slice(3))
+    empty = decisions.rows(0, 0)
+    assert empty.num_rows == 0 and empty.schema.equals(found.schema)
