@@ -19,7 +19,8 @@ local filesystem (file://).
 Prints per-stage seconds, then as its LAST line one JSON object: rows, wall_s (the run,
 not the data generation), driver_peak_rss_mb (VmHWM of this process, which uses Arrow's
 system memory pool as the job's driver does: `pipeline.cli`), worker_peak_rss_mb
-(the largest VmHWM of any Ray worker process, sampled), the stage times and counts.
+(the largest VmHWM of any Ray worker process, sampled), the stage times and each
+stage's highest driver RSS (sampled every 20 ms), and counts.
 """
 
 from __future__ import annotations
@@ -128,6 +129,47 @@ class WorkerPeak:
         self._thread.join()
 
 
+class DriverRss:
+    """This process's RSS every 20 ms, so that each timed stage's peak can be read off
+    (where the driver's memory goes: docs/cluster.md's table per stage)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self.calls: list[tuple[str, float, float, float]] = []  # stage, start, end, RSS then
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), self.rss_mb()))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> DriverRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def record(self, stage: str, started: float) -> None:
+        """A stage that ran from `started` to now."""
+        self.calls.append((stage, started, time.perf_counter(), self.rss_mb()))
+
+    def peaks(self) -> dict[str, float]:
+        """Each stage's highest RSS sampled while it ran (MB)."""
+        out: dict[str, float] = {}
+        for stage, start, end, last in self.calls:
+            seen = [rss for t, rss in self.samples if start <= t <= end]
+            out[stage] = max([out.get(stage, 0.0), last, *seen])
+        return out
+
+
 @ray.remote(num_cpus=1)
 def _snapshot_part(root: str, start: int, stop: int, seed: int, path: str) -> int:
     pq.write_table(synth.snapshot_rows(root, start, stop, seed), path, compression="zstd")
@@ -146,13 +188,16 @@ def _ranges(rows: int, step: int) -> list[tuple[int, int]]:
     return [(s, min(rows, s + step)) for s in range(0, rows, step)]
 
 
-def install_hooks(args: argparse.Namespace, snapshot_dir: Path, timings: dict) -> None:
+def install_hooks(
+    args: argparse.Namespace, snapshot_dir: Path, timings: dict, driver: DriverRss
+) -> None:
     """Swap listing and normalise for synthetic ones; time the product's stages."""
 
     def list_lake(input_uri: str, storage) -> object:  # noqa: ANN001
         started = time.perf_counter()
         table = pq.read_table(snapshot_dir)
         timings["list (read synthetic snapshot)"] = time.perf_counter() - started
+        driver.record("list (read synthetic snapshot)", started)
         return table
 
     def normalise_stage(work, cfg: CleanConfig, stage: str, features=None) -> Shards:  # noqa: ANN001
@@ -171,6 +216,7 @@ def install_hooks(args: argparse.Namespace, snapshot_dir: Path, timings: dict) -
         ]
         shards = Shards(ray.get(refs))
         timings["normalise (synthetic, Ray tasks)"] = time.perf_counter() - started
+        driver.record("normalise (synthetic, Ray tasks)", started)
         return shards
 
     job.list_lake = list_lake
@@ -187,6 +233,7 @@ def install_hooks(args: argparse.Namespace, snapshot_dir: Path, timings: dict) -
                 return _f(*a, **k)
             finally:
                 timings[_n] = timings.get(_n, 0.0) + time.perf_counter() - started
+                driver.record(_n, started)
 
         setattr(module, attr, timed)
 
@@ -225,8 +272,9 @@ def main() -> int:
             ]
         )
         generate_s = time.perf_counter() - started
-        install_hooks(args, work / "snapshot", timings)
-        with WorkerPeak() as workers:
+        driver = DriverRss()
+        install_hooks(args, work / "snapshot", timings, driver)
+        with WorkerPeak() as workers, driver:
             started = time.perf_counter()
             result = job.run_clean(cfg)
             wall = time.perf_counter() - started
@@ -241,13 +289,16 @@ def main() -> int:
             "rejected": totals["rejected"],
             "planted_copies": synth.expected_copies(args.rows, args.seed, args.dup_rate),
             "stages_s": {k: round(v, 2) for k, v in timings.items()},
+            # Each stage's highest driver RSS while it ran (nested stages inside theirs).
+            "stages_peak_rss_mb": {k: round(v, 1) for k, v in driver.peaks().items()},
         }
     finally:
         ray.shutdown()
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
+    peaks = figures["stages_peak_rss_mb"]
     for stage, seconds in figures["stages_s"].items():
-        print(f"{stage:<36} {seconds:>9.2f} s")
+        print(f"{stage:<36} {seconds:>9.2f} s  driver peak {peaks.get(stage, 0):>8.0f} MB")
     print(json.dumps(figures))
     return 0
 
