@@ -217,17 +217,16 @@ def _conflicts(
 
 
 def _named(conflicts: list[dict[str, Any]], rows: Rows) -> list[dict[str, Any]]:
-    """The conflicts as the report lists them: each cluster's id and names, not row ids.
-    One take for them all: a take on the URIs (one chunk per shard) copies the whole
-    column, so one per conflict made the merge quadratic (3M rows: 2,001 conflicts, 200 s)."""
+    """The conflicts as the report lists them: each cluster's id and names, not row ids,
+    gathered once for them all (`pipeline.chunked.take`)."""
     if not conflicts:
         return []
-    keepers = pa.array([c["keeper"] for c in conflicts], pa.int64())
+    keepers = np.asarray([c["keeper"] for c in conflicts], dtype=np.int64)
     members = [np.asarray(c["members"], dtype=np.int64) for c in conflicts]
     bounds = np.cumsum([0] + [m.size for m in members])
-    names = rows.uri.take(pa.array(np.concatenate(members))).to_pylist()
-    keeper_names = rows.uri.take(keepers).to_pylist()
-    cluster_ids = rows.cluster_id.take(keepers).to_pylist()
+    names = take(rows.uri, np.concatenate(members)).to_pylist()
+    keeper_names = take(rows.uri, keepers).to_pylist()
+    cluster_ids = take(rows.cluster_id, keepers).to_pylist()
     return [
         {
             "cluster_id": cluster_ids[i],

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import pyarrow.parquet as pq
 import ray
@@ -103,24 +104,24 @@ def _is_worker(pid: int) -> bool:
     return b"default_worker.py" in cmd or cmd.startswith(b"ray::")
 
 
-class WorkerPeak:
-    """Largest VmHWM of any Ray worker descended from this driver, sampled twice a second
-    (VmHWM is the process's own high-water mark, so a peak between samples still counts
-    as long as the worker lives to the next sample)."""
+class _Sampler:
+    """Calls `sample` every `interval_s` on a thread of its own while in its `with`."""
+
+    interval_s = 0.5
 
     def __init__(self) -> None:
-        self.peak_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            for pid in _descendants(os.getpid()):
-                if _is_worker(pid):
-                    self.peak_kb = max(self.peak_kb, _vmhwm_kb(pid))
-            self._stop.wait(0.5)
+            self.sample()
+            self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> WorkerPeak:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -129,33 +130,39 @@ class WorkerPeak:
         self._thread.join()
 
 
-class DriverRss:
+class WorkerPeak(_Sampler):
+    """Largest VmHWM of any Ray worker descended from this driver, sampled twice a second
+    (VmHWM is the process's own high-water mark, so a peak between samples still counts
+    as long as the worker lives to the next sample)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak_kb = 0
+
+    def sample(self) -> None:
+        for pid in _descendants(os.getpid()):
+            if _is_worker(pid):
+                self.peak_kb = max(self.peak_kb, _vmhwm_kb(pid))
+
+
+class DriverRss(_Sampler):
     """This process's RSS every 20 ms, so that each timed stage's peak can be read off
     (where the driver's memory goes: docs/cluster.md's table per stage)."""
 
+    interval_s = 0.02
+
     def __init__(self) -> None:
+        super().__init__()
         self.samples: list[tuple[float, float]] = []
         self.calls: list[tuple[str, float, float, float]] = []  # stage, start, end, RSS then
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
     def rss_mb() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.perf_counter(), self.rss_mb()))
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> DriverRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.samples.append((time.perf_counter(), self.rss_mb()))
 
     def record(self, stage: str, started: float) -> None:
         """A stage that ran from `started` to now."""
@@ -193,11 +200,14 @@ def install_hooks(
 ) -> None:
     """Swap listing and normalise for synthetic ones; time the product's stages."""
 
+    def done(stage: str, started: float) -> None:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
+        driver.record(stage, started)
+
     def list_lake(input_uri: str, storage) -> object:  # noqa: ANN001
         started = time.perf_counter()
         table = pq.read_table(snapshot_dir)
-        timings["list (read synthetic snapshot)"] = time.perf_counter() - started
-        driver.record("list (read synthetic snapshot)", started)
+        done("list (read synthetic snapshot)", started)
         return table
 
     def normalise_stage(work, cfg: CleanConfig, stage: str, features=None) -> Shards:  # noqa: ANN001
@@ -215,8 +225,7 @@ def install_hooks(
             for a, b in _ranges(work.num_rows, args.rows_per_shard)
         ]
         shards = Shards(ray.get(refs))
-        timings["normalise (synthetic, Ray tasks)"] = time.perf_counter() - started
-        driver.record("normalise (synthetic, Ray tasks)", started)
+        done("normalise (synthetic, Ray tasks)", started)
         return shards
 
     job.list_lake = list_lake
@@ -232,8 +241,7 @@ def install_hooks(
             try:
                 return _f(*a, **k)
             finally:
-                timings[_n] = timings.get(_n, 0.0) + time.perf_counter() - started
-                driver.record(_n, started)
+                done(_n, started)
 
         setattr(module, attr, timed)
 
