@@ -10,6 +10,7 @@ scale (`scripts/bench/scale.py` times these functions).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -49,10 +50,11 @@ def deduplicate_and_finalize(
     vectors = of_shards(
         existing_uris + shards.uris, cfg.storage, existing.num_rows + candidates.num_rows
     )
+    signals = of_shards(shards.uris, cfg.storage, candidates.num_rows)
     final, stats = Shards(), {}
     if candidates.num_rows:
         shards.check(candidates.num_rows)
-        decisions, stats = decide_with_off_class(existing, candidates, cfg, vectors)
+        decisions, stats = decide_with_off_class(existing, candidates, cfg, vectors, signals)
         items = stage_decisions(decisions.rows, shards, stage, cfg.storage)
         kept = decisions.kept
         del candidates, decisions  # the tasks read what they need from the staged files
@@ -62,11 +64,16 @@ def deduplicate_and_finalize(
     return final, stats
 
 
-# What the driver's decisions read of the candidates (de-duplication, off-class, split):
-# the index's other columns, the vectors included, are read by the task writing it.
-DECIDING_COLUMNS = [
-    "source_uri", "class_name", "label", "sha256", "phash", "source_width", "source_height",
-    "source_format", "seen_order", "low_detail", "hash_stability", "group", OVERRIDE,
+# What the driver's decisions hold of the candidates through the decide step (the
+# off-class stage, de-duplication's names, the split); the index's other columns, the
+# vectors included, are read by the task writing it.
+DECIDING_COLUMNS = ["source_uri", "class_name", "label", "sha256", "group", OVERRIDE]
+# What de-duplication alone reads, and turns into arrays before it clusters: read then
+# (`decide`), so the driver does not hold them through the clustering and the split
+# (at 3M candidates ~150 MB).
+SIGNAL_COLUMNS = [
+    "phash", "source_width", "source_height", "source_format", "seen_order", "low_detail",
+    "hash_stability",
 ]  # fmt: skip
 
 
@@ -102,12 +109,17 @@ class Decisions:
 
 
 def decide_with_off_class(
-    existing: pa.Table, candidates: pa.Table, cfg: CleanConfig, vectors: VectorRows | None = None
+    existing: pa.Table,
+    candidates: pa.Table,
+    cfg: CleanConfig,
+    vectors: VectorRows | None = None,
+    signals: VectorRows | None = None,
 ) -> tuple[Decisions, dict[str, Any]]:
     """Off-class photos first (`pipeline.offclass`: they are not offered to
     de-duplication, so they never stand in for a copy), then `decide` on the rest.
     `vectors`: where the rows' vectors lie (`existing`'s, then the candidates'), when
-    the tables do not carry them; read only with verification (none without)."""
+    the tables do not carry them; read only with verification (none without).
+    `signals`: where the candidates' `SIGNAL_COLUMNS` lie, when `candidates` lacks them."""
     if not cfg.dedup.verified:
         vectors = None
     off = offclass.off_class_stage(candidates, existing, cfg.off_class, vectors)
@@ -118,7 +130,9 @@ def decide_with_off_class(
         if vectors is not None:
             e = existing.num_rows
             vectors = vectors.take(np.concatenate([np.arange(e), e + np.flatnonzero(offered)]))
-        decided, (names, split), stats = decide(existing, rest, cfg, vectors)
+        if signals is not None and not offered.all():
+            signals = signals.take(np.flatnonzero(offered))
+        decided, (names, split), stats = decide(existing, rest, cfg, vectors, signals)
     else:
         decided, (names, split), stats = dedup.Decided.none(), ([], np.zeros(0, np.int8)), {}
     stats["off_class"] = offclass.summary(off, cfg.off_class)
@@ -147,40 +161,59 @@ def dedup_input(table: pa.Table) -> pa.Table:
 
 
 def decide(
-    existing: pa.Table, candidates: pa.Table, cfg: CleanConfig, vectors: VectorRows | None = None
+    existing: pa.Table,
+    candidates: pa.Table,
+    cfg: CleanConfig,
+    vectors: VectorRows | None = None,
+    signals: VectorRows | None = None,
 ) -> tuple[dedup.Decided, tuple[list[str], np.ndarray], dict[str, Any]]:
     """De-duplicate the candidates against each other and the kept index, then split:
     the decisions, (the split names, each candidate's split as an index into them or -1)
     and the counts. `vectors`: where the rows' vectors lie (`existing`'s, then the
-    candidates')."""
+    candidates'); `signals`: where the candidates' `SIGNAL_COLUMNS` lie, if they lack
+    them (read by de-duplication, and released once it has its arrays)."""
+    more = None if signals is None else partial(_signals, signals)
     result = dedup.deduplicate(
         dedup_input(candidates),
         cfg.dedup,
         dedup_input(existing) if existing.num_rows else None,
         vectors,
+        more,
     )
     decided, summary = result.decided, result.summary
     # The decisions are in the candidates' order (`dedup.DedupResult`): the kept rows'
     # columns are taken by position (the columns the split needs), with no join.
     kept = np.flatnonzero(decided.keep)
-    needed = [c for c in SPLIT_COLUMNS if c in candidates.column_names]
+    # The kept rows' URIs are not copied: the split reads them where they lie.
+    needed = [c for c in SPLIT_COLUMNS if c in candidates.column_names and c != "source_uri"]
     kept_new = candidates.select(needed).filter(pa.array(decided.keep))
+    uri = candidates["source_uri"]
     if existing.num_rows:  # cluster ids as the kept index holds them
         units = pa.concat_tables(
             [
-                _split_input(existing),
+                _split_input(existing.drop_columns(["source_uri"])),
                 _split_input(kept_new, {"cluster_id": decided.clusters(kept), "split": None}),
             ]
+        )
+        e = existing.num_rows
+        uri_rows = (
+            pa.chunked_array(existing["source_uri"].cast(uri.type).chunks + uri.chunks, uri.type),
+            np.concatenate([np.arange(e), e + kept]),
         )
     else:  # a cluster's number: its keeper (two keepers never share a sha256)
         cluster = pa.array(decided.keeper[kept], pa.int64())
         units = _split_input(kept_new, {"cluster_id": cluster, "split": None})
+        uri_rows = (uri, kept)
     del kept_new
-    names, ids, split_stats = split_ids(units, cfg.split, [], cfg.input_uri)
+    names, ids, split_stats = split_ids(units, cfg.split, [], cfg.input_uri, uri_rows)
     # The units are the existing rows, then the kept new ones in order; others get none.
     split = np.full(decided.num_rows, -1, np.int8)
     split[kept] = ids[existing.num_rows :]
     return decided, (names, split), {**summary, **split_stats}
+
+
+def _signals(signals: VectorRows) -> pa.Table:
+    return dedup_input(signals.read(SIGNAL_COLUMNS))
 
 
 SPLIT_COLUMNS = ["source_uri", "class_name", "cluster_id", "group", "split"]

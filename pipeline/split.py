@@ -24,6 +24,7 @@ from common.dataset import TEST, TRAIN, VAL
 from common.storage import StorageConfig, filesystem
 from pipeline import split_order as order
 from pipeline import split_units as units
+from pipeline.chunked import take
 
 
 @dataclass
@@ -112,13 +113,21 @@ def assign_split_array(
 
 
 def split_ids(
-    kept: pa.Table, cfg: SplitConfig, links: Iterable[tuple[str, str]], root: str
+    kept: pa.Table,
+    cfg: SplitConfig,
+    links: Iterable[tuple[str, str]],
+    root: str,
+    uri_rows: tuple[pa.ChunkedArray, np.ndarray] | None = None,
 ) -> tuple[list[str], np.ndarray, dict[str, int]]:
     """The split names (the targets', then other names already assigned) and each row's
-    index into them: columns and integer arrays only (`pipeline.split_units`)."""
+    index into them: columns and integer arrays only (`pipeline.split_units`).
+    `uri_rows`: (a URI column, the row of it each row of `kept` is), given instead of
+    `kept`'s source_uri, so a caller holding every candidate's URIs need not copy the
+    kept ones' (at 10M candidates ~500 MB)."""
     targets = cfg.targets()
-    uris = units.strings(kept["source_uri"])
-    unit = units.units_of([units.keys(kept[c]) for c in ("cluster_id", "group")], uris, links)
+    uris, at = _uris(kept, links, uri_rows)
+    keys = [units.keys(kept[c]) for c in ("cluster_id", "group")]
+    unit = units.units_of(keys, uris if at is None else None, links, kept.num_rows)
     n_units = int(unit.max()) + 1 if unit.size else 0
     names, split = _assigned(units.strings(kept["split"]), list(targets))
     cls, class_names = units.codes(units.strings(kept["class_name"]), null=True)
@@ -138,7 +147,10 @@ def split_ids(
     rows = np.flatnonzero(local >= 0).astype(units.ID)
     classes = units.Pairs(local, cls, len(class_names), rows)
     label = classes.mode()[1]  # every new unit has rows: one label per unit, in order
-    first = order.first_rows(local, new_units.size, uris, root)
+    # Each new unit's first row, as a row of the URI column (`kept`'s own, or `uri_rows`').
+    spread = local if at is None else _spread(local, at, len(uris))
+    first = order.first_rows(spread, new_units.size, uris, root)
+    del spread
     sides_new = order.balance(
         order.stable_order(uris, first, root),
         label,
@@ -153,6 +165,28 @@ def split_ids(
         "split_conflicts": int((sides > 1).sum()),
     }
     return names, split, stats
+
+
+def _uris(
+    kept: pa.Table,
+    links: Iterable[tuple[str, str]],
+    uri_rows: tuple[pa.ChunkedArray, np.ndarray] | None,
+) -> tuple[pa.ChunkedArray, np.ndarray | None]:
+    """The URI column and, if it is not `kept`'s own, each kept row's row in it (links,
+    which name rows by URI, take the kept rows' own column)."""
+    if uri_rows is None:
+        return units.strings(kept["source_uri"]), None
+    column, at = uri_rows
+    if links:
+        return units.strings(take(column, at)), None
+    return units.strings(column), np.asarray(at, np.int64)
+
+
+def _spread(local: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
+    """Per row of the URI column, the new unit of the kept row there (-1: none)."""
+    out = np.full(n, -1, local.dtype)
+    out[at] = local
+    return out
 
 
 def _assigned(column: pa.ChunkedArray, names: list[str]) -> tuple[list[str], np.ndarray]:

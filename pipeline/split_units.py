@@ -61,7 +61,7 @@ def key_groups(column: pa.ChunkedArray) -> tuple[np.ndarray | None, np.ndarray, 
         return _integer_groups(column)
     rows = None
     fingerprint = np.concatenate(
-        [np.zeros(0, np.uint64)] + [_fingerprints(c) for c in column.chunks]
+        [np.zeros(0, np.uint64)] + [fingerprints(c) for c in column.chunks]
     )
     if column.null_count:
         rows = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False)).astype(ID)
@@ -102,7 +102,7 @@ def _integer_groups(column: pa.ChunkedArray) -> tuple[np.ndarray | None, np.ndar
     return rows, group.astype(ID, copy=False), int(distinct.size)
 
 
-def _fingerprints(chunk: pa.Array) -> np.ndarray:
+def fingerprints(chunk: pa.Array) -> np.ndarray:
     """A 64-bit fingerprint of each string's bytes: its 8-byte words, each mixed with its
     position (splitmix64's finaliser), summed, and mixed with the length."""
     out = np.zeros(len(chunk), np.uint64)
@@ -141,14 +141,18 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 
 def units_of(
-    keys: list[pa.ChunkedArray], uris: pa.ChunkedArray, links: Iterable[tuple[str, str]]
+    keys: list[pa.ChunkedArray],
+    uris: pa.ChunkedArray | None,
+    links: Iterable[tuple[str, str]],
+    n: int | None = None,
 ) -> np.ndarray:
     """Per row its unit: rows sharing a non-null value of one key column, or joined by a
     link (pair of URIs; a URI held by several rows stands for its last row), are one unit.
-    Units are numbered in the order of their first row."""
-    n = len(uris)
+    Units are numbered in the order of their first row. `uris`: the rows' URIs (None:
+    no links, and `n` rows)."""
+    n = len(uris) if uris is not None else int(n or 0)
     edges = [key_groups(column) for column in keys]
-    a, b = _link_rows(uris, links)
+    a, b = _link_rows(uris, links) if uris is not None else (np.zeros(0, np.int64),) * 2
     if a.size:
         joined = np.arange(a.size, dtype=ID)
         edges.append((np.r_[a, b].astype(ID), np.r_[joined, joined], a.size))

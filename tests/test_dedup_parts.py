@@ -59,6 +59,7 @@ def test_components_equal_a_union_find(shape):
 def test_many_small_parts_give_the_pinned_decisions(name, monkeypatch):
     monkeypatch.setattr(decide, "ROWS_PER_TASK", 9)
     monkeypatch.setattr(components, "EDGES_PER_TASK", 60)
+    monkeypatch.setattr(decide, "_in_flight", lambda: 2)  # parts wait for results
     expected = json.loads(GOLDEN.read_text())[name]
     assert run_case(dedup, name) == expected
 
@@ -77,6 +78,7 @@ def test_the_summary_is_the_same_in_one_part_or_many(changes, monkeypatch):
 
     whole = summary()
     monkeypatch.setattr(decide, "ROWS_PER_TASK", 7)
+    monkeypatch.setattr(decide, "_in_flight", lambda: 2)
     assert len(whole["label_conflicts"]) > 3
     assert summary() == whole
 

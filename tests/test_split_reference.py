@@ -191,7 +191,7 @@ def test_keys_that_share_a_fingerprint_stay_apart(monkeypatch):
     (all of them here) falls back to exact grouping."""
     from pipeline import split_units
 
-    monkeypatch.setattr(split_units, "_fingerprints", lambda chunk: np.zeros(len(chunk), np.uint64))
+    monkeypatch.setattr(split_units, "fingerprints", lambda chunk: np.zeros(len(chunk), np.uint64))
     rng = random.Random(3)
     kept, links = random_lake(rng, 300, "s3://b")
     assert assign_splits(kept, SplitConfig(), links, "s3://b") == reference(

@@ -9,7 +9,9 @@ and leaves them in the object store, the SimHashes and each part's task take the
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -63,6 +65,7 @@ def deduplicate(
     cfg: DedupConfig,
     existing: pa.Table | None = None,
     vectors: VectorRows | None = None,
+    more: Callable[[], pa.Table] | None = None,
 ) -> DedupResult:
     """Decide which `new` rows to keep; `existing` rows (kept earlier) stay kept.
 
@@ -70,9 +73,11 @@ def deduplicate(
     clustering with its decisions run as Ray tasks (Ray must be initialised). With
     verification, `vectors` says where the rows' vectors lie (those of `existing`, then
     of `new`: `pipeline.vectors`) when the tables do not carry them; tasks read them.
+    `more`: reads the new rows' columns `new` lacks (in its order), so the caller need
+    not hold them once they are arrays (`prepare_rows`).
     """
     started = time.perf_counter()
-    rows = prepare_rows(existing, new, cfg, vectors)
+    rows = prepare_rows(existing, new, cfg, vectors, more)
     stored = _in_store(rows.vectors)
     nodes, node_of = np.unique(rows.hashes[rows.searchable], return_inverse=True)
     node_of_row = np.full(rows.count, -1, dtype=np.int64)
@@ -134,15 +139,48 @@ def _decide_parts(
 ) -> list[PartResult]:
     """One Ray task per part; each part is sliced and handed over before the next is cut,
     so the driver holds one part's copies at a time. `vectors`: the rows' `RowVectors`
-    in the object store (None without verification), each task takes its rows' own."""
+    in the object store (None without verification), each task takes its rows' own.
+
+    At most `_in_flight()` parts are out at once, and each result is copied out of the
+    object store as it arrives: the store then reuses the same pages, which the driver
+    maps (its RSS counts them: all parts at once added ~250 MB at 3M rows)."""
     import ray
 
     task = _remote(decide_part)
-    refs = [
-        task.remote(part, cfg, vectors)
-        for part in split_parts(rows, node_of_row, pairs, forced, ROWS_PER_TASK)
-    ]
-    return ray.get(refs)
+    window = _in_flight()
+    pending: dict[Any, int] = {}
+    results: list[PartResult] = []
+
+    def collect(wait_for: int) -> None:
+        ready, _ = ray.wait(list(pending), num_returns=min(wait_for, len(pending)))
+        for ref in ready:
+            results[pending.pop(ref)] = _owned(ray.get(ref))
+
+    for part in split_parts(rows, node_of_row, pairs, forced, ROWS_PER_TASK):
+        if len(pending) >= window:
+            collect(1)
+        pending[task.remote(part, cfg, vectors)] = len(results)
+        results.append(None)  # type: ignore[arg-type]  # filled in by collect
+        del part
+    while pending:
+        collect(len(pending))
+    return results
+
+
+def _in_flight() -> int:
+    """Parts out at once: two per CPU of the cluster keeps every CPU busy."""
+    import ray
+
+    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _owned(result: PartResult) -> PartResult:
+    """`result` with its arrays in the driver's memory, not views of the object store."""
+    arrays = {f: np.array(getattr(result, f)) for f in _ARRAY_FIELDS}
+    return dataclasses.replace(result, **arrays)
+
+
+_ARRAY_FIELDS = ("positions", "keeper", "keep", "reason", "distance")
 
 
 def _in_store(vectors: Any) -> Any:

@@ -140,16 +140,20 @@ class Decided:
 def merge(results: list[PartResult], rows: Rows) -> tuple[Decided, dict[str, Any]]:
     """The parts' decisions as numbers in the caller's order, their counts added, the
     label conflicts largest first (ties: the earlier keeper, as the single pass had it)."""
-    order = np.argsort(np.concatenate([r.positions for r in results]), kind="stable")
+    n = sum(r.positions.size for r in results)
 
-    def column(name: str) -> np.ndarray:
-        return np.concatenate([getattr(r, name) for r in results])[order]
+    def column(name: str, dtype: type) -> np.ndarray:
+        """Each part's values put at their positions (no concatenated copy to sort)."""
+        out = np.empty(n, dtype)
+        for r in results:
+            out[r.positions] = getattr(r, name)
+        return out
 
     decided = Decided(
-        column("keeper").astype(np.int64, copy=False),
-        column("keep"),
-        column("reason"),
-        column("distance"),
+        column("keeper", np.int64),
+        column("keep", bool),
+        column("reason", np.int8),
+        column("distance", np.int32),
         rows.uri,
         rows.cluster_id,
         rows.n_existing,

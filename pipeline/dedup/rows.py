@@ -21,6 +21,7 @@ grey checks (hash indexes written before it existed stay usable).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.dedup.codes import all_distinct, first_seen_codes, hashes_to_uint64
 from pipeline.dedup.config import HASH_BITS, KEEP_KEYS, DedupConfig
 from pipeline.tables import schema_of
 from pipeline.vectors import VECTOR_COLUMNS, VectorRows, of_tables
@@ -52,40 +54,6 @@ INPUT_SCHEMA = schema_of([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
 METADATA_SCHEMA = schema_of([*REQUIRED_COLUMNS, "hash_stability"])
 
 
-def hashes_to_uint64(hex_hashes: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """16-hex-char strings to uint64 (as `int(h, 16)`), plus a mask of the non-null ones.
-    Decoded from the strings' bytes in numpy: no Python string per row (at 1M rows
-    those cost the driver some 100 MB)."""
-    valid = np.asarray(pc.is_valid(hex_hashes), dtype=bool)
-    filled = pc.fill_null(hex_hashes, "0" * 16)
-    lengths = np.asarray(pc.utf8_length(filled))
-    if lengths.size and (lengths != 16).any():
-        bad = filled[int(np.flatnonzero(lengths != 16)[0])].as_py()
-        raise ValueError(f"a hash must be 16 hex characters (64 bits), got {bad!r}")
-    chunks = filled.chunks if isinstance(filled, pa.ChunkedArray) else [filled]
-    text = np.concatenate([_utf8_bytes(c) for c in chunks] or [np.zeros(0, np.uint8)])
-    nibbles = _HEX_VALUE[text]
-    if text.size != 16 * lengths.size or (nibbles > 15).any():
-        raise ValueError("a hash must be 16 hex characters (64 bits): found other characters")
-    raw = (nibbles[0::2] << 4) | nibbles[1::2]
-    return raw.view(">u8").astype(np.uint64), valid
-
-
-_HEX_VALUE = np.full(256, 255, np.uint8)  # an ASCII byte's value as a hex digit
-for _digits, _first in (("0123456789", 0), ("abcdef", 10), ("ABCDEF", 10)):
-    _HEX_VALUE[[ord(c) for c in _digits]] = np.arange(_first, _first + len(_digits))
-
-
-def _utf8_bytes(strings: pa.Array) -> np.ndarray:
-    """The bytes of a string array's values, one after the other, without a copy."""
-    offsets = np.frombuffer(strings.buffers()[1], np.int32)
-    offsets = offsets[strings.offset : strings.offset + len(strings) + 1]
-    data = strings.buffers()[2]
-    if data is None or not len(strings):
-        return np.zeros(0, np.uint8)
-    return np.frombuffer(data, np.uint8)[offsets[0] : offsets[-1]]
-
-
 def degenerate_hashes(
     hashes: np.ndarray,
     min_bits: int,
@@ -101,11 +69,14 @@ def degenerate_hashes(
     bits = np.bitwise_count(hashes)
     mask = (bits < min_bits) | (bits > HASH_BITS - min_bits)
     if max_collisions and image_ids is not None and hashes.size:
-        pairs = np.unique(np.stack([hashes.view(np.int64), image_ids.astype(np.int64)]), axis=1)
-        values, images = np.unique(pairs[0], return_counts=True)
+        order = np.lexsort((image_ids, hashes))  # by hash, then image
+        value, image = hashes[order], image_ids[order]
+        del order
+        pair = np.r_[True, (value[1:] != value[:-1]) | (image[1:] != image[:-1])]
+        values, images = np.unique(value[pair], return_counts=True)  # distinct images a hash
         crowded = values[images > max_collisions]
         if crowded.size:
-            mask |= np.isin(hashes.view(np.int64), crowded)
+            mask |= np.isin(hashes, crowded)
     return mask
 
 
@@ -249,10 +220,14 @@ def prepare_rows(
     new: pa.Table,
     cfg: DedupConfig,
     vectors: VectorRows | None = None,
+    more: Callable[[], pa.Table] | None = None,
 ) -> Rows:
     """The rows as arrays. With verification, their `RowVectors` (`Rows.vectors`): read
     by a task from `vectors` (the rows of `existing`, then of `new`: `pipeline.vectors`)
-    and left in the object store; without `vectors`, from the tables' own columns."""
+    and left in the object store; without `vectors`, from the tables' own columns.
+    `more`: reads `new`'s further columns; they are held only while they become arrays."""
+    if more is not None:
+        new = _beside(new, more())
     missing = {"embedding", "colour_layout"} - set(new.column_names)
     if cfg.verified and vectors is None and missing:
         raise ValueError(
@@ -265,10 +240,10 @@ def prepare_rows(
     )
     # Arrow columns, not numpy arrays of Python strings (the driver's memory at 1M rows).
     uri = table["source_uri"]
-    if pc.count_distinct(uri).as_py() != len(uri):
+    if not all_distinct(uri):
         raise ValueError("source_uri must be unique across the existing and new rows")
     n_existing = 0 if existing is None else existing.num_rows
-    sha_code, _ = _codes(table["sha256"])
+    sha_code = first_seen_codes(table["sha256"])
     class_code, class_names = _codes(table["class_name"])
     hashes, has_hash = hashes_to_uint64(table["phash"])
     low_detail = np.asarray(pc.fill_null(table["low_detail"], False), dtype=bool)
@@ -315,6 +290,16 @@ def prepare_rows(
         has_grey=has_grey,
         vectors=found,
     )
+
+
+def _beside(table: pa.Table, more: pa.Table) -> pa.Table:
+    """`table` with the columns of `more` (the same rows) it lacks."""
+    if more.num_rows != table.num_rows:
+        raise ValueError(f"read {more.num_rows} rows of further columns for {table.num_rows}")
+    for name in more.column_names:
+        if name not in table.column_names:
+            table = table.append_column(name, more[name])
+    return table
 
 
 def vectors(column: pa.ChunkedArray, dtype: type) -> tuple[np.ndarray, np.ndarray]:

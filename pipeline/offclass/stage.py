@@ -101,8 +101,9 @@ def off_class_stage(
     when the tables do not carry them; None and no embedding column: none to score."""
     n = candidates.num_rows
     score, like_p, share = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    like: list[str | None] = [None] * n
-    neighbour: list[str | None] = [None] * n
+    # Class codes (-1: none), named once at the end: no Python object per candidate.
+    like, neighbour = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    classes: list[str] = []
     if vectors is None and "embedding" in candidates.column_names:
         vectors = of_tables(existing, candidates)
     if n and vectors is not None:
@@ -118,12 +119,9 @@ def off_class_stage(
             got.like_probability,
             got.neighbour_share,
         )
-        names = np.asarray(classes + [None], dtype=object)
-        like_names, neighbour_names = names[got.like], names[got.neighbour_class]
         scored = np.isfinite(got.score)
-        for j, i in enumerate(rows[scored]):
-            like[i] = like_names[scored][j]
-            neighbour[i] = neighbour_names[scored][j]
+        like[rows[scored]] = np.asarray(got.like)[scored]
+        neighbour[rows[scored]] = np.asarray(got.neighbour_class)[scored]
     kept_by_person = np.zeros(n, bool)
     if "override" in candidates.column_names:
         kept_by_person = np.asarray(
@@ -137,13 +135,20 @@ def off_class_stage(
             "source_uri": candidates["source_uri"],
             "class_name": candidates["class_name"],
             SCORE: pa.array(score, pa.float32(), from_pandas=True),
-            LIKE: pa.array(like, pa.string()),
+            LIKE: _named(like, classes),
             LIKE_PROBABILITY: pa.array(like_p, pa.float32(), from_pandas=True),
             NEIGHBOUR_SHARE: pa.array(share, pa.float32(), from_pandas=True),
-            NEIGHBOUR_CLASS: pa.array(neighbour, pa.string()),
+            NEIGHBOUR_CLASS: _named(neighbour, classes),
             REJECT: pa.array(reject),
         }
     )
+
+
+def _named(codes: np.ndarray, classes: list[str]) -> pa.Array:
+    """Class codes as names: null for -1, and for the code one past the last class
+    (`score_stored`'s "none"), as indexing `classes + [None]` gave."""
+    none = (codes < 0) | (codes >= len(classes))
+    return pa.array(classes, pa.string()).take(pa.array(np.where(none, 0, codes), mask=none))
 
 
 def detail(row: dict) -> str:
