@@ -43,7 +43,8 @@ from pipeline.output import (
     write_snapshot,
 )
 from pipeline.overrides import load_overrides, with_overrides
-from pipeline.report import build_report, read_listing, read_version
+from pipeline.report import build_report
+from pipeline.report_parts import read_version
 from pipeline.review import review_page
 from pipeline.sink import Shards, ShardSink, StageFailed
 from pipeline.split import group_of, load_group_manifest
@@ -232,11 +233,10 @@ def _run_clean_leased(
         "removed": len(removed),
         **decision_stats,
     }
-    tables = read_version(cfg, staged, carried)
-    listing = read_listing(snapshot_uri, cfg.storage)
-    report = build_report(cfg, run_id, listing, classes, tables, decision_stats, in_force)
+    figures = read_version(cfg, staged, carried, snapshot_uri, in_force)
+    report = build_report(cfg, run_id, classes, figures, decision_stats, in_force)
     report["seconds"] = round(time.perf_counter() - started, 2)
-    html = review_page(cfg, report, tables, in_force)
+    html = review_page(cfg, report, figures, in_force)
     lease.check()  # still this run's: nobody took the output over while it worked
     manifest = publish(
         cfg.output_uri,

@@ -2,15 +2,16 @@
 reason, the class balance and split, duplicate clusters and label conflicts, and the
 train split's per-channel mean/std (the seed computed these by hand for Normalize).
 
-Built from the tables' metadata columns; the review page (`pipeline.review`) goes
-back for the pictures of the few rows it shows.
+Built from the version's `Figures`: counts, sums and a few rows, computed per shard in
+Ray tasks (`pipeline.report_parts`) and merged, so the driver holds nothing per file.
+The review page (`pipeline.review`) goes back for the pictures of the few rows it shows.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -18,16 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common.reasons import Reason
-from common.storage import StorageConfig, join
+from common.storage import join
 from pipeline import offclass
 from pipeline import overrides as ov
 from pipeline import split_units as units
 from pipeline.config import CleanConfig
-from pipeline.output import read_shards
 from pipeline.sink import Shards
-from pipeline.tables import IMAGES, REJECTED_DIR
 
-_IMAGE_STATS = [
+IMAGE_STATS = [
     "source_uri",
     "class_name",
     "source_format",
@@ -41,8 +40,8 @@ _IMAGE_STATS = [
     "split",
 ]
 # Read where present: the review page shows the kept images that look most off-class.
-_OPTIONAL_STATS = {offclass.SCORE: pa.float32(), offclass.LIKE: pa.string()}
-_REJECTED_STATS = [
+OPTIONAL_STATS = {offclass.SCORE: pa.float32(), offclass.LIKE: pa.string()}
+REJECTED_STATS = [
     "source_uri",
     "class_name",
     "reason",
@@ -56,15 +55,22 @@ _REJECTED_STATS = [
 ]
 _MAX_CONFLICTS_LISTED = 100
 NO_CLASS = "(no class)"
+MOMENTS = 8  # `moments`: rows, pixels, 3 channel sums, 3 channel sums of squares
 
 
 def counts(table: pa.Table, keys: list[str]) -> dict[Any, int]:
-    """Row counts per key (a value, or a tuple for several keys), aggregated by Arrow."""
+    """Row counts per key (a value, or a tuple for several keys), aggregated by Arrow;
+    keys in order of first appearance (`Figures` merges shards' counts keeping it)."""
     if table.num_rows == 0:
         return {}
     grouped = table.group_by(keys).aggregate([([], "count_all")]).to_pylist()
     key = (lambda r: r[keys[0]]) if len(keys) == 1 else (lambda r: tuple(r[k] for k in keys))
     return {key(r): r["count_all"] for r in grouped}
+
+
+def by_count(found: dict[Any, int]) -> dict[Any, int]:
+    """Most frequent first; ties in order of first appearance."""
+    return dict(sorted(found.items(), key=lambda kv: -kv[1]))
 
 
 def extensions(uris: pa.ChunkedArray) -> dict[str, int]:
@@ -85,22 +91,36 @@ def _vectors(column: pa.ChunkedArray) -> np.ndarray:
     return column.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3)
 
 
-def channel_stats(images: pa.Table) -> dict[str, list[float]]:
-    """Pixel-weighted mean and std over images, from per-image moments."""
+def moments(images: pa.Table) -> np.ndarray:
+    """What channel statistics add up over images: rows, pixels, and the pixel-weighted
+    sums of the per-image channel means and mean squares (float64: shards' sums add)."""
     if images.num_rows == 0:
-        return {"mean": [], "std": []}
+        return np.zeros(MOMENTS)
     pixels = (
         images["width"].to_numpy().astype(np.float64)
         * images["height"].to_numpy().astype(np.float64)
     )[:, None]
-    total = pixels.sum()
-    mean = (_vectors(images["channel_mean"]) * pixels).sum(axis=0) / total
-    sqmean = (_vectors(images["channel_sqmean"]) * pixels).sum(axis=0) / total
+    mean = (_vectors(images["channel_mean"]) * pixels).sum(axis=0)
+    sqmean = (_vectors(images["channel_sqmean"]) * pixels).sum(axis=0)
+    return np.concatenate([[images.num_rows, pixels.sum()], mean, sqmean])
+
+
+def moment_stats(sums: np.ndarray) -> dict[str, list[float]]:
+    """Pixel-weighted mean and std from `moments` (of one table or added over shards)."""
+    if sums[0] == 0:
+        return {"mean": [], "std": []}
+    total = sums[1]
+    mean, sqmean = sums[2:5] / total, sums[5:8] / total
     var = np.maximum(sqmean - mean**2, 0.0)
     return {
         "mean": [round(float(x), 6) for x in mean],
         "std": [round(float(math.sqrt(x)), 6) for x in var],
     }
+
+
+def channel_stats(images: pa.Table) -> dict[str, list[float]]:
+    """Pixel-weighted mean and std over images, from per-image moments."""
+    return moment_stats(moments(images))
 
 
 def class_balance(kept_per_class: dict[str, int]) -> list[dict[str, Any]]:
@@ -150,78 +170,94 @@ def label_conflicts(rejected: pa.Table) -> dict[str, Any]:
     return {"count": len(clusters), "files": len(rows), "clusters": listed}
 
 
-def split_table(images: pa.Table) -> dict[str, Any]:
+def split_table(class_split: dict[tuple[str, str], int]) -> dict[str, Any]:
+    """Images per split and per class in it, from the counts per (class, split)."""
     per_split: dict[str, dict[str, int]] = defaultdict(dict)
-    for (split, name), n in sorted(counts(images, ["split", "class_name"]).items()):
+    for (split, name), n in sorted(((s, c), n) for (c, s), n in class_split.items()):
         per_split[split][name] = n
     return {
         split: {"images": sum(c.values()), "per_class": c} for split, c in sorted(per_split.items())
     }
 
 
-def per_class_table(
-    snapshot: pa.Table, images: pa.Table, rejected: pa.Table
-) -> dict[str, dict[str, Any]]:
-    listed = counts(pa.table({"c": pc.fill_null(snapshot["class_name"], NO_CLASS)}), ["c"])
-    kept = counts(images, ["class_name"])
-    splits = counts(images, ["class_name", "split"])
-    dropped = (
-        counts(
-            pa.table(
-                {"c": pc.fill_null(rejected["class_name"], NO_CLASS), "reason": rejected["reason"]}
-            ),
-            ["c", "reason"],
-        )
-        if rejected.num_rows
-        else {}
-    )
+def per_class_table(figures: Figures) -> dict[str, dict[str, Any]]:
+    """Per listed class (no class: `NO_CLASS`): listed, kept, kept per split, dropped
+    per reason."""
+    splits, dropped = sorted(figures.class_split.items()), sorted(figures.class_reason.items())
     return {
         name: {
             "listed": n,
-            "kept": kept.get(name, 0),
-            "splits": {s: k for (c, s), k in sorted(splits.items()) if c == name},
-            "rejected": {r: k for (c, r), k in sorted(dropped.items()) if c == name},
+            "kept": figures.kept_per_class.get(name, 0),
+            "splits": {s: k for (c, s), k in splits if c == name},
+            "rejected": {r: k for (c, r), k in dropped if c == name},
         }
-        for name, n in sorted(listed.items())
+        for name, n in sorted(figures.listed_per_class.items())
     }
 
 
-def _total(table: pa.Table, column: str) -> int:
+def total(table: pa.Table, column: str) -> int:
     return int(pc.sum(table[column]).as_py() or 0) if table.num_rows else 0
 
 
 @dataclass
-class VersionTables:
-    """The version's metadata (no pixels), read once for report.json and report.html;
-    `_shard` names each row's file, so the page can go back for just its thumbnails."""
+class Figures:
+    """What report.json and report.html need of a version, in a size that does not grow
+    with the files: counts, sums and the few rows shown or looked up (those the page may
+    show, those a person's overrides name, the label conflicts). Each shard's figures are
+    computed in a task (`pipeline.report_parts`) and `merge`d on the driver; `rows`
+    keep `_shard`, their file, so the page can go back for just their thumbnails."""
 
-    images: pa.Table
-    rejected: pa.Table
+    listed: int = 0
+    kept: int = 0
+    rejected: int = 0
+    listed_per_class: dict[str, int] = field(default_factory=dict)  # null: NO_CLASS
+    extensions: dict[str, int] = field(default_factory=dict)
+    kept_per_class: dict[str, int] = field(default_factory=dict)
+    class_split: dict[tuple[str, str], int] = field(default_factory=dict)
+    class_reason: dict[tuple[str, str], int] = field(default_factory=dict)  # null: NO_CLASS
+    reasons: dict[str, int] = field(default_factory=dict)
+    formats: dict[str, int] = field(default_factory=dict)  # kept, then rejected files
+    kept_formats: dict[str | None, int] = field(default_factory=dict)
+    listed_bytes: int = 0
+    source_bytes: int = 0
+    image_bytes: int = 0
+    train_moments: np.ndarray = field(default_factory=lambda: np.zeros(MOMENTS))
+    kept_moments: np.ndarray = field(default_factory=lambda: np.zeros(MOMENTS))
+    scored: bool = False  # some kept image has an off-class score
+    images: pa.Table | None = None  # kept rows that may be shown or are overridden
+    rejected_rows: pa.Table | None = None  # worst per reason, overridden, label conflicts
+    listing: pa.Table | None = None  # listed rows a person's overrides name
+    clusters: int = 0  # duplicate clusters of more than one file, and the largest
+    largest: int = 0
+    image_shards: list[str] = field(default_factory=list)
 
-
-# What the report reads of the run's listing (`read_listing`).
-LISTING_COLUMNS = ["source_uri", "class_name", "size"]
-
-
-def read_listing(uri: str, storage: StorageConfig) -> pa.Table:
-    """The run's listing as the report needs it, read back from the snapshot the run
-    wrote (`uri`): the driver does not hold the listing through the stages between."""
-    return read_shards([uri], storage, LISTING_COLUMNS)
-
-
-def read_version(cfg: CleanConfig, staged: Shards, carried: dict[str, list[str]]) -> VersionTables:
-    images = read_shards(
-        current_uris(cfg, IMAGES, staged, carried), cfg.storage, _IMAGE_STATS,
-        with_shard=True, optional=_OPTIONAL_STATS,
-    )  # fmt: skip
-    rejected = read_shards(
-        current_uris(cfg, REJECTED_DIR, staged, carried), cfg.storage, _REJECTED_STATS,
-        with_shard=True,
-    )  # fmt: skip
-    return VersionTables(
-        images if images.num_rows else _empty([*_IMAGE_STATS, *_OPTIONAL_STATS, "_shard"]),
-        rejected if rejected.num_rows else _empty([*_REJECTED_STATS, "_shard"]),
-    )
+    @staticmethod
+    def merge(parts: list[Figures]) -> Figures:
+        """Counts and sums added, rows concatenated, in the order of `parts`: a count's
+        keys keep their order of first appearance, as Arrow's over the tables would."""
+        out = Figures()
+        for f in fields(Figures):
+            values = [getattr(p, f.name) for p in parts]
+            first = getattr(out, f.name)
+            if isinstance(first, dict):
+                merged: dict[Any, int] = {}
+                for found in values:
+                    for key, n in found.items():
+                        merged[key] = merged.get(key, 0) + n
+                value: Any = merged
+            elif isinstance(first, list):
+                value = [x for v in values for x in v]
+            elif f.name in ("images", "rejected_rows", "listing"):
+                tables = [t for t in values if t is not None]
+                value = pa.concat_tables(tables, promote_options="default") if tables else None
+            elif f.name == "largest":
+                value = max(values, default=0)
+            elif isinstance(first, bool):
+                value = any(values)
+            else:
+                value = sum(values, first)
+            setattr(out, f.name, value)
+        return out
 
 
 def off_class_section(decision_stats: dict[str, Any]) -> dict[str, Any]:
@@ -234,68 +270,58 @@ def off_class_section(decision_stats: dict[str, Any]) -> dict[str, Any]:
 def build_report(
     cfg: CleanConfig,
     run_id: str,
-    snapshot: pa.Table,
     classes: list[str],
-    tables: VersionTables,
+    figures: Figures,
     decision_stats: dict[str, Any],
     overrides: pa.Table | None = None,
 ) -> dict[str, Any]:
-    images, rejected = tables.images, tables.rejected
-    formats = pa.table(
-        {
-            "f": pc.fill_null(
-                pa.concat_arrays(
-                    [
-                        images["source_format"].combine_chunks(),
-                        rejected["source_format"].combine_chunks(),
-                    ]
-                ),
-                "unidentified",
-            )
-        }
-    )
-    moments = images.select(["width", "height", "channel_mean", "channel_sqmean"])
-    train = moments.filter(pc.equal(images["split"], "train"))  # not a copy of every column
+    """report.json from the version's merged figures (`pipeline.report_parts.read_version`)."""
+    f = figures
     return {
         "run_id": run_id,
         "input_uri": cfg.input_uri,
         "classes": classes,
-        "totals": {
-            "listed": snapshot.num_rows,
-            "kept": images.num_rows,
-            "rejected": rejected.num_rows,
+        "totals": {"listed": f.listed, "kept": f.kept, "rejected": f.rejected},
+        "per_class": per_class_table(f),
+        "class_balance": class_balance(f.kept_per_class),
+        "splits": split_table(f.class_split),
+        "rejected_by_reason": by_count(f.reasons),
+        "duplicates": {
+            "clusters": f.clusters,
+            "largest": f.largest,
+            "exact_duplicates_dropped": f.reasons.get("exact_duplicate", 0),
+            "near_duplicates_dropped": f.reasons.get("near_duplicate", 0),
         },
-        "per_class": per_class_table(snapshot, images, rejected),
-        "class_balance": class_balance(counts(images, ["class_name"])),
-        "splits": split_table(images),
-        "rejected_by_reason": dict(
-            sorted(counts(rejected, ["reason"]).items(), key=lambda kv: -kv[1])
-        ),
-        "duplicates": duplicate_stats(images, rejected),
-        "label_conflicts": label_conflicts(rejected),
-        "input_extensions": extensions(snapshot["source_uri"]),
-        "input_formats": dict(sorted(counts(formats, ["f"]).items(), key=lambda kv: -kv[1])),
-        "kept_formats": dict(
-            sorted(counts(images, ["source_format"]).items(), key=lambda kv: -kv[1])
-        ),
+        "label_conflicts": label_conflicts(f.rejected_rows),
+        "input_extensions": dict(sorted(f.extensions.items())),
+        "input_formats": by_count(f.formats),
+        "kept_formats": by_count(f.kept_formats),
         "bytes": {
-            "listed": _total(snapshot, "size"),
-            "kept_sources": _total(images, "source_bytes"),
-            "kept_jpeg": _total(images, "image_bytes"),
+            "listed": f.listed_bytes,
+            "kept_sources": f.source_bytes,
+            "kept_jpeg": f.image_bytes,
         },
-        "channel_stats": channel_stats(train),
-        "channel_stats_all_kept": channel_stats(moments),
-        "overrides": override_stats(overrides, snapshot, images, rejected),
+        "channel_stats": moment_stats(f.train_moments),
+        "channel_stats_all_kept": moment_stats(f.kept_moments),
+        "overrides": override_stats(
+            overrides, f.listing, f.images, f.rejected_rows, f.reasons.get(Reason.OVERRIDE, 0)
+        ),
         "off_class": off_class_section(decision_stats),
         "this_run": decision_stats,
     }
 
 
 def override_stats(
-    overrides: pa.Table | None, snapshot: pa.Table, images: pa.Table, rejected: pa.Table
+    overrides: pa.Table | None,
+    snapshot: pa.Table,
+    images: pa.Table,
+    rejected: pa.Table,
+    dropped: int | None = None,
 ) -> dict[str, Any]:
     """The person's decisions in force and what became of them: kept / dropped as asked,
-    and keeps that could not be honoured (e.g. the file does not decode), with why."""
+    and keeps that could not be honoured (e.g. the file does not decode), with why.
+    The tables need only hold the rows the overrides name, given `dropped` (the files
+    rejected for an override: None counts them in `rejected`)."""
     overrides = overrides if overrides is not None else ov.empty()
     out = ov.summary(overrides, _named_in(snapshot, overrides["source_uri"]))
     wanted = {d: overrides.filter(pc.equal(overrides["decision"], d)) for d in (ov.KEEP, ov.DROP)}
@@ -304,11 +330,15 @@ def override_stats(
     blocked = rejected.filter(
         pc.is_in(rejected["source_uri"], value_set=wanted[ov.KEEP]["source_uri"])
     )
+    if dropped is None:
+        dropped = (
+            int(pc.sum(pc.equal(rejected["reason"], Reason.OVERRIDE)).as_py() or 0)
+            if rejected.num_rows
+            else 0
+        )
     out.update(
         kept=int(pc.sum(keep_kept).as_py() or 0),
-        dropped=int(pc.sum(pc.equal(rejected["reason"], Reason.OVERRIDE)).as_py() or 0)
-        if rejected.num_rows
-        else 0,
+        dropped=dropped,
         keep_not_honoured=dict(sorted(counts(blocked, ["reason"]).items())),
     )
     return out
@@ -320,7 +350,8 @@ def _named_in(table: pa.Table, uris: pa.ChunkedArray) -> pa.Table:
     return table.filter(pc.is_in(table["source_uri"], value_set=uris))
 
 
-def _empty(columns: list[str]) -> pa.Table:
+def empty_of(columns: list[str]) -> pa.Table:
+    """No rows, with the columns' types (a version without images or rejected files)."""
     types = {
         "source_bytes": pa.int64(),
         "image_bytes": pa.int64(),
@@ -328,7 +359,8 @@ def _empty(columns: list[str]) -> pa.Table:
         "height": pa.int32(),
         "distance": pa.int32(),
         "score": pa.float64(),
-        **_OPTIONAL_STATS,
+        "size": pa.int64(),
+        **OPTIONAL_STATS,
         "channel_mean": pa.list_(pa.float32(), 3),
         "channel_sqmean": pa.list_(pa.float32(), 3),
     }

@@ -20,16 +20,17 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 from PIL import Image
 
 from common.decode import decode_within
-from common.storage import filesystem
+from common.storage import StorageConfig, filesystem
 from pipeline import overrides as ov
 from pipeline.config import CleanConfig
 from pipeline.normalize import decode_limits
 from pipeline.offclass import LIKE, SCORE
 from pipeline.output import read_shards
-from pipeline.report import VersionTables
+from pipeline.report import IMAGE_STATS, OPTIONAL_STATS, Figures
 from pipeline.report_html import render_report_html
 
 log = logging.getLogger(__name__)
@@ -54,20 +55,15 @@ def worst_first(rejected: pa.Table, limit: int) -> pa.Table:
         if taken[reason] < limit:
             taken[reason] += 1
             keep.append(i)
-    return ordered.take(keep)
+    return ordered.take(pa.array(keep, pa.int64()))  # typed: `limit` may be 0
 
 
-def _column_of(uris: set[str], table: pa.Table, column: str, cfg: CleanConfig) -> dict[str, bytes]:
-    """`column` (thumbnail or image) of just these rows, reading only their shards."""
+def _column_of(rows: list[dict[str, Any]], column: str, cfg: CleanConfig) -> dict[str, bytes]:
+    """`column` (thumbnail or image) of just these rows, reading only their shards (each
+    row's `_shard`)."""
     by_shard: dict[str, set[str]] = defaultdict(set)
-    # Only these rows become Python strings, not every kept file's.
-    shown = table.filter(
-        pc.is_in(table["source_uri"], value_set=pa.array(sorted(uris), pa.string()))
-    )
-    for uri, shard in zip(
-        shown["source_uri"].to_pylist(), shown["_shard"].to_pylist(), strict=True
-    ):
-        by_shard[shard].add(uri)
+    for row in rows:
+        by_shard[row["_shard"]].add(row["source_uri"])
     found: dict[str, bytes] = {}
     for shard, wanted in by_shard.items():
         part = read_shards([shard], cfg.storage, ["source_uri", column])
@@ -114,19 +110,22 @@ def source_previews(rows: list[dict[str, Any]], cfg: CleanConfig) -> dict[str, b
         return {uri: jpeg for uri, jpeg in pool.map(one, todo) if jpeg}
 
 
-def _with_pictures(rows: list[dict[str, Any]], table: pa.Table, cfg: CleanConfig) -> list[dict]:
+def _with_pictures(rows: list[dict[str, Any]], cfg: CleanConfig) -> list[dict]:
     """Rows plus their stored thumbnail and a preview from their source."""
-    thumbs = _column_of({r["source_uri"] for r in rows}, table, "thumbnail", cfg)
+    thumbs = _column_of(rows, "thumbnail", cfg)
     rows = [{**r, "thumbnail": thumbs.get(r["source_uri"])} for r in rows]
     previews = source_previews(rows, cfg)
     return [{**r, "preview": previews.get(r["source_uri"])} for r in rows]
 
 
 def kept_sections(
-    images: pa.Table, overrides: pa.Table | None, limit: int
+    images: pa.Table, overrides: pa.Table | None, limit: int, scored: bool | None = None
 ) -> list[tuple[str, str, list[dict[str, Any]]]]:
     """Kept images worth a second look, each offered for a drop: the ones a person chose
-    to keep, and the ones that look most off-class (highest off_class_score first)."""
+    to keep, and the ones that look most off-class (highest off_class_score first).
+    `images` may hold just the rows that can be chosen (each shard's `limit` most
+    off-class and those the overrides name), given `scored`: whether any kept image has
+    an off-class score (None: any of `images`)."""
     sections = []
     if overrides is not None and overrides.num_rows and images.num_rows:
         keeps = overrides.filter(pc.equal(overrides["decision"], ov.KEEP))
@@ -138,11 +137,11 @@ def kept_sections(
         ]
         if rows:
             sections.append(("kept-by-override", "kept by a person's override", rows))
-    if images.num_rows and SCORE in images.column_names and images[SCORE].null_count < len(images):
-        order = pc.sort_indices(
-            images, sort_keys=[(SCORE, "descending", "at_end"), ("source_uri", "ascending")]
-        )
-        top = images.take(order.slice(0, limit))  # not a copy of every kept row first
+    if scored is None:
+        scored = bool(images.num_rows) and SCORE in images.column_names
+        scored = scored and images[SCORE].null_count < len(images)
+    if scored:
+        top = images.take(most_off_class(images, limit))  # not a copy of every kept row first
         top = top.filter(pc.is_valid(top[SCORE]))
         rows = [
             {
@@ -158,27 +157,53 @@ def kept_sections(
     return sections
 
 
+def most_off_class(images: pa.Table, limit: int) -> pa.Array:
+    """Indices of the `limit` kept rows with the highest off-class score (unscored last,
+    then by URI): a shard's are a superset of its rows among the version's."""
+    order = pc.sort_indices(
+        images, sort_keys=[(SCORE, "descending", "at_end"), ("source_uri", "ascending")]
+    )
+    return order.slice(0, limit)
+
+
+def _rows_named(uri: str, storage: StorageConfig, uris: pa.Array) -> pa.Table:
+    """The kept rows of one images shard whose source_uri is one of `uris`."""
+    rows = read_shards([uri], storage, IMAGE_STATS, with_shard=True, optional=OPTIONAL_STATS)
+    return rows.filter(pc.is_in(rows["source_uri"], value_set=uris))
+
+
+_remote_rows_named = ray.remote(num_cpus=1)(_rows_named)
+
+
+def kept_copies(cfg: CleanConfig, shards: list[str], uris: set[str]) -> list[dict[str, Any]]:
+    """The kept rows of `uris` (the kept copies of the duplicates shown), found by a Ray
+    task per images shard: the driver never reads every kept row."""
+    if not uris or not shards:
+        return []
+    wanted = ray.put(pa.array(sorted(uris), pa.string()))
+    found = ray.get([_remote_rows_named.remote(s, cfg.storage, wanted) for s in shards])
+    return [row for table in found for row in table.to_pylist()]
+
+
 def review_page(
     cfg: CleanConfig,
     report: dict[str, Any],
-    tables: VersionTables,
+    figures: Figures,
     overrides: pa.Table | None = None,
 ) -> str:
     """report.html: the worst rejected rows per reason (duplicates beside their kept
-    copy), and kept images worth a second look, each selectable for the overrides file."""
+    copy), and kept images worth a second look, each selectable for the overrides file.
+    `figures`: the version's (`pipeline.report_parts.read_version`), with the rows the
+    page can show."""
     limit = cfg.report.gallery_per_reason
-    rejected, images = tables.rejected, tables.images
-    rows = _with_pictures(worst_first(rejected, limit).to_pylist(), rejected, cfg)
+    rows = _with_pictures(worst_first(figures.rejected_rows, limit).to_pylist(), cfg)
     kept = [
-        (key, title, _with_pictures(section, images, cfg))
-        for key, title, section in kept_sections(images, overrides, limit)
+        (key, title, _with_pictures(section, cfg))
+        for key, title, section in kept_sections(figures.images, overrides, limit, figures.scored)
     ]
     keepers = {r["duplicate_of"] for r in rows if r.get("duplicate_of")}
-    copies = images.filter(
-        pc.is_in(images["source_uri"], value_set=pa.array(sorted(keepers), pa.string()))
-    )
     pictures = {
         r["source_uri"]: r.get("preview") or r.get("thumbnail")
-        for r in _with_pictures(copies.to_pylist(), images, cfg)
+        for r in _with_pictures(kept_copies(cfg, figures.image_shards, keepers), cfg)
     }
     return render_report_html(report, rows, pictures, limit, kept)
