@@ -10,6 +10,7 @@ import ray
 
 from pipeline.offclass.config import OffClassConfig
 from pipeline.offclass.fit import Shared, fold_probes, share
+from pipeline.offclass.keys import Keys, keys_of
 from pipeline.offclass.probe import (
     References,
     capped,
@@ -17,19 +18,19 @@ from pipeline.offclass.probe import (
     neighbour_votes,
     posterior,
     typical_confidence,
-    uri_rank,
 )
 
 
 @dataclass
 class Stored:
     """References left in the object store, and what the driver keeps of them: their
-    labels and keys, not their vectors. Queries are rows of `pool`: the references
-    themselves (`refs`, a `References`) or an array whose row `offset` is reference 0."""
+    labels and keys (`Keys`), not their vectors. Queries are rows of `pool`: the
+    references themselves (`refs`, a `References` whose `uris` are the keys' codes) or
+    an array whose row `offset` is reference 0."""
 
     refs: ray.ObjectRef
     labels: np.ndarray
-    uris: np.ndarray
+    keys: Keys
     pool: ray.ObjectRef
     offset: int = 0
 
@@ -46,16 +47,16 @@ def _posterior_task(
 
 
 def out_of_fold(
-    stored: Stored, rows: np.ndarray, query_uris: np.ndarray, n_classes: int,
+    stored: Stored, rows: np.ndarray, query_keys: Keys, n_classes: int,
     cfg: OffClassConfig, shared: Shared, repeat: int = 0,
 ) -> np.ndarray:  # fmt: skip
     """(len(rows), n_classes): the class probabilities of the queries (`rows` of the
     pool) from the probe fitted on every reference outside the query's fold (folds
-    fixed by a hash of the key and `repeat`)."""
+    fixed by a hash of the key and `repeat`: `Keys.fold`)."""
     k = cfg.off_class_folds
-    ref_folds = (uri_rank(stored.uris, repeat) % k).astype(np.int64)
+    ref_folds = stored.keys.fold(repeat)
     step = cfg.off_class_block_rows
-    query_folds = uri_rank(query_uris, repeat) % k
+    query_folds = query_keys.fold(repeat)
     wanted = np.unique(query_folds)
     probes = fold_probes(shared, ref_folds, k, n_classes, step, wanted, cfg.off_class_shrinkage)
     probabilities = np.zeros((len(rows), n_classes))
@@ -72,7 +73,7 @@ def out_of_fold(
 
 
 def bagged_out_of_fold(
-    stored: Stored, rows: np.ndarray, query_uris: np.ndarray, n_classes: int,
+    stored: Stored, rows: np.ndarray, query_keys: Keys, n_classes: int,
     cfg: OffClassConfig, shared: Shared,
 ) -> np.ndarray:  # fmt: skip
     """`out_of_fold` averaged over `off_class_repeats` fold splits. One split decides
@@ -81,7 +82,7 @@ def bagged_out_of_fold(
     averages of five splits 6 each (and 59-60 of 91 planted off-class photos each)."""
     total = np.zeros((len(rows), n_classes))
     for repeat in range(cfg.off_class_repeats):
-        total += out_of_fold(stored, rows, query_uris, n_classes, cfg, shared, repeat)
+        total += out_of_fold(stored, rows, query_keys, n_classes, cfg, shared, repeat)
     return total / cfg.off_class_repeats
 
 
@@ -94,15 +95,16 @@ def _neighbour_task(
 
 
 def distributed_votes(
-    stored: Stored, rows: np.ndarray, uris: np.ndarray, n_classes: int, cfg: OffClassConfig
+    stored: Stored, rows: np.ndarray, codes: np.ndarray, n_classes: int, cfg: OffClassConfig
 ) -> np.ndarray:
-    """`neighbour_votes` of the queries (`rows` of the pool) over blocks in Ray tasks."""
+    """`neighbour_votes` of the queries (`rows` of the pool, `codes` their keys' codes)
+    over blocks in Ray tasks."""
     step = cfg.off_class_block_rows
     futures = [
         _neighbour_task.remote(
             stored.pool,
             rows[i : i + step],
-            uris[i : i + step],
+            codes[i : i + step],
             stored.refs,
             n_classes,
             cfg.off_class_k,
@@ -142,8 +144,10 @@ def score_rows(
     if not _scorable(refs.labels, m, n_classes, cfg):
         return _unscored(m)
     pool = ray.put(np.concatenate([queries, refs.vectors]))
-    stored = Stored(ray.put(refs), refs.labels, refs.uris, pool, offset=m)
-    return score_stored(np.arange(m), labels, uris, stored, n_classes, cfg)
+    keys = keys_of(np.concatenate([uris, refs.uris]), cfg.off_class_repeats, cfg.off_class_folds)
+    coded = References(refs.vectors, refs.labels, keys.codes[m:])
+    stored = Stored(ray.put(coded), refs.labels, keys[m:], pool, offset=m)
+    return score_stored(np.arange(m), labels, keys[:m], stored, n_classes, cfg)
 
 
 def _scorable(ref_labels: np.ndarray, m: int, n_classes: int, cfg: OffClassConfig) -> bool:
@@ -160,23 +164,24 @@ def _unscored(m: int) -> OffClassScores:
 def score_stored(
     rows: np.ndarray,
     labels: np.ndarray,
-    uris: np.ndarray,
+    keys: Keys,
     stored: Stored,
     n_classes: int,
     cfg: OffClassConfig,
 ) -> OffClassScores:
-    """Off-class scores of the queries, `rows` of the pool (with their labels and keys),
-    against the references in the object store; the driver never holds a vector."""
+    """Off-class scores of the queries, `rows` of the pool (with their labels and keys,
+    coded with the references' own: `keys_of`), against the references in the object
+    store; the driver never holds a vector."""
     m = len(rows)
     if not _scorable(stored.labels, m, n_classes, cfg):
         return _unscored(m)
     big = np.bincount(stored.labels, minlength=n_classes) >= cfg.off_class_min_class
-    sample = capped(stored.labels, uri_rank(stored.uris), cfg.off_class_sample)
+    sample = capped(stored.labels, stored.keys.rank, cfg.off_class_sample)
     shared = share(stored.refs)  # once for every fold split
     probabilities = bagged_out_of_fold(
         stored,
         np.concatenate([rows, stored.offset + sample]),
-        np.concatenate([uris, stored.uris[sample]]),
+        Keys.concat([keys, stored.keys[sample]]),
         n_classes,
         cfg,
         shared,
@@ -191,7 +196,7 @@ def score_stored(
     others = probabilities.copy()
     others[np.arange(m), labels] = -1.0
     like = others.argmax(axis=1)
-    votes = distributed_votes(stored, rows, uris, n_classes, cfg)
+    votes = distributed_votes(stored, rows, keys.codes, n_classes, cfg)
     votes[np.arange(m), labels] = 0.0
     return OffClassScores(
         score, like, others[np.arange(m), like], votes.max(axis=1), votes.argmax(axis=1)

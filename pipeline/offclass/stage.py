@@ -19,6 +19,7 @@ from pipeline.offclass.config import (
     SCORE,
     OffClassConfig,
 )
+from pipeline.offclass.keys import Keys, content_keys, keys_of
 from pipeline.offclass.probe import References
 from pipeline.offclass.score import Stored, score_stored
 from pipeline.vectors import VectorRows, of_tables
@@ -37,32 +38,33 @@ def embeddings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_references(
-    vectors: VectorRows, labels: np.ndarray, keys: np.ndarray
+    vectors: VectorRows, labels: np.ndarray, codes: np.ndarray
 ) -> tuple[References, np.ndarray]:
     """Ray task: the `References` of the rows that have an embedding (left in the
-    object store), and which rows those are."""
+    object store; their keys' codes stand for the keys), and which rows those are."""
     has, matrix = embeddings(vectors.read(["embedding"])["embedding"])
-    return References(matrix, labels[has], keys[has]), has
+    return References(matrix, labels[has], codes[has]), has
 
 
 _remote_references = ray.remote(num_returns=2)(_read_references)
 
 
 def _references(
-    existing: pa.Table, candidates: pa.Table, vectors: VectorRows
-) -> tuple[Stored, np.ndarray, list[str]]:
+    existing: pa.Table, candidates: pa.Table, vectors: VectorRows, cfg: OffClassConfig
+) -> tuple[Stored, np.ndarray, list[str], Keys]:
     """Kept images of the previous version plus this run's candidates that have an
     embedding, in URI order (the probe's result must not depend on the order shards
     were read in), built by a task (`vectors`: the rows of both); the candidates' rows
-    among them (-1: none); the class names."""
+    among them (-1: none); the class names; the candidates' `Keys`, coded with the
+    references'."""
     columns = ["source_uri", "sha256", "label", "class_name"]
     parts = [t.select(columns) for t in (existing, candidates) if t.num_rows]
     table = pa.concat_tables(parts, promote_options="default")
     order = pc.sort_indices(table, [("source_uri", "ascending")]).to_numpy()
     table = table.take(order)
     labels = table["label"].to_numpy(zero_copy_only=False).astype(np.int32)
-    keys = content_keys(table)
-    refs, found = _remote_references.remote(vectors.take(order), labels, keys)
+    keys = keys_of(content_keys(table), cfg.off_class_repeats, cfg.off_class_folds)
+    refs, found = _remote_references.remote(vectors.take(order), labels, keys.codes)
     has = ray.get(found)
     at = np.full(len(order), -1, np.int64)  # each row's reference, by row id
     at[order[has]] = np.arange(int(has.sum()))
@@ -75,17 +77,12 @@ def _references(
         .to_pylist()
     ):
         names[row["label"]] = row["class_name"]
-    labels, keys = labels[has], keys[has]
+    by_row = np.empty(len(order), np.int64)  # each row's position in URI order
+    by_row[order] = np.arange(len(order))
+    queries = keys[by_row[existing.num_rows :]]  # the candidates', in their order
+    labels, refs_keys = labels[has], keys[has]
     classes = [names.get(c, str(c)) for c in range(int(labels.max(initial=-1)) + 1)]
-    return Stored(refs, labels, keys, refs), at[existing.num_rows :], classes
-
-
-def content_keys(table: pa.Table) -> np.ndarray:
-    """What the probe knows an image by: its content digest (the source URI where there
-    is none). Folds and samples drawn from it stay the same wherever the lake is copied
-    to, and byte copies share a fold, so no copy vouches for its twin."""
-    keys = pc.coalesce(table["sha256"], table["source_uri"])
-    return np.asarray(keys.to_pylist(), dtype=object)
+    return Stored(refs, labels, refs_keys, refs), at[existing.num_rows :], classes, queries
 
 
 def off_class_stage(
@@ -107,13 +104,10 @@ def off_class_stage(
     if vectors is None and "embedding" in candidates.column_names:
         vectors = of_tables(existing, candidates)
     if n and vectors is not None:
-        stored, at, classes = _references(existing, candidates, vectors)
+        stored, at, classes, keys = _references(existing, candidates, vectors, cfg)
         rows = np.flatnonzero(at >= 0)
         labels = candidates["label"].to_numpy(zero_copy_only=False)[rows].astype(np.int32)
-        keys = content_keys(
-            candidates.select(["sha256", "source_uri"]).take(pa.array(rows, pa.int64()))
-        )
-        got = score_stored(at[rows], labels, keys, stored, len(classes), cfg)
+        got = score_stored(at[rows], labels, keys[rows], stored, len(classes), cfg)
         score[rows], like_p[rows], share[rows] = (
             got.score,
             got.like_probability,
