@@ -58,6 +58,16 @@ NO_CLASS = "(no class)"
 MOMENTS = 8  # `moments`: rows, pixels, 3 channel sums, 3 channel sums of squares
 
 
+# Shards a report task reads, one after the other: a task per shard cost ~20 CPU-ms of
+# Ray's per task, ~2 ms a file at 2,000 files (`scripts/bench/clean_end_to_end.py`).
+SHARDS_PER_TASK = 8
+
+
+def shard_groups(uris: list[str]) -> list[list[str]]:
+    """`uris` in consecutive groups of `SHARDS_PER_TASK`: one report task each."""
+    return [uris[i : i + SHARDS_PER_TASK] for i in range(0, len(uris), SHARDS_PER_TASK)]
+
+
 def counts(table: pa.Table, keys: list[str]) -> dict[Any, int]:
     """Row counts per key (a value, or a tuple for several keys), aggregated by Arrow;
     keys in order of first appearance (`Figures` merges shards' counts keeping it)."""

@@ -4,12 +4,12 @@ and the largest (`pipeline.report.duplicate_stats`'s figures, exactly).
 Why not a shuffle of the ids: every task result small enough for Ray to return inline
 (under 100 KB) is kept in its owner's memory, the driver's, so a hash-partitioned
 shuffle of a 10M-file version's ids went through the driver (+1.3 GB). Instead, two
-passes over the shards, each a task per shard (`pipeline.report_parts`):
+passes over the shards, each a task per group of shards (`pipeline.report_parts`):
 
-1. each shard's distinct ids as 64-bit fingerprints (`split_units.fingerprints`), and
+1. each group's distinct ids as 64-bit fingerprints (`split_units.fingerprints`), and
    those it holds more than once: the driver sorts the fingerprints (8 bytes a
-   distinct id in a shard) and keeps those seen twice, the possible multi-file clusters;
-2. each shard's files per id, for the ids with one of those fingerprints only: the
+   distinct id in a group) and keeps those seen twice, the possible multi-file clusters;
+2. each group's files per id, for the ids with one of those fingerprints only: the
    driver adds them up by id, so a fingerprint two ids share never merges them.
 """
 
@@ -34,7 +34,7 @@ def _ids(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray]:
 
 
 def shard_marks(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 1, in a shard's task: its distinct fingerprints, and those it holds twice."""
+    """Pass 1, in a task: its shards' distinct fingerprints, and those held twice."""
     _, marks = _ids(column)
     values, files = np.unique(marks, return_counts=True)
     return values, values[files > 1]
@@ -51,7 +51,7 @@ def shared_marks(found: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
 
 
 def shard_files(column: pa.ChunkedArray, shared: np.ndarray) -> pa.Table:
-    """Pass 2, in a shard's task: (cluster_id, n: its files here) of the ids whose
+    """Pass 2, in a task: (cluster_id, n: its shards' files) of the ids whose
     fingerprint is in `shared`."""
     ids, marks = _ids(column)
     ids = ids.filter(pa.array(_among(marks, shared)))
@@ -82,6 +82,6 @@ def _no_files() -> pa.Table:
     return pa.table({"cluster_id": pa.array([], pa.string()), "n": pa.array([], pa.int64())})
 
 
-def files_task(uri: str, storage: StorageConfig, shared: np.ndarray) -> pa.Table:
-    """Pass 2's task for one shard (its cluster_id column only)."""
-    return shard_files(read_shards([uri], storage, ["cluster_id"])["cluster_id"], shared)
+def files_task(uris: list[str], storage: StorageConfig, shared: np.ndarray) -> pa.Table:
+    """Pass 2's task for a group of shards (their cluster_id column only)."""
+    return shard_files(read_shards(uris, storage, ["cluster_id"])["cluster_id"], shared)

@@ -33,6 +33,7 @@ from pipeline.report import (
     empty_of,
     extensions,
     moments,
+    shard_groups,
     total,
 )
 from pipeline.review import most_off_class, worst_first
@@ -121,13 +122,15 @@ def listing_figures(listing: pa.Table, named: pa.Array) -> Figures:
     )
 
 
-def _images_task(uri: str, storage: StorageConfig, named: pa.Array, limit: int) -> tuple:
-    table = read_shards([uri], storage, IMAGE_STATS, with_shard=True, optional=OPTIONAL_STATS)
+def _images_task(uris: list[str], storage: StorageConfig, named: pa.Array, limit: int) -> tuple:
+    """A group of images shards' figures, as one table's: counts keep the order of
+    first appearance, the rows shown are among each shard's."""
+    table = read_shards(uris, storage, IMAGE_STATS, with_shard=True, optional=OPTIONAL_STATS)
     return image_figures(table, named, limit), clusters.shard_marks(table["cluster_id"])
 
 
-def _rejected_task(uri: str, storage: StorageConfig, named: pa.Array, limit: int) -> tuple:
-    table = read_shards([uri], storage, REJECTED_STATS, with_shard=True)
+def _rejected_task(uris: list[str], storage: StorageConfig, named: pa.Array, limit: int) -> tuple:
+    table = read_shards(uris, storage, REJECTED_STATS, with_shard=True)
     return rejected_figures(table, named, limit), clusters.shard_marks(table["cluster_id"])
 
 
@@ -187,14 +190,14 @@ def read_version(
     listing_uri: str,
     overrides: pa.Table | None = None,
 ) -> Figures:
-    """The version's figures (Ray must be running): a task per images shard, per
-    rejected shard and per part of the listing (`listing_uri`, the run's snapshot),
-    merged in that order; the duplicate clusters counted in two passes of tasks
-    (`pipeline.report_clusters`)."""
+    """The version's figures (Ray must be running): a task per group of images shards,
+    of rejected shards (`shard_groups`) and per part of the listing (`listing_uri`, the
+    run's snapshot), merged in that order; the duplicate clusters counted in two passes
+    of tasks (`pipeline.report_clusters`)."""
     image_shards = current_uris(cfg, IMAGES, staged, carried)
-    shards = [(_remote_images, u) for u in image_shards]
+    shards = [(_remote_images, g) for g in shard_groups(image_shards)]
     rejected = current_uris(cfg, REJECTED_DIR, staged, carried)
-    shards += [(_remote_rejected, u) for u in rejected]
+    shards += [(_remote_rejected, g) for g in shard_groups(rejected)]
     limit, wanted = cfg.report.gallery_per_reason, _named(overrides)
     named = ray.put(wanted)
     outs = [
@@ -207,7 +210,10 @@ def read_version(
     figures = _merged([out[0] for out in outs] + listing, wanted, limit)
     shared = ray.put(clusters.shared_marks(ray.get([out[1] for out in outs])))
     del outs
-    files = [_remote_files.remote(uri, cfg.storage, shared) for uri in image_shards + rejected]
+    files = [
+        _remote_files.remote(group, cfg.storage, shared)
+        for group in shard_groups(image_shards) + shard_groups(rejected)
+    ]
     figures.clusters, figures.largest = clusters.cluster_sizes(ray.get(files))
     figures.image_shards = image_shards
     if figures.images is None:

@@ -30,7 +30,7 @@ from pipeline.config import CleanConfig
 from pipeline.normalize import decode_limits
 from pipeline.offclass import LIKE, SCORE
 from pipeline.output import read_shards
-from pipeline.report import IMAGE_STATS, OPTIONAL_STATS, Figures
+from pipeline.report import IMAGE_STATS, OPTIONAL_STATS, Figures, shard_groups
 from pipeline.report_html import render_report_html
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,9 @@ def most_off_class(images: pa.Table, limit: int) -> pa.Array:
     return order.slice(0, limit)
 
 
-def _rows_named(uri: str, storage: StorageConfig, uris: pa.Array) -> pa.Table:
-    """The kept rows of one images shard whose source_uri is one of `uris`."""
-    rows = read_shards([uri], storage, IMAGE_STATS, with_shard=True, optional=OPTIONAL_STATS)
+def _rows_named(shards: list[str], storage: StorageConfig, uris: pa.Array) -> pa.Table:
+    """The kept rows of a group of images shards whose source_uri is one of `uris`."""
+    rows = read_shards(shards, storage, IMAGE_STATS, with_shard=True, optional=OPTIONAL_STATS)
     return rows.filter(pc.is_in(rows["source_uri"], value_set=uris))
 
 
@@ -177,11 +177,12 @@ _remote_rows_named = ray.remote(num_cpus=1)(_rows_named)
 
 def kept_copies(cfg: CleanConfig, shards: list[str], uris: set[str]) -> list[dict[str, Any]]:
     """The kept rows of `uris` (the kept copies of the duplicates shown), found by a Ray
-    task per images shard: the driver never reads every kept row."""
+    task per group of images shards: the driver never reads every kept row."""
     if not uris or not shards:
         return []
     wanted = ray.put(pa.array(sorted(uris), pa.string()))
-    found = ray.get([_remote_rows_named.remote(s, cfg.storage, wanted) for s in shards])
+    groups = shard_groups(shards)
+    found = ray.get([_remote_rows_named.remote(g, cfg.storage, wanted) for g in groups])
     return [row for table in found for row in table.to_pylist()]
 
 

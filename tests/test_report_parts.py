@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import overrides as ov
-from pipeline import report_clusters, report_parts
+from pipeline import report, report_clusters, report_parts
 from pipeline.config import CleanConfig
 from pipeline.output import read_shards
 from pipeline.report import (
@@ -199,6 +199,7 @@ def test_merged_figures_equal_the_whole_tables(
 ):
     monkeypatch.setattr(report_parts, "LISTING_ROWS_PER_TASK", 100)  # several listing tasks
     monkeypatch.setattr(report_parts, "MERGE_BATCH", 3)  # rows pruned between batches
+    monkeypatch.setattr(report, "SHARDS_PER_TASK", 2)  # tasks reading several shards
     carried, snapshot, overrides = _version(tmp_path, seed, image_shards, rejected_shards)
     cfg = CleanConfig(input_uri="s3://lake", output_uri=f"file://{tmp_path}/out")
     cfg.report.gallery_per_reason = limit
