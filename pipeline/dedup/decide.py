@@ -168,10 +168,11 @@ def _decide_parts(
 
 
 def _in_flight() -> int:
-    """Parts out at once: two per CPU of the cluster keeps every CPU busy."""
+    """Parts out at once: two per CPU of the cluster keeps every CPU busy; at least 8,
+    for a cluster whose workers are still starting (its head has no CPU of its own)."""
     import ray
 
-    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    return max(8, 2 * int(ray.cluster_resources().get("CPU", 0)))
 
 
 def _owned(result: PartResult) -> PartResult:
