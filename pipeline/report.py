@@ -22,7 +22,6 @@ from common.reasons import Reason
 from common.storage import join
 from pipeline import offclass
 from pipeline import overrides as ov
-from pipeline import split_units as units
 from pipeline.config import CleanConfig
 from pipeline.sink import Shards
 
@@ -140,28 +139,6 @@ def class_balance(kept_per_class: dict[str, int]) -> list[dict[str, Any]]:
         {"class": name, "images": n, "percent": round(100.0 * n / total, 2)}
         for name, n in sorted(kept_per_class.items())
     ]
-
-
-def duplicate_stats(images: pa.Table, rejected: pa.Table) -> dict[str, Any]:
-    """Clusters of more than one file (a null or empty id is none) and the largest,
-    counted on integer ids of the cluster ids (`split_units.key_groups`): neither a
-    Python object per file nor a hash table of every id (+310 MB at 1M files)."""
-    ids = [t["cluster_id"] for t in (images, rejected) if t.num_rows]
-    chunks = [c for i in ids for c in i.chunks]
-    column = units.strings(pa.chunked_array(chunks, ids[0].type if ids else pa.string()))
-    rows, group, groups = units.key_groups(column)
-    sizes = np.bincount(group, minlength=groups)
-    empty = np.flatnonzero(pc.fill_null(pc.equal(column, ""), False).to_numpy())
-    if empty.size:  # every empty id shares one group
-        sizes[group[empty[0] if rows is None else np.searchsorted(rows, empty[0])]] = 0
-    sizes = sizes[sizes > 1]
-    reasons = counts(rejected, ["reason"])
-    return {
-        "clusters": int(sizes.size),
-        "largest": int(sizes.max(initial=0)),
-        "exact_duplicates_dropped": reasons.get("exact_duplicate", 0),
-        "near_duplicates_dropped": reasons.get("near_duplicate", 0),
-    }
 
 
 def label_conflicts(rejected: pa.Table) -> dict[str, Any]:

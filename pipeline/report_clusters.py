@@ -1,5 +1,5 @@
 """The version's duplicate clusters counted in tasks: how many hold more than one file,
-and the largest (`pipeline.report.duplicate_stats`'s figures, exactly).
+and the largest (a null or empty id is none), exactly.
 
 Why not a shuffle of the ids: every task result small enough for Ray to return inline
 (under 100 KB) is kept in its owner's memory, the driver's, so a hash-partitioned

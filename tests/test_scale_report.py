@@ -9,7 +9,8 @@ from collections import Counter
 import pyarrow as pa
 
 from pipeline import overrides as ov
-from pipeline.report import duplicate_stats, override_stats
+from pipeline import report_clusters
+from pipeline.report import counts, override_stats
 
 
 def test_duplicate_clusters_equal_the_counter_reference():
@@ -26,9 +27,14 @@ def test_duplicate_clusters_equal_the_counter_reference():
             }
         )
         sizes = [n for cid, n in Counter(kept + dropped).items() if cid and n > 1]
-        found = duplicate_stats(images, rejected)
-        assert (found["clusters"], found["largest"]) == (len(sizes), max(sizes, default=0))
-        assert found["near_duplicates_dropped"] == len(dropped)
+        columns = [images["cluster_id"], rejected["cluster_id"]]
+        shared = report_clusters.shared_marks([report_clusters.shard_marks(c) for c in columns])
+        found = report_clusters.cluster_sizes(
+            [report_clusters.shard_files(c, shared) for c in columns]
+        )
+        assert found == (len(sizes), max(sizes, default=0))
+        # the report's dropped copies: `build_report` counts them per reason
+        assert counts(rejected, ["reason"]).get("near_duplicate", 0) == len(dropped)
 
 
 def test_override_outcomes_count_the_persons_files_only():
