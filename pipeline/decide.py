@@ -1,10 +1,10 @@
 """The decide step of the cleaning job: this run's candidates get their verdicts
 (off-class, then de-duplication against each other and the kept index, then the
-split) from their metadata on the driver, and the finalize tasks apply them.
+split) from their metadata in a Ray task of its own, and the finalize tasks apply them.
 
 Why a module of its own: it is the one stage whose input is the whole run (every
-candidate's hashes, classes and groups), so it is where the driver's memory goes at
-scale (`scripts/bench/scale.py` times these functions).
+candidate's hashes, classes and groups), so it is where the memory goes at scale
+(`scripts/bench/scale.py` times these functions): a worker's, not the driver's.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pipeline.decision_shards import ShardRows, stage_decisions, write_index
 from pipeline.finalize import finalize_stage
 from pipeline.output import read_shards
 from pipeline.overrides import OVERRIDE
+from pipeline.remote import RowTask
 from pipeline.sink import Shards, ShardWrite
 from pipeline.split import split_ids
 from pipeline.tables import INDEX, INDEX_COLUMNS
@@ -37,31 +38,51 @@ def deduplicate_and_finalize(
     run_id: str,
     cfg: CleanConfig,
 ) -> tuple[Shards, dict[str, Any]]:
-    """Decide on this run's candidates from their metadata, then apply the decisions to
-    their pixels in Ray tasks; carried-over shards that had to be rewritten come along.
-    The driver reads no vectors: the tasks that use them read them (`pipeline.vectors`),
-    and it hands the decisions over as files, a candidate shard's at a time
+    """Decide on this run's candidates from their metadata, in a Ray task of its own
+    (`decide_in_task`), then apply the decisions to their pixels in Ray tasks;
+    carried-over shards that had to be rewritten come along. The driver reads no row:
+    the decide task hands the decisions over as files, a candidate shard's at a time
     (`pipeline.decision_shards`), which the finalize and index tasks read."""
     index_rewrites = [join(stage, r) for r in rewritten if r.startswith(INDEX + "/")]
-    existing, existing_uris = _existing_index(cfg, carried, index_rewrites)
     shards = ShardRows.of(normalised.writes)
+    final, stats = Shards(), {}
+    if shards.rows.sum():
+        items, kept, stats = decide_in_task(shards, carried, index_rewrites, stage, cfg)
+        final = finalize_stage(items, stage, cfg.storage)
+        final.writes += write_index(items, kept, stage, run_id, cfg.storage, cfg.dedup.verified)
+    final.writes += [ShardWrite(rel.split("/", 1)[0], join(stage, rel), 0, 0) for rel in rewritten]
+    return final, stats
+
+
+def stage_decided(
+    shards: ShardRows,
+    carried: dict[str, list[str]],
+    index_rewrites: list[str],
+    stage: str,
+    cfg: CleanConfig,
+) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+    """Read the candidates' deciding columns and the kept index, decide
+    (`decide_with_off_class`) and stage each candidate shard's decisions: (the finalize
+    items, the rows kept, the counts). The vectors and signals are read by the tasks
+    that use them (`pipeline.vectors`)."""
+    existing, existing_uris = _existing_index(cfg, carried, index_rewrites)
     candidates = read_shards(shards.uris, cfg.storage, DECIDING_COLUMNS)
+    shards.check(candidates.num_rows)
     # Row ids: the kept index's rows, then the candidates' (`pipeline.vectors`).
     vectors = of_shards(
         existing_uris + shards.uris, cfg.storage, existing.num_rows + candidates.num_rows
     )
     signals = of_shards(shards.uris, cfg.storage, candidates.num_rows)
-    final, stats = Shards(), {}
-    if candidates.num_rows:
-        shards.check(candidates.num_rows)
-        decisions, stats = decide_with_off_class(existing, candidates, cfg, vectors, signals)
-        items = stage_decisions(decisions.rows, shards, stage, cfg.storage)
-        kept = decisions.kept
-        del candidates, decisions  # the tasks read what they need from the staged files
-        final = finalize_stage(items, stage, cfg.storage)
-        final.writes += write_index(items, kept, stage, run_id, cfg.storage, cfg.dedup.verified)
-    final.writes += [ShardWrite(rel.split("/", 1)[0], join(stage, rel), 0, 0) for rel in rewritten]
-    return final, stats
+    decisions, stats = decide_with_off_class(existing, candidates, cfg, vectors, signals)
+    del candidates, existing
+    items = stage_decisions(decisions.rows, shards, stage, cfg.storage)
+    return items, decisions.kept, stats
+
+
+# Its memory grows with the run's rows (every candidate's names, hashes and arrays:
+# ~370 bytes a row at 10M), so it is a worker's, not the driver's: a cluster's head
+# stays small whatever the lake's size (docs/cluster.md).
+decide_in_task = RowTask(stage_decided, "the decide step")
 
 
 # What the driver's decisions hold of the candidates through the decide step (the

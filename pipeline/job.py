@@ -11,27 +11,24 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from common.config import to_dict
 from common.logs import show_bars, stage_line
 from common.ray_runtime import ensure_ray
-from common.storage import join, relative_to
+from common.storage import join
 from pipeline.config import EMBED_IN_TASKS, CleanConfig
 from pipeline.decide import deduplicate_and_finalize
 from pipeline.embed_stage import embedding_stage, require_gpus
 from pipeline.embed_task import EMBEDDING_WORKERS, shared_features
-from pipeline.incremental import carry_over, overrides_to_redo, plan_run, previous_state
-from pipeline.inventory import inventory_snapshot
+from pipeline.incremental import carry_over
 from pipeline.lease import Lease
-from pipeline.listing import list_lake
 from pipeline.normalize import normalise_batch
 from pipeline.output import (
     check_writable,
@@ -40,14 +37,14 @@ from pipeline.output import (
     read_json,
     read_manifest,
     staging_uri,
-    write_snapshot,
 )
-from pipeline.overrides import load_overrides, with_overrides
+from pipeline.overrides import load_overrides
+from pipeline.planning import RunPlan, plan_in_task, read_block
+from pipeline.remote import WORKER_DEATHS
 from pipeline.report import build_report
-from pipeline.report_parts import read_version
+from pipeline.report_parts import figures_in_task
 from pipeline.review import review_page
 from pipeline.sink import Shards, ShardSink, StageFailed
-from pipeline.split import group_of, load_group_manifest
 from pipeline.tables import CANDIDATES, route_normalized
 
 log = logging.getLogger(__name__)
@@ -55,11 +52,6 @@ log = logging.getLogger(__name__)
 # A normalise task whose worker dies (a native crash, the OOM killer) is tried this
 # many more times, then the job stops with StageFailed instead of looping.
 NORMALISE_MAX_RETRIES = 2
-_WORKER_DEATHS = (
-    ray.exceptions.WorkerCrashedError,
-    ray.exceptions.OutOfMemoryError,
-    ray.exceptions.NodeDiedError,
-)
 
 
 @dataclass
@@ -71,59 +63,16 @@ class CleanResult:
     up_to_date: bool = False
 
 
-def stable_classes(previous: dict[str, Any] | None, snapshot: pa.Table) -> list[str]:
-    """Labels never change between versions: known classes first, new ones appended."""
-    known = list(previous["classes"]) if previous else []
-    # The distinct names only: no Python string per file (1M files, ~60 MB).
-    found = sorted({c for c in pc.unique(snapshot["class_name"]).to_pylist() if c} - set(known))
-    return known + found
-
-
-def with_work_columns(
-    snapshot: pa.Table,
-    classes: list[str],
-    first_seen: int,
-    cfg: CleanConfig,
-    overrides: pa.Table | None = None,
-) -> pa.Table:
-    """Labels, the user's group key, the order files were first seen (keep policy) and a
-    person's decision on the file (`pipeline.overrides`)."""
-    manifest = load_group_manifest(cfg.split, cfg.storage)
-    # Arrow and numpy over whole columns: no Python object per file on the driver.
-    order = pc.sort_indices(
-        snapshot, sort_keys=[("mtime", "ascending"), ("source_uri", "ascending")]
-    ).to_numpy()
-    seen = np.empty(snapshot.num_rows, dtype=np.int64)
-    seen[order] = first_seen + np.arange(snapshot.num_rows, dtype=np.int64)
-    labels = pc.index_in(snapshot["class_name"], value_set=pa.array(classes, pa.string()))
-    if manifest or cfg.split.group_regex:
-        uris = snapshot["source_uri"].to_pylist()
-        groups = pa.array(
-            [group_of(relative_to(u, cfg.input_uri), cfg.split, manifest) for u in uris],
-            pa.string(),
-        )
-    else:  # no grouping rule: every group is null
-        groups = pa.nulls(snapshot.num_rows, pa.string())
-    work = (
-        snapshot.set_column(
-            snapshot.schema.get_field_index("label"), "label", labels.cast(pa.int32())
-        )
-        .append_column("group", groups)
-        .append_column("seen_order", pa.array(seen, pa.int64()))
-    )
-    return with_overrides(work, overrides)
-
-
 def normalise_stage(
-    work: pa.Table, cfg: CleanConfig, stage: str, features: ray.ObjectRef | None = None
+    plan: RunPlan, cfg: CleanConfig, stage: str, features: ray.ObjectRef | None = None
 ) -> Shards:
-    """Ray Data: one task per `files_per_task` files; rows routed to candidates/rejected.
+    """Ray Data: one task per work block (`files_per_task` files, staged by the plan:
+    `pipeline.planning`), which it reads itself; rows routed to candidates/rejected.
     `features`: the embedding network (`pipeline.embed_task`), which the tasks share, or
     which the embedding stage's actors hold (`execution.embedding_device`)."""
     sink = ShardSink(stage, route_normalized, cfg.storage, name_prefix="norm")
-    if work.num_rows == 0:
+    if not plan.blocks:
         return sink.result
-    step = max(1, cfg.execution.files_per_task)
     kwargs: dict[str, Any] = {"cfg": cfg}
     remote_args: dict[str, Any] = {"max_retries": NORMALISE_MAX_RETRIES}  # default: forever
     separate = features is not None and cfg.execution.embedding_device != EMBED_IN_TASKS
@@ -133,13 +82,14 @@ def normalise_stage(
     elif features is not None:
         kwargs["features"] = features
         remote_args["runtime_env"] = EMBEDDING_WORKERS
-    blocks = [work.slice(i, step) for i in range(0, work.num_rows, step)]
+    # A block's place, not its rows: the driver holds no row (one small table a block).
+    blocks = [pa.table({"work": [uri], "row_group": [k]}) for uri, k in plan.blocks]
     try:
         with warnings.catch_warnings():
             # Ray 2.60 names no parameter for max_retries yet; only this warning is hidden.
             warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", Warning)
             dataset = ray.data.from_arrow(blocks).map_batches(
-                partial(normalise_batch, **kwargs),
+                partial(normalise_block, normalise=normalise_batch, **kwargs),
                 batch_format="pyarrow",
                 batch_size=None,
                 **remote_args,
@@ -149,7 +99,7 @@ def normalise_stage(
         # The same remote args: the write fuses into the normalise task (no block in
         # between); after the embedding stage, it runs in tasks of its own.
         dataset.write_datasink(sink, ray_remote_args=remote_args)
-    except _WORKER_DEATHS as exc:
+    except WORKER_DEATHS as exc:
         raise StageFailed(
             f"normalise stage: a task's worker died on each of its {NORMALISE_MAX_RETRIES + 1} "
             f"tries ({type(exc).__name__}); a file may crash a native decoder or exhaust "
@@ -176,47 +126,33 @@ def _run_clean_leased(
     cfg: CleanConfig, run_id: str, lease: Lease, started: float, given: pa.Table | None
 ) -> CleanResult:
     ensure_ray(cfg.execution.ray_address, cfg.execution.num_cpus)  # the listing's tasks
-    snapshot = (
-        inventory_snapshot(cfg.inventory_uri, cfg.input_uri, cfg.storage)
-        if cfg.inventory_uri
-        else list_lake(cfg.input_uri, cfg.storage)
-    )
     previous = read_manifest(cfg.output_uri, cfg.storage)
-    classes = stable_classes(previous, snapshot)
-    previous_snapshot, retry = previous_state(cfg.output_uri, previous, cfg.storage)
-    in_force, redo = overrides_to_redo(cfg.output_uri, previous, given, cfg.storage)
-    retry |= redo
-    plan = plan_run(snapshot, previous_snapshot, retry)
-    del previous_snapshot  # compared: a row per file the run no longer needs
+    stage = staging_uri(cfg.output_uri, run_id)
+    snapshot_uri = join(stage, "snapshot.parquet")
+    plan = plan_in_task(cfg, previous, given, stage, snapshot_uri)
+    classes, in_force, removed = plan.classes, plan.in_force, plan.removed
     log.info(
         "listed %d files in %d classes; %d to process, %d carried over, %d removed",
-        snapshot.num_rows,
+        plan.listed,
         len(classes),
-        plan.todo.num_rows,
+        plan.todo,
         plan.carried,
-        len(plan.removed),
+        len(removed),
     )
     if previous and not plan.has_work:
         report = read_json_report(cfg, previous)
         return CleanResult(cfg.output_uri, previous, report, time.perf_counter() - started, True)
 
-    # Fails here, before any work, if the weights are unavailable.
+    # Fails here, before any image is read, if the weights are unavailable.
     features = shared_features(cfg.dedup.embedding_weights) if cfg.dedup.verified else None
-    stage = staging_uri(cfg.output_uri, run_id)
-    snapshot_uri = join(stage, "snapshot.parquet")
-    write_snapshot(snapshot, snapshot_uri, cfg.storage)
     # Bars on a terminal; elsewhere one line per stage (stage_line) instead of hundreds.
     ray.data.DataContext.get_current().enable_progress_bars = cfg.execution.progress and show_bars()
 
     first_seen = previous.get("next_seen_order", 0) if previous else 0
-    work = with_work_columns(plan.todo, classes, first_seen, cfg, in_force)
-    processed, removed, unchanged = work.num_rows, plan.removed, plan.carried
+    processed, unchanged = plan.todo, plan.carried
     with stage_line("normalise", logger=log) as line:
-        normalised = normalise_stage(work, cfg, stage, features)
+        normalised = normalise_stage(plan, cfg, stage, features)
         line.count = processed
-    # The listing and the work table (a row per file) are not held through the stages
-    # after this one: the report reads the listing back from the run's snapshot.
-    del snapshot, work, plan
     carried, rewritten = carry_over(cfg.output_uri, previous, removed, stage, cfg.storage)
 
     with stage_line("dedup+finalize", logger=log) as line:
@@ -233,7 +169,7 @@ def _run_clean_leased(
         "removed": len(removed),
         **decision_stats,
     }
-    figures = read_version(cfg, staged, carried, snapshot_uri, in_force)
+    figures = figures_in_task(cfg, staged, carried, snapshot_uri, in_force)
     report = build_report(cfg, run_id, classes, figures, decision_stats, in_force)
     report["seconds"] = round(time.perf_counter() - started, 2)
     html = review_page(cfg, report, figures, in_force)
@@ -258,6 +194,15 @@ def _run_clean_leased(
         cfg.storage,
     )
     return CleanResult(cfg.output_uri, manifest, report, time.perf_counter() - started)
+
+
+def normalise_block(block: pa.Table, normalise: Callable[..., pa.Table], **kwargs: Any) -> pa.Table:
+    """In a normalise task: read the work block(s) `block` names (`pipeline.planning`)
+    and `normalise` their files (`pipeline.normalize.normalise_batch`)."""
+    cfg = kwargs["cfg"]
+    places = zip(block["work"].to_pylist(), block["row_group"].to_pylist(), strict=True)
+    outs = [normalise(read_block(uri, k, cfg), **kwargs) for uri, k in places]
+    return outs[0] if len(outs) == 1 else pa.concat_tables(outs, promote_options="default")
 
 
 def read_json_report(cfg: CleanConfig, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pipeline import report_clusters as clusters
 from pipeline.config import CleanConfig
 from pipeline.offclass import SCORE
 from pipeline.output import read_shards
+from pipeline.remote import RowTask
 from pipeline.report import (
     IMAGE_STATS,
     NO_CLASS,
@@ -223,3 +224,9 @@ def read_version(
     if figures.listing is None:
         figures.listing = empty_of(LISTING_COLUMNS)
     return figures
+
+
+# `read_version` in a Ray task on a worker: its merges hold the shards' results and the
+# version's cluster fingerprints (8 bytes a file; at 10M files ~0.4 GB with their
+# copies), which grow with the version; the driver gets the figures only.
+figures_in_task = RowTask(read_version, "the report")

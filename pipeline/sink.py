@@ -48,7 +48,7 @@ class Shards:
 
 
 class StageFailed(Exception):
-    """A Ray Data stage gave up (a task failed on every try): one-line error, exit 2."""
+    """A stage gave up (a task failed on every try): one-line error, exit 2."""
 
 
 def shard_name(source_uris: list[str], prefix: str = "part", run: str = "") -> str:

@@ -106,15 +106,15 @@ def test_snapshot_isolates_the_run_from_files_arriving_and_changing(s3, bucket, 
     upload_files(
         fs, f"{bucket}/raw", {f"birds/{i}.png": encode(photo(64, 64, i), "PNG") for i in range(4)}
     )
-    listed_once = job.list_lake
+    normalise_once = job.normalise_stage
 
-    def list_then_mutate(uri, storage):  # noqa: ANN001
-        snapshot = listed_once(uri, storage)
+    def mutate_then_normalise(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        """The lake changes after the plan listed it, before a file is read."""
         fs.pipe_file(f"{bucket}/raw/birds/new.png", encode(photo(64, 64, 9), "PNG"))
         fs.pipe_file(f"{bucket}/raw/birds/0.png", encode(photo(90, 90, 8), "PNG"))
-        return snapshot
+        return normalise_once(*args, **kwargs)
 
-    monkeypatch.setattr(job, "list_lake", list_then_mutate)
+    monkeypatch.setattr(job, "normalise_stage", mutate_then_normalise)
     storage = StorageConfig(endpoint_url=s3.endpoint_url)
     args = ["clean", f"s3://{bucket}/raw", f"s3://{bucket}/out", "--no-progress"]
     assert main([*args, *embedding_args(), *CERTAIN_JUNK_RULES]) == 0

@@ -37,7 +37,7 @@ WORKER_NODES = 2
 # it; the head advertises none, so every task runs on a worker node.
 WORKER = {"num_cpus": 2, "resources": {"trainer": 1}}
 FILES_PER_TASK = "2"  # many small tasks: both nodes get some, a kill lands mid-stage
-NORMALISE_TASK = "normalise_batch"
+NORMALISE_TASK = "normalise_block"
 JOB_TIMEOUT_S = 400
 LAKE_PER_CLASS = 8  # real crops per class, plus 33 messy files
 
@@ -165,6 +165,11 @@ def test_clean_spreads_over_nodes_and_equals_a_single_node_run(
     assert len(ran_on) == 1, ran_on  # one cleaning job so far
     (nodes,) = ran_on.values()
     assert nodes == workers, (nodes, workers)
+    # The tasks holding a row per file (the plan, the decisions) ran on a worker: the
+    # head, which advertises no CPU, keeps only the driver.
+    for task in ("make_plan", "stage_decided"):
+        (ran,) = nodes_by_job(task_events(cluster), task).values()
+        assert len(ran) == 1 and ran <= workers, (task, ran, workers)
 
 
 def test_ray_job_submit_runs_the_clean_job_unchanged(cluster, lake, single_node):

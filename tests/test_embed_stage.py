@@ -98,7 +98,7 @@ def test_cpu_actors_publish_what_the_normalise_tasks_do(
     assert clean(lake, tmp_path / "clean", weights, "cpu-actors") == 0
     (plan,) = plans  # the stage ran, in actors of its own, not fused into the tasks
     assert "ActorPoolMapOperator[MapBatches(EmbedBatches)]" in plan, plan
-    assert "TaskPoolMapOperator[MapBatches(normalise_batch)]" in plan, plan
+    assert "TaskPoolMapOperator[MapBatches(normalise_block)]" in plan, plan
     found = published(tmp_path / "clean")
     assert in_tasks["images"].num_rows and in_tasks["rejected"].num_rows  # both sides tested
     for name in TABLES:

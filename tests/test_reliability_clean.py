@@ -163,6 +163,7 @@ def test_one_normalise_task_on_the_worst_images_stays_under_1gb(s3, bucket):
     from devkit.weights import local_embedding_weights
     from pipeline.config import CleanConfig
     from pipeline.listing import list_lake
+    from pipeline.planning import with_work_columns
 
     upload_files(
         s3.filesystem(),
@@ -172,7 +173,7 @@ def test_one_normalise_task_on_the_worst_images_stays_under_1gb(s3, bucket):
     cfg = CleanConfig(input_uri=f"s3://{bucket}/raw", output_uri=f"s3://{bucket}/out")
     cfg.dedup.embedding_weights = local_embedding_weights()
     snapshot = list_lake(cfg.input_uri, cfg.storage)
-    work = job.with_work_columns(snapshot, ["a"], 0, cfg)
+    work = with_work_columns(snapshot, ["a"], 0, cfg)
 
     def task(batch, cfg):  # noqa: ANN001, ANN202 - pickled by value into the worker
         import threading

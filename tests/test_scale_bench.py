@@ -65,7 +65,7 @@ def test_scale_bench_prints_figures_and_publishes(tmp_path: Path) -> None:
     assert 0 < figures["rejected"] <= 1.2 * figures["planted_copies"]
     peaks = figures["stages_peak_rss_mb"]  # each timed stage's driver peak
     assert set(peaks) == set(figures["stages_s"])
-    assert 0 < peaks["dedup.deduplicate"] <= peaks["deduplicate_and_finalize"]
+    assert 0 < peaks["decide_in_task"] <= peaks["deduplicate_and_finalize"]
     assert max(peaks.values()) <= figures["driver_peak_rss_mb"] + 1
     output = f"file://{tmp_path}/w/out"
     manifest = read_manifest(output, StorageConfig())

@@ -42,7 +42,7 @@ import ray
 from common.ray_runtime import ensure_ray
 from common.storage import join
 from devkit import synthetic_rows as synth
-from pipeline import decide, dedup, job
+from pipeline import decide, job, planning
 from pipeline.config import CleanConfig
 from pipeline.driver_memory import return_freed_memory
 from pipeline.sink import Shards, ShardWrite, write_parquet
@@ -50,16 +50,13 @@ from pipeline.tables import CANDIDATES
 
 # (module, function): each is timed where it is looked up, so on the module that calls it.
 _TIMED = (
-    ("job", "plan_run"),
-    ("job", "with_work_columns"),
+    ("job", "plan_in_task"),  # listing (here: the synthetic snapshot) and planning: a Ray task
     ("job", "carry_over"),
     ("job", "deduplicate_and_finalize"),
-    ("decide", "decide_with_off_class"),  # the driver's decisions
-    ("dedup", "deduplicate"),  # within decide_with_off_class: search, clustering (Ray tasks)
-    ("decide", "stage_decisions"),  # each shard's decisions written
+    ("decide", "decide_in_task"),  # the decisions, staged per shard: a Ray task
     ("decide", "finalize_stage"),  # Ray tasks
     ("decide", "write_index"),  # one Ray task
-    ("job", "read_version"),
+    ("job", "figures_in_task"),  # the report's figures: a Ray task
     ("job", "build_report"),
     ("job", "review_page"),
     ("job", "publish"),
@@ -135,14 +132,39 @@ class WorkerPeak(_Sampler):
     (VmHWM is the process's own high-water mark, so a peak between samples still counts
     as long as the worker lives to the next sample)."""
 
+    # The job's tasks that hold a row per file (`pipeline.remote`; the plan's is this
+    # script's hook around it): their workers' peaks are reported apart, by what they do
+    # (a worker's VmHWM while it runs one of them).
+    ROW_TASKS = {
+        "make_plan": "plan",
+        "_plan_from_snapshot": "plan",
+        "stage_decided": "decide",
+        "read_version": "report",
+    }
+
     def __init__(self) -> None:
         super().__init__()
         self.peak_kb = 0
+        self.by_task: dict[str, int] = {}
 
     def sample(self) -> None:
         for pid in _descendants(os.getpid()):
             if _is_worker(pid):
-                self.peak_kb = max(self.peak_kb, _vmhwm_kb(pid))
+                peak = _vmhwm_kb(pid)
+                self.peak_kb = max(self.peak_kb, peak)
+                task = self.ROW_TASKS.get(_running(pid))
+                if task:
+                    self.by_task[task] = max(self.by_task.get(task, 0), peak)
+
+
+def _running(pid: int) -> str:
+    """The task a Ray worker runs, from its process title (`ray::<task>`), else ''."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return ""
+    return title.removeprefix("ray::").split()[0] if title.startswith("ray::") else ""
 
 
 class DriverRss(_Sampler):
@@ -191,6 +213,16 @@ def _candidate_part(
     return ShardWrite(CANDIDATES, uri, table.num_rows, write_parquet(table, uri, storage))
 
 
+@ray.remote(num_cpus=0, max_retries=0)
+def _plan_from_snapshot(snapshot_dir: str, *plan_args: object) -> planning.RunPlan:
+    def list_lake(input_uri: str, storage) -> object:  # noqa: ANN001
+        return pq.read_table(snapshot_dir)
+
+    planning.list_lake = list_lake
+    return_freed_memory()  # as `pipeline.remote.RowTask` sets its tasks up
+    return planning.make_plan(*plan_args)
+
+
 def _ranges(rows: int, step: int) -> list[tuple[int, int]]:
     return [(s, min(rows, s + step)) for s in range(0, rows, step)]
 
@@ -204,13 +236,19 @@ def install_hooks(
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
         driver.record(stage, started)
 
-    def list_lake(input_uri: str, storage) -> object:  # noqa: ANN001
-        started = time.perf_counter()
-        table = pq.read_table(snapshot_dir)
-        done("list (read synthetic snapshot)", started)
-        return table
+    class SyntheticPlan:
+        """`pipeline.planning`'s task, with the synthetic snapshot read instead of a
+        listing (in the task's process: the hook travels with the call)."""
 
-    def normalise_stage(work, cfg: CleanConfig, stage: str, features=None) -> Shards:  # noqa: ANN001
+        @classmethod
+        def options(cls, **_: object) -> type:
+            return cls
+
+        @staticmethod
+        def remote(*plan_args: object) -> ray.ObjectRef:
+            return _plan_from_snapshot.remote(str(snapshot_dir), *plan_args)
+
+    def normalise_stage(plan, cfg: CleanConfig, stage: str, features=None) -> Shards:  # noqa: ANN001
         started = time.perf_counter()
         refs = [
             _candidate_part.remote(
@@ -222,18 +260,18 @@ def install_hooks(
                 join(stage, CANDIDATES, f"part-{a:010d}.parquet"),
                 cfg.storage,
             )
-            for a, b in _ranges(work.num_rows, args.rows_per_shard)
+            for a, b in _ranges(plan.todo, args.rows_per_shard)
         ]
         shards = Shards(ray.get(refs))
         done("normalise (synthetic, Ray tasks)", started)
         return shards
 
-    job.list_lake = list_lake
+    planning.plan_in_task.remote = SyntheticPlan
     job.normalise_stage = normalise_stage
-    modules = {"job": job, "decide": decide, "dedup": dedup}
+    modules = {"job": job, "decide": decide}
     for module_name, attr in _TIMED:
         module = modules[module_name]
-        name = f"dedup.{attr}" if module is dedup else attr  # the names docs/ quote
+        name = attr
         original = getattr(module, attr)
 
         def timed(*a, _f=original, _n=name, **k):  # noqa: ANN002, ANN003, ANN202
@@ -292,6 +330,8 @@ def main() -> int:
             "wall_s": round(wall, 2),
             "driver_peak_rss_mb": round(_vmhwm_kb("self") / 1024, 1),
             "worker_peak_rss_mb": round(workers.peak_kb / 1024, 1),
+            # The plan, decide and report tasks' workers (they hold a row per file).
+            "row_task_peak_rss_mb": {k: round(v / 1024, 1) for k, v in workers.by_task.items()},
             "generate_s": round(generate_s, 2),
             "kept": totals["kept"],
             "rejected": totals["rejected"],
