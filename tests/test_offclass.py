@@ -194,6 +194,29 @@ def test_summary_lists_label_issues():
     assert table["source_uri"][planted].as_py() in listed
 
 
+def test_label_issues_do_not_depend_on_the_candidates_order():
+    """Ties in neighbour share go by URI: the candidates come in their shards' order,
+    whose names differ per run (150 tied issues, 100 listed)."""
+    from pipeline.offclass.config import MAX_LABEL_ISSUES, NEIGHBOUR_CLASS, NEIGHBOUR_SHARE
+
+    n = 150
+    off = pa.table(
+        {
+            "source_uri": [f"s3://b/a/{i:03d}.jpg" for i in range(n)],
+            "class_name": ["a"] * n,
+            offclass.SCORE: pa.array([1.0] * n, pa.float32()),
+            NEIGHBOUR_SHARE: pa.array([1.0] * (n - 1) + [0.95], pa.float32()),
+            NEIGHBOUR_CLASS: ["b"] * n,
+            offclass.REJECT: [False] * n,
+        }
+    )
+    cfg = OffClassConfig(off_class_policy="report")
+    shuffled = off.take(np.random.default_rng(0).permutation(n))
+    listed = offclass.summary(off, cfg)["possible_label_issues"]
+    assert offclass.summary(shuffled, cfg)["possible_label_issues"] == listed
+    assert [i["source_uri"] for i in listed] == off["source_uri"].to_pylist()[:MAX_LABEL_ISSUES]
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -187,8 +187,11 @@ def summary(off: pa.Table, cfg: OffClassConfig) -> dict:
     share = off[NEIGHBOUR_SHARE].to_numpy(zero_copy_only=False)
     with np.errstate(invalid="ignore"):
         issue = (share >= cfg.label_issue_share) & ~off[REJECT].to_numpy(zero_copy_only=False)
-    order = np.argsort(-np.nan_to_num(share[issue]), kind="stable")[:MAX_LABEL_ISSUES]
-    issues = off.filter(pa.array(issue)).take(pa.array(order, pa.int64()))
+    issues = off.filter(pa.array(issue))
+    # Ties by URI: the candidates' order follows their shards' names, which differ per run.
+    keys = pa.table({"share": np.nan_to_num(share[issue]), "uri": issues["source_uri"]})
+    order = pc.sort_indices(keys, [("share", "descending"), ("uri", "ascending")])
+    issues = issues.take(order[:MAX_LABEL_ISSUES])
     with np.errstate(invalid="ignore"):
         flagged = int((score >= cfg.max_off_class).sum())
     return {
