@@ -131,13 +131,11 @@ def overrides_to_redo(
 
 
 def _without(
-    uri: str, removed: frozenset[str], stage: str, folder: str, storage: StorageConfig
+    uri: str, removed: pa.Array, stage: str, folder: str, storage: StorageConfig
 ) -> str | None:
     """Rewrite one shard without the removed rows; None when nothing is left."""
     table = read_shards([uri], storage)
-    keep = pc.invert(
-        pc.is_in(table["source_uri"], value_set=pa.array(sorted(removed), pa.string()))
-    )
+    keep = pc.invert(pc.is_in(table["source_uri"], value_set=removed))
     table = table.filter(keep)
     if table.num_rows == 0:
         return None
@@ -159,15 +157,15 @@ def _carry_shard(
     output_uri: str,
     relative: str,
     table: str,
-    removed: frozenset[str],
+    removed: pa.Array,
     stage: str,
     storage: StorageConfig,
 ) -> tuple[str, str | None]:
     """(relative path, what replaces it): itself, a rewritten shard (relative to this
     run's folder, starting with its table), or None."""
     uri = join(output_uri, relative)
-    uris = read_shards([uri], storage, ["source_uri"])["source_uri"].to_pylist()
-    if removed.isdisjoint(uris):
+    uris = read_shards([uri], storage, ["source_uri"])["source_uri"]
+    if not pc.any(pc.is_in(uris, value_set=removed)).as_py():
         return relative, relative
     return relative, _without(uri, removed, stage, table_folder(relative, table), storage)
 
@@ -175,24 +173,25 @@ def _carry_shard(
 def carry_over(
     output_uri: str,
     manifest: dict[str, Any] | None,
-    removed: set[str],
+    removed: pa.Array,
     stage: str,
     storage: StorageConfig,
 ) -> tuple[dict[str, list[str]], list[str]]:
     """The previous version's shards for the new one, per table: untouched when they hold
-    no removed file, else rewritten (in Ray tasks) into the staging area. Returns the
-    carried relative paths and the staged ones (published with this run's shards)."""
+    no removed file (`removed`: their URIs, as Arrow strings: no Python object per file),
+    else rewritten (in Ray tasks) into the staging area. Returns the carried relative
+    paths and the staged ones (published with this run's shards)."""
     if manifest is None:
         return {}, []
     files = manifest["files"]
-    if not removed:
+    if len(removed) == 0:
         return {t: list(files.get(t, [])) for t in (IMAGES, REJECTED_DIR, INDEX)}, []
-    frozen = frozenset(removed)
+    shared = ray.put(removed)  # once, not with each task
     carried: dict[str, list[str]] = {}
     staged: list[str] = []
     for table in (IMAGES, REJECTED_DIR, INDEX):
         refs = [
-            _carry_shard.remote(output_uri, rel, table, frozen, stage, storage)
+            _carry_shard.remote(output_uri, rel, table, shared, stage, storage)
             for rel in files.get(table, [])
         ]
         carried[table] = []

@@ -43,13 +43,14 @@ class RunPlan:
     listed: int
     todo: int  # files to process
     carried: int  # unchanged files, kept as they were
-    removed: set[str] = field(default_factory=set)
+    # The files whose old rows must go (URIs, Arrow strings: no Python object per file).
+    removed: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     in_force: pa.Table | None = None  # the overrides in force (`pipeline.overrides`)
     blocks: list[tuple[str, int]] = field(default_factory=list)  # (file, row group)
 
     @property
     def has_work(self) -> bool:
-        return self.todo > 0 or bool(self.removed)
+        return self.todo > 0 or len(self.removed) > 0
 
 
 def stable_classes(previous: dict[str, Any] | None, snapshot: pa.Table) -> list[str]:
@@ -115,9 +116,8 @@ def make_plan(
     in_force, redo = overrides_to_redo(cfg.output_uri, previous, given, cfg.storage)
     plan = plan_run(snapshot, previous_snapshot, retry | redo)
     del previous_snapshot  # compared: a row per file the run no longer needs
-    found = RunPlan(
-        classes, snapshot.num_rows, plan.todo.num_rows, plan.carried, plan.removed, in_force
-    )
+    removed = pa.array(sorted(plan.removed), pa.string())  # to the driver as Arrow strings
+    found = RunPlan(classes, snapshot.num_rows, plan.todo.num_rows, plan.carried, removed, in_force)
     if previous and not found.has_work:
         return found
     write_snapshot(snapshot, snapshot_uri, cfg.storage)
