@@ -165,9 +165,9 @@ def test_clean_spreads_over_nodes_and_equals_a_single_node_run(
     assert len(ran_on) == 1, ran_on  # one cleaning job so far
     (nodes,) = ran_on.values()
     assert nodes == workers, (nodes, workers)
-    # The tasks holding a row per file (the plan, the decisions) ran on a worker: the
-    # head, which advertises no CPU, keeps only the driver.
-    for task in ("make_plan", "stage_decided"):
+    # The tasks holding a row per file (planning, the decisions, the report's figures)
+    # ran on a worker: the head, which advertises no CPU, keeps only the driver.
+    for task in ("make_plan", "stage_decided", "read_version"):
         (ran,) = nodes_by_job(task_events(cluster), task).values()
         assert len(ran) == 1 and ran <= workers, (task, ran, workers)
 

@@ -237,10 +237,12 @@ def test_overrides_keep_and_drop_across_incremental_runs(s3, bucket):
     kept_card = page.split('id="kept-by-override"', 1)[1]
     assert f'data-uri="{html.escape(logo_uri)}" data-decision="drop"' in kept_card
 
-    # The decisions stick: a run without the file has nothing to do.
+    # The decisions stick: a run without the file has nothing to do, and stages nothing.
+    runs_before = fs.ls(f"{bucket}/out/runs")
     assert main(args) == 0
     v3, *_ = _version(fs, f"{bucket}/out")
     assert v3["run_id"] == v2["run_id"] and len(v3["overrides"]) == 4
+    assert fs.ls(f"{bucket}/out/runs", refresh=True) == runs_before
 
     # `auto` hands a file back to the rules: only it is processed again.
     fs.pipe_file(f"{bucket}/overrides.csv", f"source_uri,decision\n{photo},auto\n".encode())

@@ -4,6 +4,8 @@ every try stops the job with one line."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import ray
 
@@ -23,13 +25,27 @@ def test_the_result_and_the_error_come_back_as_themselves(ray_session):
         step(-1)
 
 
+def test_its_warnings_are_logged_on_the_driver(ray_session, caplog):
+    def crowded() -> int:
+        import logging
+
+        logging.getLogger("pipeline.test_remote").warning("%d crowded buckets", 3)
+        logging.getLogger("pipeline.test_remote").info("not worth the driver's log")
+        return 7
+
+    with caplog.at_level(logging.INFO):
+        assert RowTask(crowded, "warning")() == 7
+    found = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.endswith("test_remote")]
+    assert found == [(logging.WARNING, "3 crowded buckets")]
+
+
 def test_a_worker_that_dies_on_each_try_stops_the_job(ray_session):
     def die() -> None:
         import os
 
         os._exit(1)  # as the OOM killer would end it
 
-    with pytest.raises(StageFailed, match="the test step: its worker died"):
+    with pytest.raises(StageFailed, match="the test step: a worker died"):
         RowTask(die, "the test step")()
 
 

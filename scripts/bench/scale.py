@@ -45,6 +45,7 @@ from devkit import synthetic_rows as synth
 from pipeline import decide, job, planning
 from pipeline.config import CleanConfig
 from pipeline.driver_memory import return_freed_memory
+from pipeline.remote import ROW_TASK_CPUS, in_worker
 from pipeline.sink import Shards, ShardWrite, write_parquet
 from pipeline.tables import CANDIDATES
 
@@ -213,14 +214,13 @@ def _candidate_part(
     return ShardWrite(CANDIDATES, uri, table.num_rows, write_parquet(table, uri, storage))
 
 
-@ray.remote(num_cpus=0, max_retries=0)
-def _plan_from_snapshot(snapshot_dir: str, *plan_args: object) -> planning.RunPlan:
+@ray.remote(num_cpus=ROW_TASK_CPUS, max_retries=0)
+def _plan_from_snapshot(snapshot_dir: str, *plan_args: object) -> tuple:
     def list_lake(input_uri: str, storage) -> object:  # noqa: ANN001
         return pq.read_table(snapshot_dir)
 
     planning.list_lake = list_lake
-    return_freed_memory()  # as `pipeline.remote.RowTask` sets its tasks up
-    return planning.make_plan(*plan_args)
+    return in_worker(planning.make_plan)(*plan_args)  # as `pipeline.remote.RowTask` runs it
 
 
 def _ranges(rows: int, step: int) -> list[tuple[int, int]]:
