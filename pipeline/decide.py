@@ -80,17 +80,17 @@ def stage_decided(
 
 
 # Its memory grows with the run's rows (every candidate's names, hashes and arrays:
-# ~370 bytes a row at 10M), so it is a worker's, not the driver's: a cluster's head
+# ~350 bytes a row at 10M), so it is a worker's, not the driver's: a cluster's head
 # stays small whatever the lake's size (docs/cluster.md).
 decide_in_task = RowTask(stage_decided, "the decide step")
 
 
-# What the driver's decisions hold of the candidates through the decide step (the
+# What the decide task holds of the candidates through the decide step (the
 # off-class stage, de-duplication's names, the split); the index's other columns, the
 # vectors included, are read by the task writing it.
 DECIDING_COLUMNS = ["source_uri", "class_name", "label", "sha256", "group", OVERRIDE]
 # What de-duplication alone reads, and turns into arrays before it clusters: read then
-# (`decide`), so the driver does not hold them through the clustering and the split
+# (`decide`), so the decide task does not hold them through clustering and the split
 # (at 3M candidates ~150 MB).
 SIGNAL_COLUMNS = [
     "phash", "source_width", "source_height", "source_format", "seen_order", "low_detail",
@@ -103,8 +103,8 @@ class Decisions:
     """This run's decisions on its candidates, as numbers in the candidates' order:
     de-duplication's (on the rows off-class did not reject), each kept row's split and
     the off-class columns. The table the finalize tasks read is built a candidate shard
-    at a time (`rows`): the driver never holds every decision's strings (cluster ids,
-    keepers' URIs, reasons; at 1M candidates ~270 MB at once, built and copied)."""
+    at a time (`rows`): the decide task never holds every decision's strings (cluster
+    ids, keepers' URIs, reasons; at 1M candidates ~270 MB at once, built and copied)."""
 
     decided: dedup.Decided  # on the offered rows, in order
     split: np.ndarray  # int8 per offered row: an index into `split_names`, -1: none

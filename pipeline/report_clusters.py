@@ -7,10 +7,10 @@ shuffle of a 10M-file version's ids went through the driver (+1.3 GB). Instead, 
 passes over the shards, each a task per group of shards (`pipeline.report_parts`):
 
 1. each group's distinct ids as 64-bit fingerprints (`split_units.fingerprints`), and
-   those it holds more than once: the driver sorts the fingerprints (8 bytes a
+   those it holds more than once: the report task sorts the fingerprints (8 bytes a
    distinct id in a group) and keeps those seen twice, the possible multi-file clusters;
 2. each group's files per id, for the ids with one of those fingerprints only: the
-   driver adds them up by id, so a fingerprint two ids share never merges them.
+   report task adds them up by id, so a fingerprint two ids share never merges them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def shard_marks(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def shared_marks(found: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """On the driver: the fingerprints held by more than one file over all shards."""
+    """In the report task: the fingerprints held by more than one file over all shards."""
     every = np.concatenate([np.zeros(0, np.uint64)] + [distinct for distinct, _ in found])
     every.sort()
     across = every[1:][every[1:] == every[:-1]]
@@ -69,7 +69,7 @@ def _among(marks: np.ndarray, shared: np.ndarray) -> np.ndarray:
 
 
 def cluster_sizes(tables: list[pa.Table]) -> tuple[int, int]:
-    """On the driver, from pass 2: clusters of more than one file, and the largest."""
+    """In the report task, from pass 2: clusters of more than one file, and the largest."""
     table = pa.concat_tables([t for t in tables if t.num_rows] or [_no_files()])
     if table.num_rows == 0:
         return 0, 0

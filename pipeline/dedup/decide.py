@@ -1,10 +1,11 @@
 """Decisions: `deduplicate` runs the steps (rows, search, candidates, then clustering and
 keep decisions per part in Ray tasks) and merges the parts' decisions and counts.
 
-The driver holds the rows' arrays and the near pairs; the per-row work of clustering and
-deciding (Python loops and lists, in the single pass this replaced) runs in the tasks
-(`pipeline.dedup.parts`, `pipeline.dedup.keep`), which return Arrow tables and counts.
-Verification's vectors never reach the driver: a task reads them (`pipeline.vectors`)
+The caller (the job's decide task) holds the rows' arrays and the near pairs; the
+per-row work of clustering and deciding (Python loops and lists, in the single pass
+this replaced) runs in the tasks (`pipeline.dedup.parts`, `pipeline.dedup.keep`), which
+return Arrow tables and counts.
+Verification's vectors never reach the caller: a task reads them (`pipeline.vectors`)
 and leaves them in the object store, the SimHashes and each part's task take theirs."""
 
 from __future__ import annotations
