@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import ray
 from PIL import Image
 
 from common.backbone import NO_WEIGHTS, WeightsUnavailable
@@ -168,14 +169,20 @@ def test_one_folds_statistics_equal_that_fold_of_the_blocks_sum():
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_the_probes_fitted_off_the_driver_are_the_drivers_to_the_bit():
-    """Each fold's statistics are summed in a task and the probes solved by a task
-    whose BLAS runs the driver's thread count: the same weights as the driver's own
-    solve of its own sum (d = 1280, where the LU solve runs threaded)."""
-    from pipeline.offclass.fit import fold_probes, share
+@pytest.mark.parametrize("one_task_rows", [0, 10_000], ids=["a task per fold", "one task"])
+def test_the_probes_fitted_off_the_driver_are_the_drivers_to_the_bit(
+    one_task_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each fold's statistics are summed in a task (or, for few references, all in the
+    solving task) and the probes solved by a task whose BLAS runs the driver's thread
+    count: the same weights as the driver's own solve of its own sum (d = 1280, where
+    the LU solve runs threaded)."""
+    from pipeline.offclass import fit
 
+    monkeypatch.setattr(fit, "ONE_TASK_ROWS", one_task_rows)
     refs, folds, stats = _probe_case()
-    probes = fold_probes(share(refs), folds, 5, 3, 64, np.arange(5), 0.3)
-    for fold, (weights, offsets) in probes.items():
+    probes = ray.get(fit.fold_probes(fit.share(refs), folds, 5, 3, 64, np.arange(5), 0.3))
+    assert len(probes) == 5
+    for fold, (weights, offsets) in enumerate(probes):
         want_weights, want_offsets = discriminants(stats, fold, 0.3)
         assert np.array_equal(weights, want_weights) and np.array_equal(offsets, want_offsets)

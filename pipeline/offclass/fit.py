@@ -13,12 +13,19 @@ the driver receives each probe's weights, a few KiB.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import ray
 
 from pipeline.offclass.probe import FoldStats, References, discriminants, one_fold_stats
+
+# Up to this many references, one task sums every fold's statistics and solves: the
+# task holds the folds' statistics anyway (k x d x d float64, 66 MB at d = 1280), the
+# references add n x d float16 (21 MB here); a task per fold costs a task and a 13 MB
+# result through the object store each, more than its sums at a few thousand rows.
+ONE_TASK_ROWS = 8192
 
 
 @ray.remote(num_cpus=1)
@@ -33,6 +40,25 @@ def _solve_task(
     wanted: list[int], shrinkage: float, threads: int, *folds: FoldStats
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The probes without each fold in `wanted`, solved at `threads` BLAS threads."""
+    return _solved(wanted, shrinkage, threads, folds)
+
+
+@ray.remote(num_cpus=1)
+def _fit_task(
+    refs: References, folds: np.ndarray, n_folds: int, n_classes: int, step: int,
+    wanted: list[int], shrinkage: float, threads: int,
+) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """`_fold_task` for every fold, then `_solve_task`, in one task (few references)."""
+    stats = [
+        one_fold_stats(refs.vectors, refs.labels, folds, fold, n_classes, step)
+        for fold in range(n_folds)
+    ]
+    return _solved(wanted, shrinkage, threads, stats)
+
+
+def _solved(
+    wanted: list[int], shrinkage: float, threads: int, folds: Sequence[FoldStats]
+) -> list[tuple[np.ndarray, np.ndarray]]:
     from threadpoolctl import threadpool_limits
 
     names = ("sums", "counts", "scatter")
@@ -67,11 +93,16 @@ def blas_threads() -> int:
 def fold_probes(
     shared: Shared, ref_folds: np.ndarray, n_folds: int, n_classes: int, step: int,
     wanted: np.ndarray, shrinkage: float,
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+) -> ray.ObjectRef:  # fmt: skip
     """The probe (weights, offsets) fitted without each fold in `wanted`, from every
-    fold's statistics over blocks of `step` references (`ref_folds`: each one's fold)."""
+    fold's statistics over blocks of `step` references (`ref_folds`: each one's fold),
+    as the reference to a list in `wanted`'s order (`ray.get` it: the fold splits of
+    one run are fitted at once)."""
     folds = ray.put(ref_folds)
-    stats = [_fold_task.remote(shared.refs, folds, f, n_classes, step) for f in range(n_folds)]
     keys = wanted.tolist()
-    fits = ray.get(_solve_task.remote(keys, shrinkage, shared.threads, *stats))
-    return dict(zip(keys, fits, strict=True))
+    if len(ref_folds) <= ONE_TASK_ROWS:
+        return _fit_task.remote(
+            shared.refs, folds, n_folds, n_classes, step, keys, shrinkage, shared.threads
+        )
+    stats = [_fold_task.remote(shared.refs, folds, f, n_classes, step) for f in range(n_folds)]
+    return _solve_task.remote(keys, shrinkage, shared.threads, *stats)

@@ -53,15 +53,33 @@ def out_of_fold(
     """(len(rows), n_classes): the class probabilities of the queries (`rows` of the
     pool) from the probe fitted on every reference outside the query's fold (folds
     fixed by a hash of the key and `repeat`: `Keys.fold`)."""
-    k = cfg.off_class_folds
-    ref_folds = stored.keys.fold(repeat)
-    step = cfg.off_class_block_rows
+    fitted = _fit(stored, query_keys, n_classes, cfg, shared, repeat)
+    return _probabilities(*fitted, stored, rows, n_classes, cfg)
+
+
+def _fit(
+    stored: Stored, query_keys: Keys, n_classes: int, cfg: OffClassConfig, shared: Shared,
+    repeat: int,
+) -> tuple[np.ndarray, np.ndarray, ray.ObjectRef]:  # fmt: skip
+    """(the queries' folds at `repeat`, the folds wanted, their probes being fitted)."""
     query_folds = query_keys.fold(repeat)
     wanted = np.unique(query_folds)
-    probes = fold_probes(shared, ref_folds, k, n_classes, step, wanted, cfg.off_class_shrinkage)
+    probes = fold_probes(
+        shared, stored.keys.fold(repeat), cfg.off_class_folds, n_classes,
+        cfg.off_class_block_rows, wanted, cfg.off_class_shrinkage,
+    )  # fmt: skip
+    return query_folds, wanted, probes
+
+
+def _probabilities(
+    query_folds: np.ndarray, wanted: np.ndarray, probes: ray.ObjectRef, stored: Stored,
+    rows: np.ndarray, n_classes: int, cfg: OffClassConfig,
+) -> np.ndarray:  # fmt: skip
+    """The queries' probabilities from their own fold's probe, in Ray tasks."""
+    step = cfg.off_class_block_rows
     probabilities = np.zeros((len(rows), n_classes))
     futures, owners = [], []
-    for fold, (weights, offsets) in probes.items():
+    for fold, (weights, offsets) in zip(wanted.tolist(), ray.get(probes), strict=True):
         members = np.flatnonzero(query_folds == fold)
         for i in range(0, members.size, step):
             block = members[i : i + step]
@@ -79,10 +97,13 @@ def bagged_out_of_fold(
     """`out_of_fold` averaged over `off_class_repeats` fold splits. One split decides
     borderline images by where their look-alikes happened to fall: on the web-scraped
     benchmark three single splits flagged 8, 10 and 11 of 1,208 real photos, three
-    averages of five splits 6 each (and 59-60 of 91 planted off-class photos each)."""
+    averages of five splits 6 each (and 59-60 of 91 planted off-class photos each).
+    Every split's probes are fitted at once; the average adds them in split order."""
+    repeats = range(cfg.off_class_repeats)
+    fits = [_fit(stored, query_keys, n_classes, cfg, shared, r) for r in repeats]
     total = np.zeros((len(rows), n_classes))
-    for repeat in range(cfg.off_class_repeats):
-        total += out_of_fold(stored, rows, query_keys, n_classes, cfg, shared, repeat)
+    for fit in fits:
+        total += _probabilities(*fit, stored, rows, n_classes, cfg)
     return total / cfg.off_class_repeats
 
 
