@@ -336,8 +336,9 @@ def _job_row(sample: Sample, data: bytes, seen_order: int) -> None:
 
 def add_embeddings(samples: list[Sample], weights: str) -> float:
     """The job's batch verdict (`pipeline.normalize.judge_batch`: every decodable file
-    embedded, the content classifier, the junk rules) in batches of 64 as the normalise
-    tasks run it: junk becomes .filtered, the rest get their embedding; seconds."""
+    embedded, the content classifier, the junk rules) in the embedding's CPU batches,
+    as the normalise tasks run it: junk becomes .filtered, the rest get their embedding;
+    seconds."""
     cfg = CleanConfig()
     cfg.dedup.embedding_weights = weights
     todo = [s for s in samples if s.signals is not None]
