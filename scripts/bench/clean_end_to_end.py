@@ -18,11 +18,20 @@ actors, the others), each process's in cpu_<scale>x.json in the log dir. --decis
 also writes each run's decisions there (which copy of a duplicate is kept depends on
 the files' upload times: compare two trees' runs on one uploaded lake).
 
+Side by side: --baseline DIR names another checkout of this repository (a git worktree
+of the commit to compare with). Each scale's lake is then uploaded once, and the two
+trees' jobs run on it in turn, --rounds times each (A B B A ...: drift on a shared
+machine falls on both), the output removed between runs; printed: each run's CPU per
+file and peaks, each tree's mean, the ratio, and whether every run made the baseline's
+first run's decisions, file by file.
+
 Run from the repository root:
 
     .venv/bin/python scripts/bench/clean_end_to_end.py                  # 10k, then 100k
     .venv/bin/python scripts/bench/clean_end_to_end.py --scales 1,5     # 10k, then 50k
     .venv/bin/python scripts/bench/clean_end_to_end.py --files 500 --scales 1   # quick check
+    .venv/bin/python scripts/bench/clean_end_to_end.py --files 2000 --scales 1 \
+        --baseline ../before --rounds 2                # side by side with another commit
 """
 
 from __future__ import annotations
@@ -116,6 +125,8 @@ class RunResult:
     peaks: MemoryPeaks
     moto_cpu_s: float
     exit_code: int
+    tree: str = "this tree"
+    decisions: list | None = None  # [source key, 'kept' or reason, split], sorted
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -133,6 +144,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="write each run's decisions (source key, 'kept' or reason, split) to "
         "decisions_<scale>x.json in the log dir, to compare two trees' runs",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout of this repository: its job and this tree's run in turn on "
+        "each uploaded lake, side by side (see the module doc)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="with --baseline: runs of each tree per scale"
     )
     return parser.parse_args(argv)
 
@@ -287,15 +308,18 @@ def copy_log(stream, log_path: Path, started: float, marks: dict[str, float]) ->
             log.write(f"[{elapsed:8.1f}s] {line}")
 
 
-def run_job(s3: LocalS3, log_path: Path, timeout: int) -> tuple[int, float, MemoryPeaks, dict]:
-    """Run the CLI in a child process while sampling its tree; (rc, wall s, peaks, marks)."""
-    env = {**os.environ, **s3.env(), "RAY_AUTH_MODE": "disabled"}
+def run_job(
+    s3: LocalS3, log_path: Path, timeout: int, tree: Path = REPO
+) -> tuple[int, float, MemoryPeaks, dict]:
+    """Run the CLI of the checkout `tree` in a child process while sampling its tree of
+    processes; (rc, wall s, peaks, marks)."""
+    env = {**os.environ, **s3.env(), "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(tree)}
     peaks, marks, stop = MemoryPeaks(), {}, threading.Event()
     started = time.perf_counter()
     reaped_before = children_cpu()
     child = subprocess.Popen(
         job_command(s3.endpoint_url),
-        cwd=REPO,
+        cwd=tree,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -339,7 +363,7 @@ def moto_cpu(s3: LocalS3) -> float:
     return times.user + times.system
 
 
-def write_decisions(s3: LocalS3, path: Path) -> None:
+def read_decisions(s3: LocalS3) -> list:
     """Sorted [source key, 'kept' or the reason, split] of every row of the output's
     images and rejected tables (as tests/sample_lake_decisions.py reads them)."""
     import pyarrow.parquet as pq
@@ -356,6 +380,10 @@ def write_decisions(s3: LocalS3, path: Path) -> None:
                     key = row["source_uri"].split(f"/{INPUT_PREFIX}/", 1)[-1]
                     rows.append([key, row.get("reason", "kept"), row.get("split")])
     rows.sort(key=lambda r: [str(v) for v in r])
+    return rows
+
+
+def write_decisions(rows: list, path: Path) -> None:
     path.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
 
 
@@ -366,23 +394,44 @@ def run_scale(
     log_dir: Path,
     timeout: int,
     decisions: bool = False,
-) -> RunResult:
+    trees: list[tuple[str, Path]] | None = None,
+) -> list[RunResult]:
+    """Upload the lake once; run the job of each (name, checkout) in `trees` on it, in
+    that order (this tree alone by default), the output removed before each run."""
     count = files * scale
+    trees = trees or [("this tree", REPO)]
+    results = []
     with LocalS3() as s3:
         s3.create_bucket(BUCKET)
         print(f"[{scale}x] uploading {count} files ...", flush=True)
         upload_s = upload_lake(s3, sources, count)
-        print(f"[{scale}x] uploaded in {upload_s:.0f} s; running the job ...", flush=True)
-        moto_before = moto_cpu(s3)
-        log_path = log_dir / f"job_{scale}x.log"
-        code, wall, peaks, marks = run_job(s3, log_path, timeout)
-        write_cpu_detail(log_dir / f"cpu_{scale}x.json", peaks)
-        moto_s = moto_cpu(s3) - moto_before
-        report = read_report(s3) if code == 0 else {"totals": {}, "seconds": float("nan")}
-        if code == 0 and decisions:
-            write_decisions(s3, log_dir / f"decisions_{scale}x.json")
+        print(f"[{scale}x] uploaded in {upload_s:.0f} s", flush=True)
+        for i, (name, tree) in enumerate(trees):
+            if i:
+                s3.filesystem().rm(f"{BUCKET}/{OUTPUT_PREFIX}", recursive=True)
+            tag = f"{scale}x" if len(trees) == 1 else f"{scale}x_{i}"
+            results.append(
+                run_once(s3, scale, count, upload_s, log_dir, tag, timeout, decisions, name, tree)
+            )
+    return results
+
+
+def run_once(
+    s3: LocalS3, scale: int, count: int, upload_s: float, log_dir: Path, tag: str,
+    timeout: int, decisions: bool, name: str, tree: Path,
+) -> RunResult:  # fmt: skip
+    print(f"[{tag}] running the job of {name} ...", flush=True)
+    moto_before = moto_cpu(s3)
+    log_path = log_dir / f"job_{tag}.log"
+    code, wall, peaks, marks = run_job(s3, log_path, timeout, tree)
+    write_cpu_detail(log_dir / f"cpu_{tag}.json", peaks)
+    moto_s = moto_cpu(s3) - moto_before
+    report = read_report(s3) if code == 0 else {"totals": {}, "seconds": float("nan")}
+    rows = read_decisions(s3) if code == 0 else None
+    if rows is not None and decisions:
+        write_decisions(rows, log_dir / f"decisions_{tag}.json")
     totals = report["totals"]
-    print(f"[{scale}x] exit {code} after {wall:.0f} s; log: {log_path}", flush=True)
+    print(f"[{tag}] exit {code} after {wall:.0f} s; log: {log_path}", flush=True)
     return RunResult(
         scale=scale,
         files=count,
@@ -397,7 +446,37 @@ def run_scale(
         peaks=peaks,
         moto_cpu_s=moto_s,
         exit_code=code,
+        tree=name,
+        decisions=rows,
     )
+
+
+def side_by_side_order(baseline: Path, rounds: int) -> list[tuple[str, Path]]:
+    """A B B A A B ...: each tree runs `rounds` times, neither always first."""
+    pair = [("baseline", baseline.resolve()), ("this tree", REPO)]
+    return [p for r in range(rounds) for p in (pair if r % 2 == 0 else pair[::-1])]
+
+
+def print_side_by_side(results: list[RunResult]) -> None:
+    """Per scale: each tree's mean CPU per file and peaks, the ratio, and the decisions."""
+    for scale in sorted({r.scale for r in results}):
+        runs = [r for r in results if r.scale == scale]
+        reference = next((r.decisions for r in runs if r.decisions is not None), None)
+        means = {}
+        for tree in ("baseline", "this tree"):
+            mine = [r for r in runs if r.tree == tree]
+            cpu = [1000 * sum(r.peaks.cpu_seconds.values()) / r.files for r in mine]
+            means[tree] = sum(cpu) / len(cpu)
+            same = sum(r.decisions == reference for r in mine)
+            print(
+                f"  {scale}x {tree}: CPU ms per file {means[tree]:.1f} "
+                f"({', '.join(f'{c:.1f}' for c in cpu)}); driver peak "
+                f"{mib(max(r.peaks.driver for r in mine))} MiB, largest worker "
+                f"{mib(max(r.peaks.largest_worker for r in mine))} MiB; "
+                f"the baseline's decisions in {same} of {len(mine)} runs"
+            )
+        ratio = means["this tree"] / means["baseline"]
+        print(f"  {scale}x this tree / baseline, CPU per file: {ratio:.2f}x")
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -411,7 +490,7 @@ def result_row(r: RunResult) -> list[str]:
     listing = f"{r.listing_s:.1f}" if r.listing_s is not None else "-"
     publish = f"{r.publish_s:.1f}" if r.publish_s is not None else "-"
     return [
-        f"{r.scale}x",
+        f"{r.scale}x" if r.tree == "this tree" else f"{r.scale}x {r.tree}",
         str(r.files),
         f"{r.kept}/{r.rejected}",
         f"{r.wall_s:.1f}",
@@ -480,8 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         log_dir = args.log_dir or Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
+        trees = side_by_side_order(args.baseline, args.rounds) if args.baseline else None
         results = [
-            run_scale(s, args.files, sources, log_dir, args.timeout, args.decisions) for s in scales
+            r
+            for s in scales
+            for r in run_scale(s, args.files, sources, log_dir, args.timeout, args.decisions, trees)
         ]
     print(
         f"\n{os.cpu_count()} cores; Ray num_cpus={NUM_CPUS}; RSS sampled every "
@@ -489,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print_table(HEADER, [result_row(r) for r in results])
     for r in results:
+        if len(results) > len(scales):
+            print(f"  {r.scale}x {r.tree}:")
         roles = ", ".join(f"{k} {mib(v)}" for k, v in sorted(r.peaks.by_role.items()))
         print(
             f"  {r.scale}x peak MiB per role (summed): {roles}; "
@@ -504,7 +588,11 @@ def main(argv: list[str] | None = None) -> int:
             f"(sampled; {1000 * r.peaks.reaped_cpu / r.files:.1f} by the reaped processes' "
             "own accounting)"
         )
-    print_ratios(results)
+    if args.baseline:
+        print("\nside by side, one uploaded lake per scale:")
+        print_side_by_side(results)
+    else:
+        print_ratios(results)
     return max(r.exit_code for r in results)
 
 
