@@ -3,12 +3,15 @@
 The product's own batch function (`pipeline.normalize.normalise_batch`, what each
 normalise task runs on its `files_per_task` files) runs in this process, as in a task:
 one torch thread, the files read from a local S3 (moto on loopback, s3fs as on AWS), the
-defaults with the local ImageNet weights. The batches run twice: once timed (process
-CPU time, the figure per file), once under cProfile (the task's own thread), whose
-cumulative times per product function give each step's share of what the reads (timed
-on their own, in the task's thread pool) leave; the profiler's own overhead is spread
-over the steps in proportion. Steps are named by the functions that do them, so a step
-moved or renamed shows up as "the rest", never as a silent zero.
+defaults with the local ImageNet weights: its process CPU time is the figure per file.
+Then each part of it is timed on its own, on the same files, by calling the product's
+function for it: the reads (`_fetch` in the task's thread pool), the per-file format
+work (`normalise`), the per-file signals (`signals`) and the batch verdict
+(`judged_table`: the embedding, the content classifier, the rows into Arrow); what is
+left is the task's own loop. cProfile's cumulative times per function share each part
+out among its steps (its overhead falls within the part, not across parts). Steps are
+named by the functions that do them: one moved or renamed shows up in "the rest",
+never as a silent zero.
 
     .venv/bin/python scripts/bench/normalise_profile.py                 # 1,000 crops + camera JPEGs
     .venv/bin/python scripts/bench/normalise_profile.py --crops 250     # quicker
@@ -25,6 +28,7 @@ import pstats
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,27 +41,49 @@ from devkit.local_s3 import LocalS3
 from devkit.weights import local_embedding_weights
 from pipeline.config import CleanConfig
 from pipeline.listing import list_lake
-from pipeline.normalize import _fetch, normalise_batch
+from pipeline.normalize import (
+    _fetch,
+    judged_table,
+    normalise,
+    normalise_batch,
+    normalise_item,
+    signals,
+)
 from pipeline.planning import with_work_columns
 
 BUCKET = "lake"
 DEFAULT_CROPS = 1000
-# (step, module path suffix, function name, only when called by this function or None).
-# Cumulative CPU of each; "JPEG" counts the main image's encode, "thumbnail" its own.
-STEPS = (
-    ("decode and shrink", "common/decode.py", "decode_within", None),
-    ("JPEG of the image", "pipeline/normalize.py", "encode_jpeg", "normalise"),
-    ("thumbnail", "pipeline/normalize.py", "thumbnail_jpeg", None),
-    ("SHA-256 of the pixels", "pipeline/normalize.py", "pixel_sha256", None),
-    ("channel moments", "pipeline/normalize.py", "channel_moments", None),
-    ("junk pixel scores", "pipeline/junk/__init__.py", "score_image", None),
-    ("pHash and its stability", "pipeline/dedup/signals.py", "hash_signals", None),
-    ("colour layout", "pipeline/embed.py", "colour_layout", None),
-    ("grey layout", "pipeline/embed.py", "grey_layout", None),
-    ("embedding input", "pipeline/embed.py", "embedding_input", None),
-    ("embedding forward pass", "pipeline/embed.py", "__call__", None),
-    ("content classifier", "pipeline/junk_model.py", "junk_probability", None),
-    ("rows into Arrow", "pipeline/normalize.py", "with_embeddings", None),
+# Stages of a file's work, each timed on its own by calling the product's function for
+# it: (stage, its steps as (step, module path suffix, function, only when called by)).
+# cProfile's cumulative times share each stage's timed CPU out among its steps.
+STAGES = (
+    (
+        "normalise",
+        (
+            ("decode and shrink", "common/decode.py", "decode_within", None),
+            ("JPEG of the image", "pipeline/normalize.py", "encode_jpeg", "normalise"),
+            ("thumbnail", "pipeline/normalize.py", "thumbnail_jpeg", None),
+            ("SHA-256 of the pixels", "pipeline/normalize.py", "pixel_sha256", None),
+            ("channel moments", "pipeline/normalize.py", "channel_moments", None),
+        ),
+    ),
+    (
+        "signals",
+        (
+            ("junk pixel scores", "pipeline/junk/__init__.py", "score_image", None),
+            ("pHash and its stability", "pipeline/dedup/signals.py", "hash_signals", None),
+            ("colour layout", "pipeline/embed.py", "colour_layout", None),
+            ("grey layout", "pipeline/embed.py", "grey_layout", None),
+            ("embedding input", "pipeline/embed.py", "embedding_input", None),
+        ),
+    ),
+    (
+        "judged_table",
+        (
+            ("embedding forward pass", "pipeline/embed.py", "__call__", None),
+            ("content classifier", "pipeline/junk_model.py", "junk_probability", None),
+        ),
+    ),
 )
 
 
@@ -84,32 +110,64 @@ def work_batches(cfg: CleanConfig, fs_listing: pa.Table) -> list[pa.Table]:
 
 
 def profile(cfg: CleanConfig, batches: list[pa.Table]) -> tuple[float, dict[str, float]]:
-    """(CPU s of the batches, timed; {step: CPU s}). The reads run in the task's thread
-    pool, which cProfile does not see: they are timed on their own, and the profile
-    (of the task's own thread) shares out the rest."""
+    """(CPU s of the task's function on the batches; {step: CPU s}). The reads are timed
+    as the task does them (its thread pool); then each stage on its own, on the same
+    files (the product's functions), and under cProfile for its steps' shares."""
     started = time.process_time()
     for batch in batches:
         normalise_batch(batch, cfg)
-    timed = time.process_time() - started
-    fetch = read_cpu(cfg, batches)
+    whole = time.process_time() - started
+    steps = {"S3 GET (the task's read threads)": read_cpu(cfg, batches)}
+    items = [item for batch in batches for item in batch.to_pylist()]
+    fs, _ = filesystem(cfg.input_uri, cfg.storage)
+    data = [_fetch(fs, item["source_uri"]) for item in items]
+    normalised = [normalise(d, cfg.normalize) for d in data]
+
+    def batch_rows() -> list[list[dict]]:
+        """The rows `judged_table` gets, fresh (it takes their embedding inputs)."""
+        rows = [normalise_item(item, d, cfg) for item, d in zip(items, data, strict=True)]
+        step = cfg.execution.files_per_task
+        return [rows[i : i + step] for i in range(0, len(rows), step)]
+
+    stages = {  # stage: (what it gets, made untimed; the stage on it)
+        "normalise": (lambda: data, lambda x: [normalise(d, cfg.normalize) for d in x]),
+        "signals": (lambda: normalised, lambda x: [signals(n, cfg) for n in x]),
+        "judged_table": (batch_rows, lambda x: [judged_table(rows, cfg) for rows in x]),
+    }
+    for stage, parts in STAGES:
+        prepare, run = stages[stage]
+        timed = _timed(run, prepare())
+        shares = _profiled_shares(run, prepare(), parts)
+        steps |= {step: share * timed for step, share in shares.items()}
+        steps[f"{stage}: the rest"] = timed * (1 - sum(shares.values()))
+    steps["the task's own loop (what the parts leave)"] = whole - sum(steps.values())
+    return whole, steps
+
+
+def _timed(run: Callable[[object], object], given: object) -> float:
+    started = time.process_time()
+    run(given)
+    return time.process_time() - started
+
+
+def _profiled_shares(
+    run: Callable[[object], object], given: object, parts: tuple
+) -> dict[str, float]:
+    """Each step's share of `run`'s profiled CPU (cumulative, this thread)."""
     profiler = cProfile.Profile(time.thread_time)
     profiler.enable()
-    for batch in batches:
-        normalise_batch(batch, cfg)
+    run(given)
     profiler.disable()
     stats = pstats.Stats(profiler).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
     total = sum(tt for _, _, tt, _, _ in stats.values())
-    steps = {}
-    for step, path, name, caller in STEPS:
-        steps[step] = sum(
+    return {
+        step: sum(
             _cumulative(entry, caller)
             for (file, _, func), entry in stats.items()
             if func == name and file.endswith(path)
         )
-    steps["the rest (task loop, Python)"] = total - sum(steps.values())
-    scale = (timed - fetch) / total  # the profiler's overhead, spread over the steps
-    return timed, {"S3 GET (the task's read threads)": fetch} | {
-        k: v * scale for k, v in steps.items()
+        / total
+        for step, path, name, caller in parts
     }
 
 
