@@ -111,6 +111,19 @@ def test_scores_do_not_depend_on_row_order():
         assert by_uri[uri] == pytest.approx(score, abs=1e-6)
 
 
+def test_few_and_many_references_fit_the_same_probes(monkeypatch: pytest.MonkeyPatch):
+    """Few references: one task per fold split, every split at once; many: a task per
+    fold, a split at a time. The same scores to the bit."""
+    from pipeline.offclass import fit
+
+    table, _ = planted_lake()
+    few = off_class_stage(table, pa.table({}), OffClassConfig())
+    monkeypatch.setattr(fit, "ONE_TASK_ROWS", 0)
+    many = off_class_stage(table, pa.table({}), OffClassConfig())
+    assert few[offclass.SCORE].to_pylist() == many[offclass.SCORE].to_pylist()
+    assert few.equals(many)
+
+
 def test_incremental_new_images_are_scored_against_the_kept_ones():
     vectors, labels = cluster_vectors(30, seed=4)
     kept = work_table(vectors, labels, prefix="s3://lake/old")

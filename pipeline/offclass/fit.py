@@ -8,7 +8,8 @@ each fold's statistics are summed by a task of its own over every block in block
 and the probes are solved by a task whose BLAS runs the driver's thread count for the
 solves (OpenBLAS's LU solve differs in its last bits with it; `threadpoolctl` sets it in
 a worker that already runs, where a process of its own would cost a start and imports);
-the driver receives each probe's weights, a few KiB.
+the driver receives each probe's weights, a few KiB. For a few thousand references the
+solving task sums the folds itself (`ONE_TASK_ROWS`), in the same order: the same sums.
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ from pipeline.offclass.probe import FoldStats, References, discriminants, one_fo
 
 # Up to this many references, one task sums every fold's statistics and solves: the
 # task holds the folds' statistics anyway (k x d x d float64, 66 MB at d = 1280), the
-# references add n x d float16 (21 MB here); a task per fold costs a task and a 13 MB
-# result through the object store each, more than its sums at a few thousand rows.
+# references add n x d float16 (21 MB at the limit); a task per fold costs a task and a
+# 13 MB result through the object store each, more than its sums at a few thousand
+# rows (2,000 crops: the probe's 25 fold tasks and 5 solves took ~4.7 CPU-s).
 ONE_TASK_ROWS = 8192
+
+
+def in_one_task(references: int) -> bool:
+    """Whether one task sums the folds and solves (`fold_probes`)."""
+    return references <= ONE_TASK_ROWS
 
 
 @ray.remote(num_cpus=1)
@@ -100,7 +107,7 @@ def fold_probes(
     one run are fitted at once)."""
     folds = ray.put(ref_folds)
     keys = wanted.tolist()
-    if len(ref_folds) <= ONE_TASK_ROWS:
+    if in_one_task(len(ref_folds)):
         return _fit_task.remote(
             shared.refs, folds, n_folds, n_classes, step, keys, shrinkage, shared.threads
         )

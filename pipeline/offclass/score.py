@@ -9,7 +9,7 @@ import numpy as np
 import ray
 
 from pipeline.offclass.config import OffClassConfig
-from pipeline.offclass.fit import Shared, fold_probes, share
+from pipeline.offclass.fit import Shared, fold_probes, in_one_task, share
 from pipeline.offclass.keys import Keys, keys_of
 from pipeline.offclass.probe import (
     References,
@@ -98,12 +98,19 @@ def bagged_out_of_fold(
     borderline images by where their look-alikes happened to fall: on the web-scraped
     benchmark three single splits flagged 8, 10 and 11 of 1,208 real photos, three
     averages of five splits 6 each (and 59-60 of 91 planted off-class photos each).
-    Every split's probes are fitted at once; the average adds them in split order."""
+    Few references (`fit.in_one_task`): every split's probes are fitted at once (each
+    task returns its probes, ~250 KiB); more: one split at a time (its folds'
+    statistics pass through the object store, 13 MB each). The average adds them in
+    split order."""
     repeats = range(cfg.off_class_repeats)
-    fits = [_fit(stored, query_keys, n_classes, cfg, shared, r) for r in repeats]
     total = np.zeros((len(rows), n_classes))
-    for fit in fits:
-        total += _probabilities(*fit, stored, rows, n_classes, cfg)
+    if in_one_task(len(stored.keys)):
+        fits = [_fit(stored, query_keys, n_classes, cfg, shared, r) for r in repeats]
+        for fit in fits:
+            total += _probabilities(*fit, stored, rows, n_classes, cfg)
+    else:
+        for repeat in repeats:
+            total += out_of_fold(stored, rows, query_keys, n_classes, cfg, shared, repeat)
     return total / cfg.off_class_repeats
 
 

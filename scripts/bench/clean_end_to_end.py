@@ -20,10 +20,11 @@ the files' upload times: compare two trees' runs on one uploaded lake).
 
 Side by side: --baseline DIR names another checkout of this repository (a git worktree
 of the commit to compare with). Each scale's lake is then uploaded once, and the two
-trees' jobs run on it in turn, --rounds times each (A B B A ...: drift on a shared
-machine falls on both), the output removed between runs; printed: each run's CPU per
-file and peaks, each tree's mean, the ratio, and whether every run made the baseline's
-first run's decisions, file by file.
+trees' jobs run on it in turn: one warm-up run each (not counted: the lake's first
+reads, a checkout's first imports), then --rounds times each (A B B A ...: drift on a
+shared machine falls on both), the output removed between runs; printed: each run's CPU
+per file and peaks, each tree's mean, the ratio, and whether every run made the
+baseline's first run's decisions, file by file.
 
 Run from the repository root:
 
@@ -37,6 +38,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -153,7 +155,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "each uploaded lake, side by side (see the module doc)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=2, help="with --baseline: runs of each tree per scale"
+        "--rounds",
+        type=int,
+        default=2,
+        choices=range(1, 100),
+        metavar="N",
+        help="with --baseline: runs of each tree per scale, after one warm-up run each",
+    )
+    parser.add_argument(
+        "--no-warm-up",
+        dest="warm_up",
+        action="store_false",
+        help="with --baseline: no warm-up runs (both trees ran their jobs just before)",
     )
     return parser.parse_args(argv)
 
@@ -407,8 +420,9 @@ def run_scale(
         upload_s = upload_lake(s3, sources, count)
         print(f"[{scale}x] uploaded in {upload_s:.0f} s", flush=True)
         for i, (name, tree) in enumerate(trees):
-            if i:
-                s3.filesystem().rm(f"{BUCKET}/{OUTPUT_PREFIX}", recursive=True)
+            if i:  # the previous run's output, if it wrote any
+                with contextlib.suppress(FileNotFoundError):
+                    s3.filesystem().rm(f"{BUCKET}/{OUTPUT_PREFIX}", recursive=True)
             tag = f"{scale}x" if len(trees) == 1 else f"{scale}x_{i}"
             results.append(
                 run_once(s3, scale, count, upload_s, log_dir, tag, timeout, decisions, name, tree)
@@ -451,32 +465,44 @@ def run_once(
     )
 
 
-def side_by_side_order(baseline: Path, rounds: int) -> list[tuple[str, Path]]:
-    """A B B A A B ...: each tree runs `rounds` times, neither always first."""
+WARM_UP = "warm-up"
+
+
+def side_by_side_order(baseline: Path, rounds: int, warm_up: bool) -> list[tuple[str, Path]]:
+    """A warm-up run of each tree (each checkout's first imports and .pyc writes; not
+    counted), then A B B A A B ...: each tree `rounds` times, neither always first."""
     pair = [("baseline", baseline.resolve()), ("this tree", REPO)]
-    return [p for r in range(rounds) for p in (pair if r % 2 == 0 else pair[::-1])]
+    warm = [(f"{WARM_UP} {name}", tree) for name, tree in pair[::-1]] if warm_up else []
+    return warm + [p for r in range(rounds) for p in (pair if r % 2 == 0 else pair[::-1])]
 
 
 def print_side_by_side(results: list[RunResult]) -> None:
-    """Per scale: each tree's mean CPU per file and peaks, the ratio, and the decisions."""
+    """Per scale: each tree's mean CPU per file and peaks over its runs that finished
+    (warm-ups aside), the ratio, and how many runs made the decisions of the baseline's
+    first finished run."""
     for scale in sorted({r.scale for r in results}):
-        runs = [r for r in results if r.scale == scale]
-        reference = next((r.decisions for r in runs if r.decisions is not None), None)
+        runs = [r for r in results if r.scale == scale and r.exit_code == 0]
+        reference = next((r.decisions for r in runs if r.tree.endswith("baseline")), None)
         means = {}
         for tree in ("baseline", "this tree"):
             mine = [r for r in runs if r.tree == tree]
+            if not mine:
+                print(f"  {scale}x {tree}: no run finished")
+                continue
             cpu = [1000 * sum(r.peaks.cpu_seconds.values()) / r.files for r in mine]
             means[tree] = sum(cpu) / len(cpu)
-            same = sum(r.decisions == reference for r in mine)
+            same = sum(r.decisions == reference for r in runs if r.tree.endswith(tree))
             print(
                 f"  {scale}x {tree}: CPU ms per file {means[tree]:.1f} "
                 f"({', '.join(f'{c:.1f}' for c in cpu)}); driver peak "
                 f"{mib(max(r.peaks.driver for r in mine))} MiB, largest worker "
-                f"{mib(max(r.peaks.largest_worker for r in mine))} MiB; "
-                f"the baseline's decisions in {same} of {len(mine)} runs"
+                f"{mib(max(r.peaks.largest_worker for r in mine))} MiB, summed "
+                f"{mib(max(r.peaks.total for r in mine))} MiB; the baseline's decisions in "
+                f"{same} of its {sum(r.tree.endswith(tree) for r in runs)} runs (warm-up too)"
             )
-        ratio = means["this tree"] / means["baseline"]
-        print(f"  {scale}x this tree / baseline, CPU per file: {ratio:.2f}x")
+        if len(means) == 2:
+            ratio = means["this tree"] / means["baseline"]
+            print(f"  {scale}x this tree / baseline, CPU per file: {ratio:.2f}x")
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -559,7 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         log_dir = args.log_dir or Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
-        trees = side_by_side_order(args.baseline, args.rounds) if args.baseline else None
+        trees = (
+            side_by_side_order(args.baseline, args.rounds, args.warm_up) if args.baseline else None
+        )
         results = [
             r
             for s in scales

@@ -140,7 +140,8 @@ def profile(cfg: CleanConfig, batches: list[pa.Table]) -> tuple[float, dict[str,
         shares = _profiled_shares(run, prepare(), parts)
         steps |= {step: share * timed for step, share in shares.items()}
         steps[f"{stage}: the rest"] = timed * (1 - sum(shares.values()))
-    steps["the task's own loop (what the parts leave)"] = whole - sum(steps.values())
+    residual = whole - sum(steps.values())
+    steps["the task's own loop (the residual: within the parts' noise)"] = residual
     return whole, steps
 
 
