@@ -124,6 +124,27 @@ def test_few_and_many_references_fit_the_same_probes(monkeypatch: pytest.MonkeyP
     assert few.equals(many)
 
 
+def test_the_neighbours_are_searched_among_a_fixed_sample_of_the_images():
+    """With fewer references allowed than the lake has, the neighbour votes come from a
+    sample fixed by content hash (the same in every run and row order); the probe's
+    scores still use every image; the planted bird among drones still has birds for
+    neighbours."""
+    table, planted = planted_lake()
+    sampled = OffClassConfig(off_class_neighbour_sample=45)
+    a = off_class_stage(table, pa.table({}), sampled)
+    shuffled = table.take(pa.array(np.random.default_rng(5).permutation(table.num_rows)))
+    b = off_class_stage(shuffled, pa.table({}), sampled)
+    full = off_class_stage(table, pa.table({}), OffClassConfig())
+    shares = a[offclass.NEIGHBOUR_SHARE].to_pylist()
+    by_uri = dict(
+        zip(b["source_uri"].to_pylist(), b[offclass.NEIGHBOUR_SHARE].to_pylist(), strict=True)
+    )
+    assert [by_uri[u] for u in a["source_uri"].to_pylist()] == shares
+    assert a[offclass.SCORE].to_pylist() == full[offclass.SCORE].to_pylist()
+    assert shares != full[offclass.NEIGHBOUR_SHARE].to_pylist()
+    assert a[offclass.NEIGHBOUR_CLASS][planted].as_py() == "Birds"
+
+
 def test_incremental_new_images_are_scored_against_the_kept_ones():
     vectors, labels = cluster_vectors(30, seed=4)
     kept = work_table(vectors, labels, prefix="s3://lake/old")

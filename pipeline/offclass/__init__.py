@@ -27,7 +27,9 @@ names the other class the probe prefers.
 
 Separately, `off_class_neighbour_share` is the share of the image's `off_class_k` most
 similar images (cosine; itself and near copies left out) that carry one other class:
-report.json lists images where most do as possible label issues.
+report.json lists images where most do as possible label issues. Past
+`off_class_neighbour_sample` images, they are searched among that many, a sample fixed
+by content hash, so that the search grows with the lake, not with its square.
 
 Distributed and deterministic: each fold's probe is one Ray task (training rows capped
 per class, chosen by URI hash), the neighbour search runs over blocks of query rows in

@@ -66,6 +66,13 @@ class OffClassConfig:
     off_class_k: int = option(
         10, "off_class: nearest neighbours behind the label-issue list", min=1
     )
+    off_class_neighbour_sample: int = option(
+        20_000,
+        "off_class: each image's nearest neighbours are searched among at most this many "
+        "images, kept and new (a sample fixed by content hash; all of them up to this "
+        "many): the search costs images x this, not images squared",
+        min=1,
+    )
     off_class_copy_similarity: float = option(
         0.95, "off_class: neighbours at least this similar are near copies, left out", min=0, max=1
     )

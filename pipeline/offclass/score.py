@@ -126,14 +126,15 @@ def distributed_votes(
     stored: Stored, rows: np.ndarray, codes: np.ndarray, n_classes: int, cfg: OffClassConfig
 ) -> np.ndarray:
     """`neighbour_votes` of the queries (`rows` of the pool, `codes` their keys' codes)
-    over blocks in Ray tasks."""
+    over blocks in Ray tasks, among `neighbour_pool`'s references."""
     step = cfg.off_class_block_rows
+    pool = neighbour_pool(stored, cfg.off_class_neighbour_sample)
     futures = [
         _neighbour_task.remote(
             stored.pool,
             rows[i : i + step],
             codes[i : i + step],
-            stored.refs,
+            pool,
             n_classes,
             cfg.off_class_k,
             cfg.off_class_copy_similarity,
@@ -142,6 +143,22 @@ def distributed_votes(
     ]
     parts = ray.get(futures)
     return np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
+
+
+def neighbour_pool(stored: Stored, size: int) -> ray.ObjectRef:
+    """The references the neighbour search looks among: every one, or the `size` with
+    the lowest hash rank of their content key (the same sample in every run, whatever
+    the order). Every query then costs `size` products, not one per reference: on a
+    large lake the search would otherwise grow with the square of its size."""
+    if len(stored.keys) <= size:
+        return stored.refs
+    keep = np.sort(np.argsort(stored.keys.rank, kind="stable")[:size])
+    return _sampled.remote(stored.refs, keep)
+
+
+@ray.remote(num_cpus=1)
+def _sampled(refs: References, keep: np.ndarray) -> References:
+    return References(refs.vectors[keep], refs.labels[keep], refs.uris[keep])
 
 
 # --- scores ----------------------------------------------------------------------------
