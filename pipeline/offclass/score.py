@@ -103,14 +103,12 @@ def bagged_out_of_fold(
     statistics pass through the object store, 13 MB each). The average adds them in
     split order."""
     repeats = range(cfg.off_class_repeats)
-    total = np.zeros((len(rows), n_classes))
+    fits = (_fit(stored, query_keys, n_classes, cfg, shared, r) for r in repeats)
     if in_one_task(len(stored.keys)):
-        fits = [_fit(stored, query_keys, n_classes, cfg, shared, r) for r in repeats]
-        for fit in fits:
-            total += _probabilities(*fit, stored, rows, n_classes, cfg)
-    else:
-        for repeat in repeats:
-            total += out_of_fold(stored, rows, query_keys, n_classes, cfg, shared, repeat)
+        fits = list(fits)  # every split's fit submitted now
+    total = np.zeros((len(rows), n_classes))
+    for fit in fits:
+        total += _probabilities(*fit, stored, rows, n_classes, cfg)
     return total / cfg.off_class_repeats
 
 

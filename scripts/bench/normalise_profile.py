@@ -27,7 +27,6 @@ import os
 import pstats
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -197,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # as in a normalise task (one CPU)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     sets = {"halmstad crops": crop_set(args.crops)}
     with tempfile.TemporaryDirectory() as tmp:
         sets["camera JPEGs 12-24 MP"] = make_camera_set(Path(tmp))
