@@ -102,6 +102,7 @@ class MemoryPeaks:
     samples: int = 0
     cpu_seconds: dict[int, float] = field(default_factory=dict)
     roles: dict[int, str] = field(default_factory=dict)  # pid -> role, for CPU per role
+    rss_peaks: dict[int, int] = field(default_factory=dict)  # pid -> its own peak RSS
     names: dict[int, str] = field(default_factory=dict)  # pid -> last process name seen
     reaped_cpu: float = 0.0  # CPU s of the job's processes that were waited for (getrusage)
 
@@ -270,6 +271,7 @@ def sample_once(driver: psutil.Process, peaks: MemoryPeaks) -> None:
         peaks.cpu_seconds[proc.pid] = times.user + times.system
         peaks.roles[proc.pid] = cpu_role
         peaks.names[proc.pid] = name_of(proc)
+        peaks.rss_peaks[proc.pid] = max(peaks.rss_peaks.get(proc.pid, 0), rss)
         if kind == "worker":
             peaks.largest_worker = max(peaks.largest_worker, rss)
         if kind == "driver":
@@ -556,9 +558,15 @@ HEADER = [
 
 
 def write_cpu_detail(path: Path, peaks: MemoryPeaks) -> None:
-    """Each process's CPU s, role and command line, largest first (for profiling)."""
+    """Each process's CPU s, peak RSS, role and command line, most CPU first."""
     rows = [
-        {"pid": pid, "role": peaks.roles[pid], "cpu_s": round(cpu, 2), "name": peaks.names[pid]}
+        {
+            "pid": pid,
+            "role": peaks.roles[pid],
+            "cpu_s": round(cpu, 2),
+            "peak_mib": round(peaks.rss_peaks.get(pid, 0) / MIB),
+            "name": peaks.names[pid],
+        }
         for pid, cpu in sorted(peaks.cpu_seconds.items(), key=lambda kv: -kv[1])
     ]
     path.write_text(json.dumps(rows, indent=1))
