@@ -26,15 +26,16 @@ BLAS_SPIN = "4"
 # A local Ray starts no workers before a task needs them: it would start num_cpus when
 # it starts and num_cpus again for the first driver, and the first ones never ran a task
 # (each start costs ~0.4 CPU-s, more once it imports). And an idle worker beyond num_cpus
-# is stopped after 60 s, not 1 s: the later stages' tasks then run in the workers that
-# planned and listed the run, idle while the normalise stage ran (at 10 s they were
-# stopped, and the decisions started three new ones: ~1.3 CPU-s each, 2-3 ms a file at
-# 2,000 files); the worker that built the embedding network is the first normalise
-# worker. The normalise workers (~1 GiB each) stay up to a minute after their stage.
+# is stopped after 10 minutes, not 1 s: the later stages' tasks then run in the workers
+# that planned and listed the run, idle while the normalise stage ran (stopped after it,
+# the decisions started three new ones: ~1.5-2.5 CPU-s each with their imports); the
+# worker that built the embedding network is the first normalise worker. The normalise
+# workers (~0.9 GiB each) stay until the job ends, unless it runs 10 minutes past their
+# stage.
 LOCAL_SYSTEM_CONFIG = {
     "enable_worker_prestart": False,
     "prestart_worker_first_driver": False,
-    "idle_worker_killing_time_threshold_ms": 60_000,
+    "idle_worker_killing_time_threshold_ms": 600_000,
 }
 
 
