@@ -177,13 +177,51 @@ def _votes(
     copy_similarity: float,
 ) -> np.ndarray:  # fmt: skip
     """`neighbour_votes` of a chunk of queries from their similarities (changed in place)."""
-    sims[query_uris[:, None] == refs.uris[None, :]] = -np.inf
-    sims[sims >= copy_similarity] = -np.inf
-    votes = np.zeros((len(sims), n_classes), np.float32)
-    nearest = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-    valid = np.isfinite(np.take_along_axis(sims, nearest, axis=1))
-    for j in range(kk):
-        np.add.at(votes, (np.arange(len(sims)), refs.labels[nearest[:, j]]), valid[:, j])
+    left_out(sims, query_uris, refs.uris, copy_similarity)
+    return counted(nearest(sims, kk), refs.labels, n_classes)
+
+
+def left_out(sims: np.ndarray, query_uris: np.ndarray, uris: np.ndarray, copy: float) -> None:
+    """Set to -inf, in place, each query's own row (its URI or key code) and its near
+    copies (similarity at least `copy`): they are no neighbours to vote."""
+    sims[query_uris[:, None] == uris[None, :]] = -np.inf
+    sims[sims >= copy] = -np.inf
+
+
+# Each row's most similar references: (similarities (m, j) float32, their columns (m, j)).
+Nearest = tuple[np.ndarray, np.ndarray]
+
+
+def nearest(sims: np.ndarray, k: int, first: int = 0, columns: np.ndarray | None = None) -> Nearest:
+    """Each row's `k` largest similarities (fewer if `sims` has fewer columns), in no
+    particular order, and their columns: counted from `first`, or `columns` (m, c) names
+    them. A tie at the k-th place goes to the lower column: the same neighbours however
+    the references were split into blocks (copies in a lake tie exactly)."""
+    kk = min(k, sims.shape[1])
+    if kk == 0:
+        return np.zeros((len(sims), 0), sims.dtype), np.zeros((len(sims), 0), np.int64)
+    picked = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+    values = np.take_along_axis(sims, picked, axis=1)
+    names = picked + first if columns is None else np.take_along_axis(columns, picked, axis=1)
+    kth = values.min(axis=1)
+    at_least = sims >= kth[:, None]
+    # -inf at the k-th place: fewer than k to vote, every finite one already picked.
+    for r in np.flatnonzero(np.isfinite(kth) & (at_least.sum(axis=1) > kk)):
+        candidates = np.flatnonzero(at_least[r])
+        named = candidates + first if columns is None else columns[r, candidates]
+        order = np.lexsort((named, -sims[r, candidates]))[:kk]
+        values[r], names[r] = sims[r, candidates[order]], named[order]
+    return values, names
+
+
+def counted(found: Nearest, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(m, n_classes): the share of each row's nearest in each class (`labels`: the
+    columns' classes), counting only those not left out (finite similarity)."""
+    values, columns = found
+    valid = np.isfinite(values)
+    votes = np.zeros((len(values), n_classes), np.float32)
+    for j in range(columns.shape[1]):
+        np.add.at(votes, (np.arange(len(values)), labels[columns[:, j]]), valid[:, j])
     return votes / np.maximum(valid.sum(axis=1, keepdims=True), 1)
 
 

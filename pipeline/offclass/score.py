@@ -11,9 +11,12 @@ import ray
 from pipeline.offclass.config import OffClassConfig
 from pipeline.offclass.fit import Shared, fold_probes, in_one_task, share
 from pipeline.offclass.keys import Keys, keys_of
+from pipeline.offclass.neighbours import triangle_nearest, upper_nearest
 from pipeline.offclass.probe import (
+    Nearest,
     References,
     capped,
+    counted,
     logit,
     neighbour_votes,
     posterior,
@@ -124,9 +127,13 @@ def distributed_votes(
     stored: Stored, rows: np.ndarray, codes: np.ndarray, n_classes: int, cfg: OffClassConfig
 ) -> np.ndarray:
     """`neighbour_votes` of the queries (`rows` of the pool, `codes` their keys' codes)
-    over blocks in Ray tasks, among `neighbour_pool`'s references."""
+    over blocks in Ray tasks, among `neighbour_pool`'s references; when the queries are
+    every reference, each pair compared once (`pipeline.offclass.neighbours`)."""
     step = cfg.off_class_block_rows
     pool = neighbour_pool(stored, cfg.off_class_neighbour_sample)
+    whole = pool is stored.refs and stored.pool is stored.refs  # rows: reference rows
+    if whole and _every_reference(rows, len(stored.labels)):
+        return triangle_votes(stored, n_classes, cfg)[rows]
     futures = [
         _neighbour_task.remote(
             stored.pool,
@@ -141,6 +148,30 @@ def distributed_votes(
     ]
     parts = ray.get(futures)
     return np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
+
+
+def _every_reference(rows: np.ndarray, n: int) -> bool:
+    """Whether the query rows are the references 0..n-1, in some order."""
+    return len(rows) == n and bool(np.array_equal(np.sort(rows), np.arange(n)))
+
+
+@ray.remote(num_cpus=1)
+def _upper_task(refs: References, lo: int, hi: int, k: int, copy: float) -> tuple[Nearest, Nearest]:
+    return upper_nearest(refs, lo, hi, k, copy)
+
+
+def triangle_votes(stored: Stored, n_classes: int, cfg: OffClassConfig) -> np.ndarray:
+    """`neighbour_votes` of every reference among the references, in reference order,
+    a task per block of `off_class_block_rows` comparing it with the blocks from it on
+    (the largest first). Only where the references are every image searched: at most
+    `off_class_neighbour_sample`, so the tasks' results (~12 bytes x k per pair of an
+    image and a block) stay small."""
+    n, step, k = len(stored.labels), cfg.off_class_block_rows, cfg.off_class_k
+    starts = list(range(0, n, step))
+    copy = cfg.off_class_copy_similarity
+    futures = [_upper_task.remote(stored.refs, lo, min(lo + step, n), k, copy) for lo in starts]
+    found = triangle_nearest(ray.get(futures), starts, n, k)
+    return counted(found, stored.labels, n_classes)
 
 
 def neighbour_pool(stored: Stored, size: int) -> ray.ObjectRef:
