@@ -28,7 +28,8 @@ BLAS_SPIN = "4"
 # (each start costs ~0.4 CPU-s, more once it imports). And an idle worker beyond num_cpus
 # is stopped after 10 minutes, not 1 s: the later stages' tasks then run in the workers
 # that planned and listed the run, idle while the normalise stage ran (stopped after it,
-# the decisions started three new ones: ~1.5-2.5 CPU-s each with their imports); the
+# the decisions started new ones, four at 20,000 crops: ~1.5-2.5 CPU-s each with their
+# imports); the
 # worker that built the embedding network is the first normalise worker. The normalise
 # workers (~0.9 GiB each) stay until the job ends, unless it runs 10 minutes past their
 # stage.

@@ -145,25 +145,37 @@ def test_the_neighbours_are_searched_among_a_fixed_sample_of_the_images():
     assert a[offclass.NEIGHBOUR_CLASS][planted].as_py() == "Birds"
 
 
-@pytest.mark.parametrize(("step", "k"), [(7, 3), (16, 10), (1000, 10), (2, 10)])
-def test_every_pair_compared_once_gives_every_query_s_votes(step: int, k: int):
+def copies_lake() -> References:
+    """Clustered vectors with exact copies: in their class (another key: near copies,
+    left out), across classes (exact ties in similarity, where the k-th place goes to
+    the lower reference), and two images of one content key (each other's own row)."""
+    vectors, labels = cluster_vectors(20, seed=7)
+    vectors[11] = vectors[4]
+    vectors[[50, 51, 25, 26]] = vectors[8]
+    vectors[[45, 30]] = vectors[12]
+    codes = np.arange(len(labels))
+    codes[30] = codes[31]
+    return References(vectors, labels, codes)
+
+
+@pytest.mark.parametrize(("step", "k"), [(7, 3), (16, 10), (1000, 10), (2, 10), (5, 100)])
+def test_every_pair_compared_once_gives_every_query_s_votes(
+    monkeypatch: pytest.MonkeyPatch, step: int, k: int
+):
     """A first run's votes (the queries are the references): each block compared with
     the blocks from it on, the nearest merged from rows and columns; the same votes as
     every query against every reference, copies and own rows left out alike."""
-    from pipeline.offclass.neighbours import triangle_nearest, upper_nearest
-    from pipeline.offclass.probe import counted, neighbour_votes
+    from pipeline.offclass import neighbours, probe
 
-    vectors, labels = cluster_vectors(20, seed=7)
-    vectors[11] = vectors[4]  # an exact copy in its class (another key: a near copy)
-    vectors[[50, 51, 52]] = vectors[8]  # copies filed under another class: exact ties
-    codes = np.arange(len(labels))
-    codes[30] = codes[31]  # two images of one content key: each other's own row
-    refs = References(vectors, labels, codes)
-    n, copy = len(labels), 0.99
+    for module in (neighbours, probe):  # chunks of 3 rows: their offsets exercised
+        monkeypatch.setattr(module, "VOTE_ROWS", 3)
+    refs = copies_lake()
+    n, copy = len(refs.labels), 0.99
     starts = list(range(0, n, step))
-    parts = [upper_nearest(refs, lo, min(lo + step, n), k, copy) for lo in starts]
-    votes = counted(triangle_nearest(parts, starts, n, k), labels, len(CLASSES))
-    expected = neighbour_votes(vectors, codes, refs, len(CLASSES), k, copy)
+    parts = [neighbours.upper_nearest(refs, lo, min(lo + step, n), k, copy) for lo in starts]
+    found = neighbours.triangle_nearest(parts, starts, n, k)
+    votes = probe.counted(found, refs.labels, len(CLASSES))
+    expected = probe.neighbour_votes(refs.vectors, refs.uris, refs, len(CLASSES), k, copy)
     np.testing.assert_array_equal(votes, expected)
 
 
@@ -171,27 +183,32 @@ def test_a_tie_at_the_k_th_place_goes_to_the_lower_column_however_split():
     from pipeline.offclass.neighbours import merged
     from pipeline.offclass.probe import nearest
 
-    sims = np.array([[0.5, 0.9, 0.5, 0.5, 0.1]], np.float32)
-    values, columns = nearest(sims, 2)
-    assert sorted(columns[0].tolist()) == [0, 1]
-    # the columns in two parts, the later part merged first: the same two
-    late, early = nearest(sims[:, 2:], 2, first=2), nearest(sims[:, :2], 2)
-    assert sorted(merged(late, early, 2)[1][0].tolist()) == [0, 1]
+    # numpy's partition alone picks columns 5, 1 and 3 here
+    sims = np.array([[0.1, 0.5, 0.5, 0.5, 0.5, 0.9, 0.5, 0.5]], np.float32)
+    assert sorted(nearest(sims, 3)[1][0].tolist()) == [1, 2, 5]
+    # the columns in two parts, the later part merged first: the same three
+    late, early = nearest(sims[:, 3:], 3, first=3), nearest(sims[:, :3], 3)
+    assert sorted(merged(late, early, 3)[1][0].tolist()) == [1, 2, 5]
 
 
 def test_the_stage_votes_alike_on_both_neighbour_searches(monkeypatch: pytest.MonkeyPatch):
-    """The whole stage with the references searched once per pair (a first run) and
-    with every query against every reference: the same table."""
+    """The whole stage with half the products (a first run, its rows in any order) and
+    with every query against every reference: the same table. Not taken when the
+    neighbours are searched among a sample or the queries are only the new images."""
     from pipeline.offclass import score
 
     table, _ = planted_lake()
+    table = table.take(pa.array(np.random.default_rng(11).permutation(table.num_rows)))
     cfg = OffClassConfig(off_class_block_rows=16)
     calls, triangle = [], score.triangle_votes
     monkeypatch.setattr(score, "triangle_votes", lambda *a: calls.append(1) or triangle(*a))
     once = off_class_stage(table, pa.table({}), cfg)
-    monkeypatch.setattr(score, "_every_reference", lambda rows, n: False)
+    assert calls == [1]
+    off_class_stage(table, pa.table({}), OffClassConfig(off_class_neighbour_sample=45))
+    off_class_stage(table.slice(0, 5), table.slice(5), cfg)  # an incremental run
+    assert calls == [1]
+    monkeypatch.setattr(score, "_queries_are_references", lambda *a: False)
     every = off_class_stage(table, pa.table({}), cfg)
-    assert calls == [1]  # the first run took the once-per-pair search, the second not
     assert once.equals(every)
     assert once[offclass.NEIGHBOUR_SHARE].null_count < once.num_rows
 

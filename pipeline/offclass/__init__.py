@@ -30,8 +30,9 @@ similar images (cosine; itself and near copies left out) that carry one other cl
 report.json lists images where most do as possible label issues. Past
 `off_class_neighbour_sample` images, they are searched among that many, a sample fixed
 by content hash, so that the search grows with the lake, not with its square. In a
-first run the images searched are the images scored, so each pair is compared once
-(`neighbours`); a tie at the k-th place goes to the image first in URI order.
+first run the images searched are the images scored, so a pair's similarity serves
+both (`neighbours`: about half the products); a tie at the k-th place goes to the
+image first in URI order.
 
 Distributed and deterministic: each fold's probe is one Ray task (training rows capped
 per class, chosen by URI hash), the neighbour search runs over blocks of query rows in
@@ -43,9 +44,8 @@ that will be kept.
 
 One module per concern: `config` (settings, column names), `probe` (the maths in numpy),
 `score` (the maths on Ray tasks, `score_rows`), `fit` (the probe's statistics added up
-and solved off the driver), `neighbours` (the search of a first run, each pair once) and
-`stage` (the stage on tables, its merge into the
-decisions and its report.json summary).
+and solved off the driver), `neighbours` (a first run's search, half the products) and
+`stage` (the stage on tables, its merge into the decisions and its report.json summary).
 """
 
 from pipeline.offclass.config import (

@@ -57,9 +57,10 @@ def fold_stats(
 
 def gram(x: np.ndarray) -> np.ndarray:
     """x'x through one array: numpy then calls BLAS's symmetric product (syrk), half
-    the multiplications of two operands' general product (gemm), the same sums in the
-    same order (the same matrix to the bit on these float16 embeddings: each product is
-    exact in float64); 2-3x less CPU for the probe's statistics."""
+    the multiplications of two operands' general product (gemm); 2-3x less CPU for the
+    probe's statistics. The same matrix to the bit as gemm gave on the real float16
+    embeddings with this OpenBLAS (every product is exact in float64, and both added
+    them in the same order): an observation, not a guarantee."""
     return x.T @ x
 
 
@@ -192,26 +193,25 @@ def left_out(sims: np.ndarray, query_uris: np.ndarray, uris: np.ndarray, copy: f
 Nearest = tuple[np.ndarray, np.ndarray]
 
 
-def nearest(sims: np.ndarray, k: int, first: int = 0, columns: np.ndarray | None = None) -> Nearest:
+def nearest(sims: np.ndarray, k: int, first: int = 0) -> Nearest:
     """Each row's `k` largest similarities (fewer if `sims` has fewer columns), in no
-    particular order, and their columns: counted from `first`, or `columns` (m, c) names
-    them. A tie at the k-th place goes to the lower column: the same neighbours however
-    the references were split into blocks (copies in a lake tie exactly)."""
+    particular order, and their columns counted from `first`. A tie at the k-th place
+    goes to the lower column, so the neighbours do not depend on how the references
+    were split into blocks (copies in a lake tie exactly). The rows with such a tie
+    are sorted on their own: among their candidates only (at least the k-th value)."""
     kk = min(k, sims.shape[1])
     if kk == 0:
         return np.zeros((len(sims), 0), sims.dtype), np.zeros((len(sims), 0), np.int64)
     picked = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
     values = np.take_along_axis(sims, picked, axis=1)
-    names = picked + first if columns is None else np.take_along_axis(columns, picked, axis=1)
     kth = values.min(axis=1)
     at_least = sims >= kth[:, None]
     # -inf at the k-th place: fewer than k to vote, every finite one already picked.
     for r in np.flatnonzero(np.isfinite(kth) & (at_least.sum(axis=1) > kk)):
-        candidates = np.flatnonzero(at_least[r])
-        named = candidates + first if columns is None else columns[r, candidates]
-        order = np.lexsort((named, -sims[r, candidates]))[:kk]
-        values[r], names[r] = sims[r, candidates[order]], named[order]
-    return values, names
+        candidates = np.flatnonzero(at_least[r])  # ascending: lexsort keeps the lower
+        order = np.lexsort((candidates, -sims[r, candidates]))[:kk]
+        picked[r], values[r] = candidates[order], sims[r, candidates[order]]
+    return values, picked + first
 
 
 def counted(found: Nearest, labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -128,11 +128,10 @@ def distributed_votes(
 ) -> np.ndarray:
     """`neighbour_votes` of the queries (`rows` of the pool, `codes` their keys' codes)
     over blocks in Ray tasks, among `neighbour_pool`'s references; when the queries are
-    every reference, each pair compared once (`pipeline.offclass.neighbours`)."""
+    every reference (a first run), with half the products (`pipeline.offclass.neighbours`)."""
     step = cfg.off_class_block_rows
     pool = neighbour_pool(stored, cfg.off_class_neighbour_sample)
-    whole = pool is stored.refs and stored.pool is stored.refs  # rows: reference rows
-    if whole and _every_reference(rows, len(stored.labels)):
+    if pool is stored.refs and _queries_are_references(stored, rows, codes):
         return triangle_votes(stored, n_classes, cfg)[rows]
     futures = [
         _neighbour_task.remote(
@@ -150,9 +149,23 @@ def distributed_votes(
     return np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
 
 
-def _every_reference(rows: np.ndarray, n: int) -> bool:
-    """Whether the query rows are the references 0..n-1, in some order."""
-    return len(rows) == n and bool(np.array_equal(np.sort(rows), np.arange(n)))
+# The most references the pairwise search takes on: its tasks' results, every image's
+# nearest in each block, reach the merging process at once (~12 bytes x k per image and
+# block: ~22 MB at 20,000 images, ~600 MB at 100,000); more go query by query.
+PAIRWISE_MAX = 20_000
+
+
+def _queries_are_references(stored: Stored, rows: np.ndarray, codes: np.ndarray) -> bool:
+    """Whether the queries are every reference, in some order (`rows` of a pool that is
+    the references; their keys' codes the references' own), and few enough for
+    `triangle_votes`."""
+    n = len(stored.labels)
+    return (
+        stored.pool is stored.refs
+        and len(rows) == n <= PAIRWISE_MAX
+        and np.array_equal(np.sort(rows), np.arange(n))
+        and np.array_equal(codes, stored.keys.codes[rows])
+    )
 
 
 @ray.remote(num_cpus=1)
@@ -163,9 +176,7 @@ def _upper_task(refs: References, lo: int, hi: int, k: int, copy: float) -> tupl
 def triangle_votes(stored: Stored, n_classes: int, cfg: OffClassConfig) -> np.ndarray:
     """`neighbour_votes` of every reference among the references, in reference order,
     a task per block of `off_class_block_rows` comparing it with the blocks from it on
-    (the largest first). Only where the references are every image searched: at most
-    `off_class_neighbour_sample`, so the tasks' results (~12 bytes x k per pair of an
-    image and a block) stay small."""
+    (the largest first), their results merged here (`PAIRWISE_MAX`)."""
     n, step, k = len(stored.labels), cfg.off_class_block_rows, cfg.off_class_k
     starts = list(range(0, n, step))
     copy = cfg.off_class_copy_similarity
