@@ -29,10 +29,9 @@ BLAS_SPIN = "4"
 # is stopped after 10 minutes, not 1 s: the later stages' tasks then run in the workers
 # that planned and listed the run, idle while the normalise stage ran (stopped after it,
 # the decisions started new ones, four at 20,000 crops: ~1.5-2.5 CPU-s each with their
-# imports); the
-# worker that built the embedding network is the first normalise worker. The normalise
-# workers (~0.9 GiB each) stay until the job ends, unless it runs 10 minutes past their
-# stage.
+# imports); the worker that built the embedding network is the first normalise worker.
+# The normalise workers (~0.9 GiB each) stay until the job ends, unless it runs 10
+# minutes past their stage.
 LOCAL_SYSTEM_CONFIG = {
     "enable_worker_prestart": False,
     "prestart_worker_first_driver": False,
